@@ -1,0 +1,328 @@
+"""The agent's configuration: YAML, validated once at load, every error named by its key.
+
+A section that is absent turns its writer off. Defaults are the documented defaults
+(docs/config.md); unknown keys and bad values are errors, all reported together.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hooks.errors import ConfigError
+
+DEFAULT_PATH = "/etc/quiesce-agent/agent.yaml"
+MYSQL_LOCKS = ("auto", "ftwrl", "backup_stage", "instance_lock")
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    unix: str | None = "/run/quiesce-agent/agent.sock"
+    vsock_port: int | None = None
+    virtio_serial: str | None = None
+    group: str | None = None  # members of this group may connect besides root
+
+
+@dataclass(frozen=True)
+class FreezeConfig:
+    ceiling_seconds: float = 60.0
+    timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class ScriptsConfig:
+    dir: str = "/etc/quiesce-agent/backupScripts.d"
+    timeout_seconds: float = 30.0
+    legacy_dir: str | None = "/usr/sbin"  # pre-freeze-script / post-thaw-script live here
+    require_root_owner: bool = True
+
+
+@dataclass(frozen=True)
+class FilesystemsConfig:
+    mounts: tuple[str, ...] | None = None  # None = auto
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PostgresConfig:
+    name: str
+    dsn: str
+    connect_timeout: float = 5.0
+    statement_timeout: float = 10.0
+    wait_for_archive: bool = True
+    archive_timeout: float = 30.0
+    artifacts_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class MysqlConfig:
+    name: str
+    unix_socket: str | None = "/run/mysqld/mysqld.sock"
+    host: str | None = None
+    port: int = 3306
+    user: str = "root"
+    password_file: str | None = None
+    lock: str = "auto"
+    connect_timeout: float = 5.0
+    lock_wait_timeout: float = 5.0
+    long_query_wait: float = 5.0  # wait this long for long statements before locking
+    long_query_threshold: float = 1.0  # a statement running longer than this is "long"
+    kill_long_queries: bool = False  # kill them instead of failing the freeze
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    scripts: ScriptsConfig | None = None
+    filesystems: FilesystemsConfig | None = None
+    postgres: tuple[PostgresConfig, ...] = ()
+    mysql: tuple[MysqlConfig, ...] = ()
+    state_dir: str = "/run/quiesce-agent"
+    source: str = "<defaults>"
+
+
+class _Errors:
+    """Collects every problem with its dotted path."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(f"{path}: {message}")
+
+
+def _section(raw: Any, path: str, errors: _Errors) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        errors.add(path, "must be a mapping")
+        return {}
+    return raw
+
+
+def _take(
+    raw: dict[str, Any], path: str, errors: _Errors, spec: dict[str, tuple[type | tuple[type, ...], Any]]
+) -> dict[str, Any]:
+    """Pick the keys of ``spec`` from ``raw``, type-checked; unknown keys are errors."""
+    out: dict[str, Any] = {}
+    for key in raw:
+        if key not in spec:
+            errors.add(f"{path}.{key}", f"unknown key; known: {', '.join(spec)}")
+    for key, (types, default) in spec.items():
+        if key not in raw:
+            if default is _REQUIRED:
+                errors.add(f"{path}.{key}", "is required")
+            continue
+        value = raw[key]
+        if isinstance(value, bool) and bool not in _as_tuple(types):
+            errors.add(f"{path}.{key}", f"must be {_type_names(types)}, not a boolean")
+        elif not isinstance(value, types):
+            errors.add(f"{path}.{key}", f"must be {_type_names(types)}, got {value!r}")
+        else:
+            out[key] = value
+    return out
+
+
+_REQUIRED = object()
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _type_names(types: type | tuple[type, ...]) -> str:
+    names = {int: "a number", float: "a number", str: "a string", bool: "true or false",
+             list: "a list", dict: "a mapping", type(None): "null"}
+    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in _as_tuple(types)))
+
+
+NUM = (int, float)
+
+
+def _positive(values: dict[str, Any], key: str, path: str, errors: _Errors) -> None:
+    if key in values and values[key] <= 0:
+        errors.add(f"{path}.{key}", f"must be greater than 0, got {values[key]}")
+        del values[key]
+
+
+def _listen(raw: Any, errors: _Errors) -> ListenConfig:
+    sec = _section(raw, "listen", errors)
+    vals = _take(sec, "listen", errors, {
+        "unix": ((str, type(None)), None), "vsock": (dict, None),
+        "virtio_serial": (str, None), "group": (str, None),
+    })
+    vsock_port = None
+    if "vsock" in vals:
+        v = _take(vals.pop("vsock"), "listen.vsock", errors, {"port": (int, _REQUIRED)})
+        vsock_port = v.get("port")
+        if vsock_port is not None and not 1 <= vsock_port <= 0xFFFFFFFF:
+            errors.add("listen.vsock.port", f"must be 1..4294967295, got {vsock_port}")
+    if "unix" in sec and "unix" not in vals and sec["unix"] is None:
+        vals["unix"] = None
+    if sec and not any(k in sec for k in ("unix", "vsock", "virtio_serial")):
+        errors.add("listen", "needs at least one of unix, vsock, virtio_serial")
+    if vals.get("unix") is not None and not os.path.isabs(vals["unix"]):
+        errors.add("listen.unix", f"must be an absolute path, got {vals['unix']!r}")
+    return ListenConfig(vsock_port=vsock_port, **vals)
+
+
+def _freeze(raw: Any, errors: _Errors) -> FreezeConfig:
+    sec = _section(raw, "freeze", errors)
+    vals = _take(sec, "freeze", errors, {"ceiling_seconds": (NUM, None), "timeout_seconds": (NUM, None)})
+    ceiling = vals.get("ceiling_seconds", 60.0)
+    if not 1 <= ceiling <= 60:
+        errors.add("freeze.ceiling_seconds", f"must be 1..60 (the hold is never longer than 60 s), got {ceiling}")
+        vals.pop("ceiling_seconds")
+    _positive(vals, "timeout_seconds", "freeze", errors)
+    timeout = vals.get("timeout_seconds", 30.0)
+    if timeout > vals.get("ceiling_seconds", 60.0):
+        errors.add("freeze.timeout_seconds", f"must not exceed freeze.ceiling_seconds, got {timeout}")
+    return FreezeConfig(**{k: float(v) for k, v in vals.items()})
+
+
+def _scripts(raw: Any, errors: _Errors) -> ScriptsConfig:
+    sec = _section(raw, "scripts", errors)
+    vals = _take(sec, "scripts", errors, {
+        "dir": (str, None), "timeout_seconds": (NUM, None),
+        "legacy_dir": ((str, type(None)), None), "require_root_owner": (bool, None),
+    })
+    _positive(vals, "timeout_seconds", "scripts", errors)
+    if "legacy_dir" in sec and sec["legacy_dir"] is None:
+        vals["legacy_dir"] = None
+    return ScriptsConfig(**vals)
+
+
+def _filesystems(raw: Any, errors: _Errors) -> FilesystemsConfig:
+    sec = _section(raw, "filesystems", errors)
+    vals = _take(sec, "filesystems", errors, {"mounts": ((str, list), None), "exclude": (list, None)})
+    mounts = vals.get("mounts", "auto")
+    resolved: tuple[str, ...] | None = None
+    if isinstance(mounts, str):
+        if mounts != "auto":
+            errors.add("filesystems.mounts", f"must be 'auto' or a list of mount points, got {mounts!r}")
+    else:
+        resolved = tuple(_abs_paths(mounts, "filesystems.mounts", errors))
+    exclude = tuple(_abs_paths(vals.get("exclude", []), "filesystems.exclude", errors))
+    return FilesystemsConfig(mounts=resolved, exclude=exclude)
+
+
+def _abs_paths(items: list[Any], path: str, errors: _Errors) -> list[str]:
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, str) or not os.path.isabs(item):
+            errors.add(f"{path}[{i}]", f"must be an absolute path, got {item!r}")
+        else:
+            out.append(os.path.normpath(item))
+    return out
+
+
+def _entries(raw: Any, key: str, errors: _Errors) -> list[tuple[str, dict[str, Any]]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        errors.add(key, "must be a list, one entry per server")
+        return []
+    out = []
+    names: set[str] = set()
+    for i, entry in enumerate(raw):
+        path = f"{key}[{i}]"
+        if not isinstance(entry, dict):
+            errors.add(path, "must be a mapping")
+            continue
+        name = entry.get("name")
+        if isinstance(name, str):
+            if name in names:
+                errors.add(f"{path}.name", f"duplicate name {name!r}")
+            names.add(name)
+        out.append((path, entry))
+    return out
+
+
+def _postgres(raw: Any, errors: _Errors) -> tuple[PostgresConfig, ...]:
+    out = []
+    for path, entry in _entries(raw, "postgres", errors):
+        vals = _take(entry, path, errors, {
+            "name": (str, _REQUIRED), "dsn": (str, _REQUIRED),
+            "connect_timeout": (NUM, None), "statement_timeout": (NUM, None),
+            "wait_for_archive": (bool, None), "archive_timeout": (NUM, None),
+            "artifacts_dir": (str, None),
+        })
+        for key in ("connect_timeout", "statement_timeout", "archive_timeout"):
+            _positive(vals, key, path, errors)
+        if "name" in vals and "dsn" in vals:
+            out.append(PostgresConfig(**vals))
+    return tuple(out)
+
+
+def _mysql(raw: Any, errors: _Errors) -> tuple[MysqlConfig, ...]:
+    out = []
+    for path, entry in _entries(raw, "mysql", errors):
+        vals = _take(entry, path, errors, {
+            "name": (str, _REQUIRED), "unix_socket": ((str, type(None)), None),
+            "host": (str, None), "port": (int, None), "user": (str, None),
+            "password_file": (str, None), "lock": (str, None),
+            "connect_timeout": (NUM, None), "lock_wait_timeout": (NUM, None),
+            "long_query_wait": (NUM, None), "long_query_threshold": (NUM, None),
+            "kill_long_queries": (bool, None),
+        })
+        if vals.get("lock", "auto") not in MYSQL_LOCKS:
+            errors.add(f"{path}.lock", f"must be one of {', '.join(MYSQL_LOCKS)}, got {vals['lock']!r}")
+            vals.pop("lock")
+        for key in ("connect_timeout", "lock_wait_timeout", "long_query_threshold"):
+            _positive(vals, key, path, errors)
+        if "host" in vals and "unix_socket" not in entry:
+            vals["unix_socket"] = None
+        if "name" in vals:
+            out.append(MysqlConfig(**vals))
+    return tuple(out)
+
+
+TOP_KEYS = ("listen", "freeze", "scripts", "filesystems", "postgres", "mysql", "state_dir")
+
+
+def parse(raw: Any, source: str = "<string>") -> Config:
+    """Validate a loaded YAML document; raise ConfigError listing every problem."""
+    errors = _Errors()
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the configuration must be a YAML mapping")
+    for key in raw:
+        if key not in TOP_KEYS:
+            errors.add(str(key), f"unknown key; known: {', '.join(TOP_KEYS)}")
+    state_dir = raw.get("state_dir", Config.state_dir)
+    if not isinstance(state_dir, str) or not os.path.isabs(state_dir):
+        errors.add("state_dir", f"must be an absolute path, got {state_dir!r}")
+    config = Config(
+        listen=_listen(raw.get("listen"), errors),
+        freeze=_freeze(raw.get("freeze"), errors),
+        scripts=_scripts(raw["scripts"], errors) if "scripts" in raw else None,
+        filesystems=_filesystems(raw["filesystems"], errors) if "filesystems" in raw else None,
+        postgres=_postgres(raw.get("postgres"), errors),
+        mysql=_mysql(raw.get("mysql"), errors),
+        state_dir=state_dir if isinstance(state_dir, str) else Config.state_dir,
+        source=source,
+    )
+    if errors.items:
+        listing = "\n  ".join(errors.items)
+        raise ConfigError(f"{source}: {len(errors.items)} problem(s):\n  {listing}", problems=errors.items)
+    return config
+
+
+def load(path: str | os.PathLike[str] = DEFAULT_PATH) -> Config:
+    """Read and validate a config file. Raises ConfigError (unreadable, not YAML, invalid)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read the configuration: {err.strerror}") from err
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from err
+    return parse(raw, str(p))

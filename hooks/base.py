@@ -1,0 +1,130 @@
+"""The Writer interface: what the freeze state machine knows of a writer, and nothing more.
+
+A writer quiesces one thing (a script, a database server, a set of filesystems). The state
+machine calls, in order and from a worker thread:
+
+    check()                    validate without locking anything (``quiesce-agent check``)
+    prepare(op)                slow work while nothing is locked yet (CHECKPOINT, sync, ...)
+    freeze(op)                 take the lock; raise WriterError if it cannot
+    thaw(op)                   release the lock after the snapshot
+    abort(op)                  freezeFail: undo whatever freeze() got done, even partly;
+                               must be idempotent and safe to call when nothing is held
+    artifacts()                what the host should record (backup_label, binlog position, ...)
+    emergency_release()        called by the ceiling guard thread while another thread may be
+                               stuck in this writer: release the lock by the fastest means,
+                               never block for long, never raise
+
+Writers never write to disk between freeze() and thaw() returning: no log files, no lazy
+imports. ``op.log()`` keeps messages in memory for the report.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Callable, ClassVar
+
+from hooks.errors import WriterTimeout
+
+
+class Stage(int, Enum):
+    """Freeze order: lower stages freeze first and thaw last."""
+
+    SCRIPTS = 10  # backupScripts.d executables
+    MYSQL = 20  # MySQL / MariaDB servers
+    POSTGRES = 30  # PostgreSQL clusters
+    FILESYSTEMS = 40  # FIFREEZE
+
+
+class Deadline:
+    """A point in time on the monotonic clock; made once per freeze and handed down."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.start = time.monotonic()
+        self.at = self.start + seconds
+
+    def remaining(self) -> float:
+        """Seconds left, never negative."""
+        return max(0.0, self.at - time.monotonic())
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def check(self, writer: str, step: str) -> float:
+        """Return the time left, or raise WriterTimeout naming ``writer`` and ``step``."""
+        left = self.remaining()
+        if left <= 0:
+            raise WriterTimeout(
+                writer,
+                f"{step}: freeze budget of {self.seconds:.1f} s used up; "
+                "raise freeze.timeout_seconds or find what is slow",
+            )
+        return left
+
+
+@dataclass
+class Operation:
+    """One freeze cycle as a writer sees it."""
+
+    label: str
+    deadline: Deadline
+    # Called with each message; the state machine keeps them in memory for the report.
+    sink: Callable[[str, str], None] = field(default=lambda writer, msg: None)
+
+    def log(self, writer: str, message: str) -> None:
+        self.sink(writer, message)
+
+
+class Writer(ABC):
+    """One thing to quiesce. Subclasses set ``kind`` and ``stage``."""
+
+    kind: ClassVar[str] = "writer"
+    stage: ClassVar[Stage] = Stage.SCRIPTS
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @property
+    def qualified_name(self) -> str:
+        """``kind:name``, as reports and errors show it."""
+        return f"{self.kind}:{self.name}"
+
+    def describe(self) -> dict[str, Any]:
+        """Static facts for the ``writers`` command (never secrets)."""
+        return {}
+
+    def check(self) -> list[str]:
+        """Validate without locking; return notes, raise WriterError when it cannot work."""
+        return []
+
+    def prepare(self, op: Operation) -> None:  # noqa: B027 - optional step
+        """Slow work before any lock."""
+
+    @abstractmethod
+    def freeze(self, op: Operation) -> None:
+        """Take the lock. Raises WriterError (or WriterTimeout) when it cannot."""
+
+    @abstractmethod
+    def thaw(self, op: Operation) -> None:
+        """Release the lock taken by freeze(). Raises WriterError when the release failed."""
+
+    def abort(self, op: Operation) -> None:
+        """freezeFail: undo whatever freeze() did, even partly. Default: thaw."""
+        self.thaw(op)
+
+    def artifacts(self) -> dict[str, Any]:
+        """What the host records with the snapshot."""
+        return {}
+
+    def emergency_release(self) -> None:  # noqa: B027 - optional step
+        """Release by the fastest means from another thread; never blocks long, never raises."""
+
+    def held_filesystems(self) -> list[str]:
+        """Mount points this writer holds frozen right now (for the dead-man guard)."""
+        return []

@@ -1,0 +1,62 @@
+"""The exception tree shared by writers and the agent.
+
+    QuiesceError                 root; ``code`` is the protocol error class
+     ├── ConfigError             a config key is missing or wrong (names the key)
+     ├── WriterError             a writer failed; names the writer and the cause
+     │    ├── WriterTimeout      a writer step ran out of its time budget
+     │    └── WriterUnavailable  a writer cannot work at all (server down, no permission)
+     ├── UnsafeFreezeTarget      a freeze of a filesystem outside the allowed set was refused
+     └── (agent/errors.py adds StateError, NotConsistent, ProtocolError, ...)
+
+Every class carries a stable ``code`` (the protocol's ``error.class``) and a CLI exit code.
+"""
+
+from __future__ import annotations
+
+
+class QuiesceError(Exception):
+    """Root of every error this project raises on purpose."""
+
+    code = "GenericError"
+    exit_code = 2
+
+    def __init__(self, message: str, **data: object) -> None:
+        super().__init__(message)
+        self.data: dict[str, object] = dict(data)
+
+
+class ConfigError(QuiesceError):
+    """The configuration is invalid; the message lists every bad key."""
+
+    code = "ConfigError"
+    exit_code = 3
+
+
+class WriterError(QuiesceError):
+    """A writer failed; ``writer`` names it."""
+
+    code = "WriterFailed"
+    exit_code = 4
+
+    def __init__(self, writer: str, message: str, **data: object) -> None:
+        super().__init__(f"{writer}: {message}", writer=writer, **data)
+        self.writer = writer
+
+
+class WriterTimeout(WriterError):
+    """A writer step did not finish within its budget."""
+
+    code = "WriterTimeout"
+
+
+class WriterUnavailable(WriterError):
+    """A writer cannot work: its server is unreachable, a permission is missing, ..."""
+
+    code = "WriterUnavailable"
+
+
+class UnsafeFreezeTarget(QuiesceError):
+    """A FIFREEZE outside the allowed set was refused (see hooks/fsfreeze.py)."""
+
+    code = "UnsafeFreezeTarget"
+    exit_code = 4

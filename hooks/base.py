@@ -76,9 +76,15 @@ class Operation:
     deadline: Deadline
     # Called with each message; the state machine keeps them in memory for the report.
     sink: Callable[[str, str], None] = field(default=lambda writer, msg: None)
+    # Told about each filesystem just before it is frozen (True) and after it is thawed
+    # (False), so a guard outside the daemon can thaw it if the daemon dies.
+    holder: Callable[[str, bool], None] = field(default=lambda path, held: None)
 
     def log(self, writer: str, message: str) -> None:
         self.sink(writer, message)
+
+    def hold(self, path: str, held: bool) -> None:
+        self.holder(path, held)
 
 
 class Writer(ABC):

@@ -1,0 +1,61 @@
+"""Turning the configuration into writers, fresh for every cycle (scripts and mounts change).
+
+The state machine knows no writer by name; this is the one place that does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from agent.config import Config
+from hooks import fsfreeze, scripts
+from hooks.base import Writer
+from hooks.errors import QuiesceError
+
+try:  # the database writers land with the database-writer work
+    from hooks.mysql import MysqlWriter
+    from hooks.postgres import PostgresWriter
+except ImportError:  # pragma: no cover
+    MysqlWriter = PostgresWriter = None  # type: ignore[assignment,misc]
+
+
+class UnknownWriter(QuiesceError):
+    code = "BadRequest"
+    exit_code = 2
+
+
+def build_all(config: Config, notes: list[str]) -> list[Writer]:
+    writers: list[Writer] = []
+    if config.scripts is not None:
+        s = config.scripts
+        writers += scripts.build(s.dir, s.timeout_seconds, s.legacy_dir, s.require_root_owner, notes)
+    if MysqlWriter is not None:
+        writers += [MysqlWriter(**dataclasses.asdict(m)) for m in config.mysql]
+    if PostgresWriter is not None:
+        writers += [PostgresWriter(**dataclasses.asdict(p)) for p in config.postgres]
+    if config.filesystems is not None:
+        f = config.filesystems
+        writers.append(fsfreeze.FilesystemsWriter(f.mounts, f.exclude, protect=(config.state_dir,)))
+    return writers
+
+
+def select(writers: list[Writer], names: list[str] | None) -> list[Writer]:
+    """Keep the writers named by kind (``postgres``) or kind:name (``postgres:main``)."""
+    if names is None:
+        return writers
+    chosen = []
+    for name in names:
+        hits = [w for w in writers if name in (w.kind, w.qualified_name)]
+        if not hits:
+            known = sorted({w.kind for w in writers} | {w.qualified_name for w in writers})
+            raise UnknownWriter(f"no writer {name!r}; configured: {', '.join(known) or 'none'}")
+        chosen += [w for w in hits if w not in chosen]
+    return [w for w in writers if w in chosen]
+
+
+def factory(config: Config):  # type: ignore[no-untyped-def]
+    def make(names: list[str] | None) -> tuple[list[Writer], list[str]]:
+        notes: list[str] = []
+        return select(build_all(config, notes), names), notes
+
+    return make

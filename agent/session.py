@@ -230,9 +230,9 @@ class Session:
             if entry.state in ("pending", "released"):
                 continue
             try:
-                await self._call(entry, "abort", op, THAW_STEP_SECONDS)
+                await self._call(entry, "abort", op, THAW_STEP_SECONDS)  # also frees prepare's work
                 if entry.state != "failed":
-                    entry.state = "aborted"
+                    entry.state = "not frozen" if entry.state == "prepared" else "aborted"
             except Exception as err:  # noqa: BLE001 - keep undoing the rest
                 entry.error = (entry.error + "; " if entry.error else "") + f"abort: {err}"
         self._finish(cycle, outcome)

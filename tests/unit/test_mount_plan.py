@@ -1,0 +1,65 @@
+"""Which filesystems ``auto`` freezes, in which order, and the suite's safety net."""
+
+from __future__ import annotations
+
+import pytest
+
+from hooks import fsfreeze
+from hooks.errors import UnsafeFreezeTarget
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+23 22 0:5 / /proc rw,nosuid - proc proc rw
+24 22 0:20 / /run rw,nosuid - tmpfs tmpfs rw
+25 22 8:2 / /var rw,relatime - xfs /dev/sda2 rw
+26 25 7:0 / /var/lib/images rw,relatime - ext4 /dev/loop0 rw
+27 22 0:40 / /mnt/share rw - nfs4 server:/export rw
+28 22 8:3 / /boot ro,relatime - ext4 /dev/sda3 ro
+29 22 8:2 /data /srv/data rw,relatime - xfs /dev/sda2 rw
+30 22 0:41 / /home/me/fuse rw - fuse.sshfs me@h: rw
+31 22 8:4 / /with\\040space rw - ext4 /dev/sda4 rw
+"""
+
+
+@pytest.fixture
+def mounts(monkeypatch: pytest.MonkeyPatch) -> list[fsfreeze.Mount]:
+    monkeypatch.setattr(fsfreeze.os.path, "isdir", lambda p: True)
+    return fsfreeze.read_mounts(MOUNTINFO)
+
+
+def test_auto_freezes_local_writable_filesystems_children_first(mounts: list[fsfreeze.Mount]) -> None:
+    order, skipped = fsfreeze.plan(mounts, None, [])
+    assert order == ["/with space", "/var/lib/images", "/var", "/"]
+    reasons = dict(skipped)
+    assert "pseudo" in reasons["/proc"] and "pseudo" in reasons["/run"]
+    assert "network" in reasons["/mnt/share"]
+    assert "read-only" in reasons["/boot"]
+    assert "bind mount" in reasons["/srv/data"]  # same superblock as /var: EBUSY otherwise
+    assert "user-space" in reasons["/home/me/fuse"]
+
+
+def test_excluded_and_listed_mounts(mounts: list[fsfreeze.Mount]) -> None:
+    order, skipped = fsfreeze.plan(mounts, None, ["/var/lib/images"])
+    assert "/var/lib/images" not in order
+    order, _ = fsfreeze.plan(mounts, ["/", "/var/lib/images"], [])
+    assert order == ["/var/lib/images", "/"]
+
+
+def test_a_listed_path_that_is_not_a_mount_point_is_an_error(mounts: list[fsfreeze.Mount]) -> None:
+    with pytest.raises(fsfreeze.WriterError, match="not a mount point"):
+        fsfreeze.plan(mounts, ["/var/lib"], [])
+
+
+def test_the_suite_cannot_freeze_the_root_filesystem() -> None:
+    # tests/conftest.py confines FIFREEZE to its own directory for the whole run
+    assert fsfreeze.allowed_roots()
+    with pytest.raises(UnsafeFreezeTarget):
+        fsfreeze.freeze_path("/")
+    with pytest.raises(UnsafeFreezeTarget):
+        fsfreeze.freeze_path("/tmp")
+
+
+def test_the_suite_cannot_reach_auto() -> None:
+    writer = fsfreeze.FilesystemsWriter(None)
+    with pytest.raises(UnsafeFreezeTarget, match="auto is refused"):
+        writer.check()

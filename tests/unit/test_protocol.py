@@ -1,0 +1,61 @@
+"""The wire format: every bad line becomes a ProtocolError with a class, never a crash."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent import protocol
+
+
+def test_a_request_round_trips() -> None:
+    line = protocol.request("freeze", {"label": "nightly"}, id=7)
+    req = protocol.parse_request(line)
+    assert (req.execute, req.arguments, req.id) == ("freeze", {"label": "nightly"}, 7)
+
+
+@pytest.mark.parametrize("line, error_class", [
+    (b"not json", protocol.BAD_REQUEST),
+    (b"[1, 2]", protocol.BAD_REQUEST),
+    (b'{"arguments": {}}', protocol.BAD_REQUEST),
+    (b'{"execute": 5}', protocol.BAD_REQUEST),
+    (b'{"execute": "ping", "arguments": []}', protocol.BAD_REQUEST),
+    (b'{"execute": "ping", "extra": 1}', protocol.BAD_REQUEST),
+    (b'{"execute": "reboot"}', protocol.UNKNOWN_COMMAND),
+    (b"\xff\xfe", protocol.BAD_REQUEST),
+    (b'{"execute": "' + b"a" * protocol.MAX_LINE + b'"}', protocol.LINE_TOO_LONG),
+])
+def test_bad_lines_get_a_named_error_class(line: bytes, error_class: str) -> None:
+    with pytest.raises(protocol.ProtocolError) as err:
+        protocol.parse_request(line)
+    assert err.value.error_class == error_class
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_escape_as_another_exception(data: bytes) -> None:
+    try:
+        protocol.parse_request(data)
+    except protocol.ProtocolError:
+        pass
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+                    max_leaves=10))
+def test_arbitrary_json_never_escapes_as_another_exception(value: object) -> None:
+    try:
+        protocol.parse_request(json.dumps(value).encode())
+    except protocol.ProtocolError:
+        pass
+
+
+def test_replies_are_parsed_and_garbage_is_refused() -> None:
+    ok = json.loads(protocol.encode(protocol.success({"a": 1}, 3)))
+    assert protocol.parse_reply(json.dumps(ok).encode())["return"] == {"a": 1}
+    with pytest.raises(protocol.ProtocolError):
+        protocol.parse_reply(b'{"hello": 1}')
+    with pytest.raises(protocol.ProtocolError):
+        protocol.parse_reply(b'{"error": "x"}')

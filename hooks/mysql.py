@@ -1,0 +1,489 @@
+"""The MySQL / MariaDB writer: a backup lock held on a dedicated session (pymysql).
+
+Lock strategies (``lock:``), see docs/databases.md for what each blocks:
+
+    ftwrl          prepare: wait out long statements, FLUSH NO_WRITE_TO_BINLOG TABLES
+                   freeze:  FLUSH TABLES WITH READ LOCK              thaw: UNLOCK TABLES
+    backup_stage   MariaDB 10.4+; freeze: BACKUP STAGE START, FLUSH, BLOCK_DDL, BLOCK_COMMIT
+                                                                     thaw: BACKUP STAGE END
+    instance_lock  MySQL 8.0+; freeze: LOCK INSTANCE FOR BACKUP, coordinates from
+                   performance_schema.log_status                     thaw: UNLOCK INSTANCE
+    auto           MariaDB 10.4+: backup_stage; MySQL 8.0+: instance_lock; anything else, or
+                   any non-transactional user table (MyISAM, Aria, ...): ftwrl
+
+The lock lives in the session: a daemon that dies takes it along. Each lock statement is
+bounded server-side by lock_wait_timeout and, since a client-side timeout does not cancel a
+waiting FLUSH, by a watchdog that KILLs it from a second (control) session. Binary log file,
+position and GTID set are read while the lock is held.
+
+Raises: WriterUnavailable (cannot connect, wrong server for the strategy, missing privilege),
+WriterTimeout (a lock wait ran out), WriterError (long statements, lost session, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import socket
+import threading
+import time
+from typing import Any
+
+import pymysql
+from pymysql.connections import Connection
+
+from hooks.base import Operation, Stage, Writer
+from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
+
+GRACE = 1.0  # the watchdog kills a statement this long after its server-side bound
+POLL = 0.1
+NON_TRANSACTIONAL = ("MyISAM", "Aria", "MRG_MyISAM", "MRG_MYISAM", "CSV", "ARCHIVE")
+SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
+STAGES = ("START", "FLUSH", "BLOCK_DDL", "BLOCK_COMMIT")
+UNLOCK = {"ftwrl": "UNLOCK TABLES", "backup_stage": "BACKUP STAGE END",
+          "instance_lock": "UNLOCK INSTANCE"}
+# server error codes
+ER_ACCESS_DENIED, ER_SPECIFIC_ACCESS = 1045, 1227
+ER_LOCK_WAIT_TIMEOUT, ER_QUERY_INTERRUPTED, ER_STATEMENT_TIMEOUT = 1205, 1317, 1969
+CR_LOST = (2006, 2013, 2014, 2055)
+
+
+def parse_version(text: str) -> tuple[str, tuple[int, int, int]]:
+    """'10.11.19-MariaDB-0+deb12u1-log' -> ('mariadb', (10, 11, 19))."""
+    m = re.match(r"(\d+)\.(\d+)\.(\d+)", text)
+    numbers = (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else (0, 0, 0)
+    return ("mariadb" if "mariadb" in text.lower() else "mysql"), numbers
+
+
+def choose_lock(flavor: str, version: tuple[int, int, int],
+                non_transactional: dict[str, int]) -> tuple[str, str]:
+    """The ``auto`` decision: (strategy, reason)."""
+    if non_transactional:
+        tables = ", ".join(f"{n} {e}" for e, n in sorted(non_transactional.items()))
+        return "ftwrl", f"non-transactional user tables ({tables}) need FLUSH TABLES WITH READ LOCK"
+    if flavor == "mariadb" and version >= (10, 4, 0):
+        return "backup_stage", "MariaDB 10.4+ with transactional tables only"
+    if flavor == "mysql" and version >= (8, 0, 0):
+        return "instance_lock", "MySQL 8.0+ with transactional tables only"
+    return "ftwrl", f"{flavor} {'.'.join(map(str, version))} has no lighter backup lock"
+
+
+def refuse_lock(lock: str, flavor: str, version: tuple[int, int, int]) -> str | None:
+    """Why ``lock`` cannot work on this server, or None."""
+    shown = f"{'MariaDB' if flavor == 'mariadb' else 'MySQL'} {'.'.join(map(str, version))}"
+    if lock == "backup_stage" and not (flavor == "mariadb" and version >= (10, 4, 0)):
+        return (f"lock: backup_stage needs MariaDB 10.4 or later, this is {shown}; "
+                "use lock: instance_lock (MySQL 8.0+) or ftwrl")
+    if lock == "instance_lock" and not (flavor == "mysql" and version >= (8, 0, 0)):
+        hint = "backup_stage" if flavor == "mariadb" and version >= (10, 4, 0) else "ftwrl"
+        return (f"lock: instance_lock (LOCK INSTANCE FOR BACKUP) needs MySQL 8.0 or later, "
+                f"this is {shown}; use lock: {hint}")
+    return None
+
+
+def _mask(query: str | None) -> str:
+    """A statement's head with string literals masked (they may hold secrets)."""
+    text = re.sub(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", "'?'", query or "")
+    text = " ".join(text.split())
+    return text[:60] + ("..." if len(text) > 60 else "")
+
+
+class MysqlWriter(Writer):
+    """One MySQL or MariaDB server."""
+
+    kind = "mysql"
+    stage = Stage.MYSQL
+
+    def __init__(self, name: str, unix_socket: str | None = "/run/mysqld/mysqld.sock",
+                 host: str | None = None, port: int = 3306, user: str = "root",
+                 password_file: str | None = None, lock: str = "auto",
+                 connect_timeout: float = 5.0, lock_wait_timeout: float = 5.0,
+                 long_query_wait: float = 5.0, long_query_threshold: float = 1.0,
+                 kill_long_queries: bool = False) -> None:
+        super().__init__(name)
+        self.unix_socket, self.host, self.port = unix_socket, host, port
+        self.user, self.password_file, self.lock = user, password_file, lock
+        self.connect_timeout = connect_timeout
+        self.lock_wait_timeout = lock_wait_timeout
+        self.long_query_wait = long_query_wait
+        self.long_query_threshold = long_query_threshold
+        self.kill_long_queries = kill_long_queries
+        self._held: Connection[Any] | None = None
+        self._ctl: Connection[Any] | None = None
+        self._ctl_lock = threading.Lock()
+        self._held_id = 0
+        self._cut = False
+        self._killed_by_watchdog = False
+        self._locked = False
+        self.flavor, self.version = "mysql", (0, 0, 0)
+        self.strategy, self.reason = lock, "configured"
+        self._prepared_at = 0.0
+        self._artifacts: dict[str, Any] = {}
+
+    # -- connections ------------------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        return self.unix_socket if self.unix_socket else f"{self.host}:{self.port}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"where": self.where, "user": self.user, "lock": self.lock,
+                "kill_long_queries": self.kill_long_queries}
+
+    def _password(self) -> str:
+        if not self.password_file:
+            return ""
+        try:
+            with open(self.password_file) as f:
+                return f.read().rstrip("\r\n")
+        except OSError as err:
+            raise WriterUnavailable(self.qualified_name, f"cannot read mysql[].password_file "
+                                    f"{self.password_file}: {err.strerror}") from err
+
+    def _connect(self, budget: float, read_timeout: float | None = None) -> Connection[Any]:
+        kw: dict[str, Any] = {"unix_socket": self.unix_socket} if self.unix_socket else {
+            "host": self.host, "port": self.port}
+        try:
+            return pymysql.connect(user=self.user, password=self._password(), autocommit=True,
+                                   connect_timeout=max(0.5, min(self.connect_timeout, budget)),
+                                   read_timeout=read_timeout, program_name="quiesce-agent",
+                                   **kw)
+        except pymysql.MySQLError as err:
+            code = err.args[0] if err.args else 0
+            hint = ("check mysql[].user and password_file" if code == ER_ACCESS_DENIED
+                    else "check that the server is running and mysql[].unix_socket / host")
+            raise WriterUnavailable(self.qualified_name, f"cannot connect to {self.where}: "
+                                    f"{_msg(err)}; {hint}") from err
+
+    def _ctl_query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+        """A statement on the control session (processlist, KILL)."""
+        with self._ctl_lock:
+            if self._ctl is None:
+                self._ctl = self._connect(self.connect_timeout,
+                                          read_timeout=self.lock_wait_timeout + 10)
+            try:
+                with self._ctl.cursor() as cur:
+                    cur.execute(sql, args)
+                    return list(cur.fetchall())
+            except pymysql.MySQLError as err:
+                self._close_ctl_locked()
+                raise WriterError(self.qualified_name, f"control session: {_msg(err)}") from err
+
+    def _close_ctl_locked(self) -> None:
+        conn, self._ctl = self._ctl, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+
+    def _kill_held(self, what: str = "QUERY") -> None:
+        """KILL [QUERY] the held session from the control session (the watchdog)."""
+        if not self._held_id:
+            return
+        if what == "QUERY":
+            self._killed_by_watchdog = True
+        try:
+            self._ctl_query(f"KILL {what} {int(self._held_id)}")
+        except WriterError:
+            pass
+
+    def _exec(self, step: str, sql: str, timeout: float) -> list[tuple[Any, ...]]:
+        """Run ``sql`` on the held session; the watchdog KILLs it after ``timeout`` + GRACE."""
+        conn = self._held
+        if conn is None:
+            raise WriterError(self.qualified_name, f"{step}: the held session is gone")
+        self._killed_by_watchdog = False
+        timer = threading.Timer(timeout + GRACE, self._kill_held)
+        timer.daemon = True
+        timer.start()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                return list(cur.fetchall())
+        except pymysql.MySQLError as err:
+            raise self._error(step, err, timeout) from err
+        finally:
+            timer.cancel()
+
+    def _error(self, step: str, err: pymysql.MySQLError, timeout: float) -> WriterError:
+        code = err.args[0] if err.args else 0
+        if code in (ER_LOCK_WAIT_TIMEOUT, ER_STATEMENT_TIMEOUT) or (
+                code == ER_QUERY_INTERRUPTED and self._killed_by_watchdog):
+            return WriterTimeout(self.qualified_name, (
+                f"{step} did not get its lock within {timeout:.0f} s ({_msg(err)}); find the "
+                "blocker in SHOW PROCESSLIST (a long query, another backup holding BACKUP "
+                "STAGE, an open LOCK TABLES) or raise mysql[].lock_wait_timeout"))
+        if code == ER_SPECIFIC_ACCESS:
+            need = {"instance_lock": "BACKUP_ADMIN"}.get(self.strategy, "RELOAD")
+            return WriterUnavailable(self.qualified_name, f"{step}: {_msg(err)}; grant {need} "
+                                     f"(and PROCESS, for the long-query check) to {self.user}")
+        if self._cut or isinstance(err, pymysql.err.InterfaceError) or code in CR_LOST:
+            return WriterError(self.qualified_name, (
+                f"{step}: the session to {self.where} was lost ({_msg(err)}); the server "
+                "restarted, the session was killed, or the ceiling guard released it. The "
+                "lock went with the session"))
+        return WriterError(self.qualified_name, f"{step} failed: {_msg(err)}")
+
+    def _close_held(self) -> None:
+        conn, self._held = self._held, None
+        self._held_id = 0
+        self._locked = False
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+
+    def _close(self) -> None:
+        self._close_held()
+        with self._ctl_lock:
+            self._close_ctl_locked()
+
+    # -- server facts -------------------------------------------------------------------------
+
+    def _read_facts(self, timeout: float) -> None:
+        rows = self._exec("reading the version", "SELECT VERSION(), @@log_bin", timeout)
+        self.flavor, self.version = parse_version(str(rows[0][0]))
+        self.binlog = bool(rows[0][1])
+        self.strategy, self.reason = self.lock, "configured"
+        refusal = refuse_lock(self.lock, self.flavor, self.version)
+        if refusal:
+            raise WriterUnavailable(self.qualified_name, refusal)
+        if self.lock in ("auto", "instance_lock", "backup_stage"):
+            engines = self._non_transactional(timeout)
+            if self.lock == "auto":
+                self.strategy, self.reason = choose_lock(self.flavor, self.version, engines)
+            elif engines:
+                self.reason = (f"configured, although non-transactional user tables exist "
+                               f"({', '.join(sorted(engines))}): their writes are not held")
+
+    def _non_transactional(self, timeout: float) -> dict[str, int]:
+        engines = ", ".join(f"'{e}'" for e in NON_TRANSACTIONAL)
+        schemas = ", ".join(f"'{s}'" for s in SYSTEM_SCHEMAS)
+        rows = self._exec("listing table engines", (
+            "SELECT ENGINE, COUNT(*) FROM information_schema.TABLES "
+            f"WHERE TABLE_TYPE = 'BASE TABLE' AND ENGINE IN ({engines}) "
+            f"AND TABLE_SCHEMA NOT IN ({schemas}) GROUP BY ENGINE"), timeout)
+        return {str(e): int(n) for e, n in rows}
+
+    # -- the Writer interface -------------------------------------------------------------------
+
+    def check(self) -> list[str]:
+        self._open(self.connect_timeout)
+        try:
+            self._read_facts(self.lock_wait_timeout)
+        finally:
+            self._close()
+        shown = f"{'MariaDB' if self.flavor == 'mariadb' else 'MySQL'} " \
+                f"{'.'.join(map(str, self.version))}"
+        return [f"{self.where}: {shown}, lock {self.strategy} ({self.reason}), binary log "
+                f"{'on' if self.binlog else 'off'}"]
+
+    def _open(self, budget: float) -> None:
+        self._close()
+        self._cut = False
+        self._held = self._connect(budget)
+        self._held_id = self._held.thread_id()
+        lwt = max(1, math.ceil(self.lock_wait_timeout))
+        # the held session must survive an idle freeze window of up to the ceiling
+        self._exec("session settings", f"SET SESSION lock_wait_timeout = {lwt}, "
+                   "SESSION wait_timeout = 3600", self.lock_wait_timeout)
+
+    def prepare(self, op: Operation) -> None:
+        self._artifacts, self._locked = {}, False
+        self._prepared_at = time.monotonic()
+        self._open(op.deadline.check(self.qualified_name, "connect"))
+        try:
+            self._read_facts(min(self.lock_wait_timeout, op.deadline.remaining()))
+            op.log(self.qualified_name, f"lock {self.strategy}: {self.reason}")
+            if self.strategy == "ftwrl":
+                self._clear_long_queries(op, self.long_query_wait)
+                t0 = time.monotonic()
+                self._bounded(op, "FLUSH NO_WRITE_TO_BINLOG TABLES",
+                              "FLUSH NO_WRITE_TO_BINLOG TABLES")
+                op.log(self.qualified_name, f"FLUSH TABLES in {time.monotonic() - t0:.3f} s")
+        except WriterError:
+            self._close()
+            raise
+
+    def _bounded(self, op: Operation, step: str, sql: str) -> list[tuple[Any, ...]]:
+        """A lock statement: session lock_wait_timeout, and the watchdog, within the budget."""
+        left = op.deadline.check(self.qualified_name, step)
+        bound = min(self.lock_wait_timeout, left)
+        if bound < self.lock_wait_timeout:
+            self._exec("lock_wait_timeout", "SET SESSION lock_wait_timeout = "
+                       f"{max(1, math.ceil(bound))}", bound)
+        return self._exec(step, sql, bound)
+
+    def _long_queries(self) -> list[tuple[Any, ...]]:
+        ms = "TIME_MS / 1000" if self.flavor == "mariadb" else "TIME"
+        mine = f"{int(self._held_id)}, {int(self._ctl.thread_id()) if self._ctl else 0}"
+        return self._ctl_query(
+            f"SELECT ID, USER, {ms}, INFO FROM information_schema.PROCESSLIST "
+            "WHERE COMMAND NOT IN ('Sleep', 'Daemon', 'Binlog Dump', 'Binlog Dump GTID', "
+            "'Killed', 'Slave_IO', 'Slave_SQL', 'Slave_worker') AND INFO IS NOT NULL "
+            f"AND USER NOT IN ('system user', 'event_scheduler') AND ID NOT IN ({mine}) "
+            f"AND {ms} >= %s", [self.long_query_threshold])
+
+    def _clear_long_queries(self, op: Operation, wait: float) -> None:
+        """Statements running longer than the threshold would make FTWRL stall every client
+        behind them: wait up to ``wait`` s for them, then kill them or fail."""
+        end = time.monotonic() + max(0.0, min(wait, op.deadline.remaining()))
+        long = self._long_queries()
+        if long:
+            op.log(self.qualified_name, f"waiting up to {end - time.monotonic():.1f} s for "
+                   f"{len(long)} long statement(s) before FLUSH TABLES WITH READ LOCK")
+        while long and time.monotonic() < end:
+            time.sleep(POLL)
+            long = self._long_queries()
+        if not long:
+            return
+        listing = "; ".join(f"id {i} user {u} running {float(t):.0f} s: {_mask(q)}"
+                            for i, u, t, q in long[:5])
+        if not self.kill_long_queries:
+            raise WriterError(self.qualified_name, (
+                f"{len(long)} statement(s) still running after waiting {wait:.1f} s would "
+                f"make FLUSH TABLES WITH READ LOCK stall every client ({listing}); retry later, "
+                "set mysql[].kill_long_queries: true, or use lock: backup_stage / instance_lock"))
+        for row in long:
+            self._ctl_query(f"KILL QUERY {int(row[0])}")
+        op.log(self.qualified_name, f"killed {len(long)} long statement(s): {listing}")
+        end = time.monotonic() + min(2.0, op.deadline.remaining())
+        while self._long_queries() and time.monotonic() < end:
+            time.sleep(POLL)
+
+    def freeze(self, op: Operation) -> None:
+        if self._held is None:
+            raise WriterError(self.qualified_name, "freeze without prepare: no held session")
+        t0 = time.monotonic()
+        try:
+            if self.strategy == "ftwrl":
+                left = self.long_query_wait - (time.monotonic() - self._prepared_at)
+                self._clear_long_queries(op, max(0.0, left))
+                self._locked = True  # from here on, thaw/abort must unlock
+                self._bounded(op, "FLUSH TABLES WITH READ LOCK", "FLUSH TABLES WITH READ LOCK")
+            elif self.strategy == "backup_stage":
+                self._locked = True
+                for stage in STAGES:
+                    self._bounded(op, f"BACKUP STAGE {stage}", f"BACKUP STAGE {stage}")
+            else:
+                self._locked = True
+                self._bounded(op, "LOCK INSTANCE FOR BACKUP", "LOCK INSTANCE FOR BACKUP")
+            locked_in = time.monotonic() - t0
+            self._artifacts = self._coordinates(op)
+        except WriterError:
+            self._release_by_kill()
+            raise
+        self._artifacts.update(lock=self.strategy, lock_reason=self.reason,
+                               server=f"{self.flavor} {'.'.join(map(str, self.version))}")
+        op.log(self.qualified_name, f"{self.strategy} held after {locked_in:.3f} s; binlog "
+               f"{self._artifacts.get('binlog_file')}:{self._artifacts.get('binlog_position')}")
+
+    def _coordinates(self, op: Operation) -> dict[str, Any]:
+        """Binary log file / position and GTID set, read while the lock is held."""
+        bound = max(1.0, min(self.lock_wait_timeout, op.deadline.remaining()))
+        if self.strategy == "instance_lock":
+            return self._log_status(bound)
+        out: dict[str, Any] = {"binlog_file": None, "binlog_position": None, "gtid": None,
+                               "coordinates_exact": True}
+        if self.flavor == "mysql" and self.version >= (8, 2, 0):
+            status = self._exec("SHOW BINARY LOG STATUS", "SHOW BINARY LOG STATUS", bound)
+        else:
+            status = self._exec("SHOW MASTER STATUS", "SHOW MASTER STATUS", bound)
+        if status:
+            out["binlog_file"], out["binlog_position"] = str(status[0][0]), int(status[0][1])
+        var = "@@gtid_binlog_pos" if self.flavor == "mariadb" else "@@gtid_executed"
+        out["gtid"] = str(self._exec("reading the GTID set", f"SELECT {var}", bound)[0][0] or "")
+        out["gtid_variable"] = var
+        return out
+
+    def _log_status(self, bound: float) -> dict[str, Any]:
+        """MySQL 8: LOCK INSTANCE FOR BACKUP lets commits through, so the coordinates are a
+        point inside the window, read atomically from performance_schema.log_status."""
+        rows = self._exec("reading performance_schema.log_status",
+                          "SELECT LOCAL FROM performance_schema.log_status", bound)
+        local = _parse_local(rows[0][0] if rows else None)
+        pos = local.get("binary_log_position") or {}
+        return {"binlog_file": pos.get("binary_log_file"),
+                "binlog_position": pos.get("binary_log_position"),
+                "gtid": local.get("gtid_executed"), "gtid_variable": "@@gtid_executed",
+                "coordinates_exact": False}
+
+    def _release_by_kill(self) -> None:
+        """End the held session for sure: KILL it server-side, then close our end."""
+        if self._held_id:
+            self._kill_held("CONNECTION")
+        self._close_held()
+
+    def thaw(self, op: Operation) -> None:
+        if not self._locked:
+            self._close()
+            return
+        sql = UNLOCK[self.strategy]
+        try:
+            self._exec(sql, sql, self.lock_wait_timeout)
+            op.log(self.qualified_name, f"{sql}: released")
+        except WriterError as err:
+            self._release_by_kill()
+            raise WriterError(self.qualified_name, f"{err}; the session was closed, which "
+                              "released the lock, but the snapshot may not be consistent") from err
+        finally:
+            self._close()
+
+    def abort(self, op: Operation) -> None:
+        if self._held is not None:
+            op.log(self.qualified_name, "abort: killing the held session (releases the lock)")
+        self._release_by_kill()
+        self._close()
+
+    def artifacts(self) -> dict[str, Any]:
+        return dict(self._artifacts)
+
+    def emergency_release(self) -> None:
+        """Cut the held socket now; KILL the server-side session from a helper thread (a
+        session waiting for a lock does not notice its client going away)."""
+        conn, held_id = self._held, self._held_id
+        self._cut = True
+        if conn is None:
+            return
+        try:
+            sock = conn._sock  # noqa: SLF001 - pymysql has no public handle on it
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+        except Exception:  # noqa: BLE001 - never raise from the ceiling path
+            pass
+        if held_id:
+            threading.Thread(target=self._kill_quietly, args=(held_id,), daemon=True,
+                             name=f"{self.qualified_name}-kill").start()
+
+    def _kill_quietly(self, held_id: int) -> None:
+        try:
+            conn = self._connect(min(2.0, self.connect_timeout), read_timeout=5)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f"KILL CONNECTION {int(held_id)}")
+            finally:
+                conn.close()
+        except Exception:  # noqa: BLE001 - the socket is already cut; best effort
+            pass
+
+
+def _msg(err: BaseException) -> str:
+    args = getattr(err, "args", ())
+    if len(args) >= 2:
+        return f"{args[1]} ({args[0]})"
+    return str(err) or type(err).__name__
+
+
+def _parse_local(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}

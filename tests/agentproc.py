@@ -23,7 +23,7 @@ class AgentProcess:
 
     def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
         self.workdir = workdir
-        self.socket = str(workdir / "agent.sock")
+        self.socket = config.get("listen", {}).get("unix") or str(workdir / "agent.sock")
         self.state_dir = str(workdir / "state")
         cfg = {"listen": {"unix": self.socket}, "state_dir": self.state_dir, **config}
         self.config_path = workdir / "agent.yaml"

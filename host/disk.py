@@ -1,0 +1,607 @@
+"""The public face of the delta-disk engine: ``Disk``, a folder of VMware layer files.
+
+``Disk.create(folder, size)`` makes a flat base; ``Disk.open(folder)`` locks the folder (one
+writer, ``fcntl.flock`` on ``.lock``), finishes or rolls back an operation a crash
+interrupted, checks every layer and its parent links, and builds the read map of the current
+chain. Reads and writes are thread-safe (one internal lock), so an NBD or FUSE server can call
+them from several threads; ``snapshot_create`` flushes and switches writes to a new delta
+under that same lock, so concurrent writers see a clean cut.
+
+Semantics (see DESIGN.md "The delta-disk engine" and docs/internals/disk-format.md):
+
+- a snapshot names the layer that was writable when it was taken; that layer is read-only
+  from then on and a new empty delta takes the writes;
+- ``snapshot_revert`` discards the writable layer and starts a new empty one on the target;
+  every other branch stays;
+- ``snapshot_delete`` drops the name; a layer no snapshot names any more is merged: its one
+  child delta is merged into it (the child's grains win) and takes the child's place, or it is
+  removed when nothing descends from it, or it stays as an unnamed layer while two branches
+  still need it;
+- ``snapshot_delete_all`` writes every grain of the current chain straight into the base in
+  one pass and removes every delta.
+
+Errors: every method raises subclasses of ``DiskError`` (re-exported here), whose messages
+name the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from host.chain import Chain, Progress, flatten, merge_up
+from host.durable import (
+    INTENT,
+    ChainBroken,
+    ChainTooDeep,
+    CidMismatch,
+    CorruptFile,
+    DiskBusy,
+    DiskError,
+    FolderLock,
+    ForeignFile,
+    NoSpace,
+    ReadOnly,
+    SnapshotExists,
+    SnapshotNotFound,
+    clear_intent,
+    read_intent,
+    space_error,
+    unlink_durably,
+    write_intent,
+)
+from host.tree import DELTA_NAME, MAX_CHAIN, TREE, Tree
+from host.vmdk import (
+    BASE_NAME,
+    GRAIN,
+    MAX_CAPACITY,
+    FlatBase,
+    Layer,
+    SparseExtent,
+    inside,
+    new_cid,
+    safe_name,
+)
+
+__all__ = [
+    "ChainBroken", "ChainTooDeep", "CidMismatch", "CorruptFile", "Disk", "DiskBusy",
+    "DiskError", "ForeignFile", "NoSpace", "ReadOnly", "SnapshotExists", "SnapshotNotFound",
+    "MAX_CHAIN",
+]
+
+CONSISTENCY = ("application", "filesystem", "crash")
+SNAPSHOT_NAME = re.compile(r"^[^\x00-\x1f/\x7f]{1,128}$")
+EXPORT_CHUNK = 4 * 1024 * 1024
+ZERO_CHUNK = bytes(EXPORT_CHUNK)
+
+
+class Disk:
+    """A disk folder: a flat base, sparse deltas, ``tree.json``. Use ``create``/``open``."""
+
+    def __init__(self, folder: Path, readonly: bool, lock: FolderLock) -> None:
+        self.folder = folder
+        self.readonly = readonly
+        self._flock: FolderLock | None = lock
+        self._lock = threading.RLock()
+        self._layers: dict[str, Layer] = {}
+        self._load()
+        self.size: int = self.tree.size
+
+    # -- life-cycle -----------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, folder: str | Path, size: int) -> Disk:
+        """Make a new disk of ``size`` bytes, rounded up to a whole 64 KiB grain.
+
+        ``folder`` is created if needed and must be empty. The flat base is preallocated.
+        """
+        folder = Path(folder)
+        if size <= 0:
+            raise DiskError(f"{folder}: size must be positive (got {size})", folder)
+        size = -(-size // GRAIN) * GRAIN
+        if size > MAX_CAPACITY:
+            raise DiskError(f"{folder}: {size} bytes is larger than the sparse format's "
+                            f"limit of {MAX_CAPACITY} bytes (2 TiB)", folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if any(not p.name.startswith(".") for p in folder.iterdir()):
+            raise DiskError(f"{folder}: not empty; a new disk needs an empty folder", folder)
+        lock = FolderLock(folder, shared=False)
+        try:
+            FlatBase.create(folder, size)
+            Tree.new(folder, size).save()
+        except DiskError:
+            for name in (BASE_NAME, "disk-flat.vmdk"):
+                (folder / name).unlink(missing_ok=True)
+            raise
+        finally:
+            lock.release()
+        return cls.open(folder)
+
+    @classmethod
+    def open(cls, folder: str | Path, readonly: bool = False) -> Disk:
+        """Lock and open a disk; finish or roll back an interrupted operation first.
+
+        Raises DiskBusy, CorruptFile, ForeignFile, ChainBroken, CidMismatch.
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DiskError(f"{folder}: no such disk folder", folder)
+        lock = FolderLock(folder, shared=readonly)
+        try:
+            return cls(folder, readonly, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    def __enter__(self) -> Disk:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._flock is None:
+                return
+            try:
+                if not self.readonly:
+                    self.flush()
+            finally:
+                self._close_layers()
+                self._flock.release()
+                self._flock = None
+
+    def _close_layers(self) -> None:
+        for layer in self._layers.values():
+            layer.close()
+        self._layers = {}
+
+    def _load(self, recover: bool = True) -> None:
+        """Recover a pending intent, read the tree, open and verify every layer."""
+        intent = read_intent(self.folder) if recover else None
+        if intent is not None:
+            if self.readonly:
+                raise DiskError(f"{self.folder}: an interrupted {intent['op']} is pending; "
+                                "open the disk read-write once to finish it", self.folder)
+            self._recover(intent)
+        self.tree = Tree.load(self.folder)
+        try:
+            for name in self.tree.layers:
+                self._layer(name)
+            self._verify_links()
+        except BaseException:
+            self._close_layers()
+            raise
+        self._chain = self._build_chain(self.tree.current)
+
+    def _layer(self, name: str) -> Layer:
+        layer = self._layers.get(name)
+        if layer is None:
+            writable = not self.readonly
+            if name == BASE_NAME:
+                layer = FlatBase(self.folder, self.tree.size, writable)
+            else:
+                path = inside(self.folder, safe_name(self.folder, name, "layer",
+                                                     self.folder / TREE), self.folder / TREE)
+                layer = SparseExtent(path, writable, self.tree.size)
+            self._layers[name] = layer
+        return layer
+
+    def _verify_links(self) -> None:
+        for name, parent in self.tree.layers.items():
+            if parent is None:
+                continue
+            child = self._layers[name]
+            desc = child.read_descriptor()
+            if desc.parent_hint is None:
+                raise ChainBroken(f"{child.path}: no parentFileNameHint, but tree.json says "
+                                  f"its parent is {parent}", child.path)
+            safe_name(self.folder, desc.parent_hint, "parentFileNameHint", child.path)
+            if desc.parent_hint != parent:
+                raise ChainBroken(f"{child.path}: parentFileNameHint is "
+                                  f"{desc.parent_hint!r} but tree.json says its parent is "
+                                  f"{parent}", child.path)
+            cid = self._layers[parent].read_cid()
+            if desc.parent_cid != cid:
+                raise CidMismatch(
+                    f"{child.path}: parentCID={desc.parent_cid:08x} but its parent {parent} "
+                    f"has CID={cid:08x}: the parent was modified after the child was made "
+                    "(written by another tool?); qemu would fail every read through it",
+                    child.path)
+
+    def _build_chain(self, top: str) -> Chain:
+        return Chain([self._layer(n) for n in self.tree.chain(top)])
+
+    def _writable(self) -> None:
+        if self._flock is None:
+            raise DiskError(f"{self.folder}: the disk is closed", self.folder)
+        if self.readonly:
+            raise ReadOnly(f"{self.folder}: opened read-only", self.folder)
+
+    def _finish_pending(self) -> None:
+        """After a failed merge (NoSpace), try again before the next tree change."""
+        if (self.folder / INTENT).exists():
+            self._close_layers()
+            try:
+                self._load()
+            except DiskError:
+                self._close_layers()
+                self._load(recover=False)  # merges keep the view: reads stay right
+                raise
+
+    # -- recovery: each step below can be repeated after a crash ----------------------------
+
+    def _recover(self, intent: dict[str, Any]) -> None:
+        """Roll an interrupted operation forward (merges) or back (create/revert)."""
+        op = intent["op"]
+        self.tree = Tree.load(self.folder)
+        try:
+            if op == "create":
+                if intent["new"] not in self.tree.layers:
+                    unlink_durably(self._path(intent["new"]))
+            elif op == "revert":
+                done = self.tree.current == intent["new"]
+                gone = intent["discard"] if done else intent["new"]
+                if gone != BASE_NAME:
+                    unlink_durably(self._path(gone))
+            elif op == "drop":
+                self._finish_drop(list(intent["files"]), Tree(intent["tree"], self.tree.path))
+            elif op == "merge":
+                after = Tree(intent["tree"], self.tree.path)
+                if self._path(intent["src"]).exists():
+                    self._finish_merge(intent["src"], intent["dst"], after, None)
+                else:
+                    after.save()
+            elif op == "merge_all":
+                if self.tree.current == BASE_NAME and len(self.tree.layers) == 1:
+                    unlink_durably(*(self._path(n) for n in intent["chain"][1:]
+                                     + intent["discard"]))
+                else:
+                    self._finish_merge_all(list(intent["chain"]), list(intent["discard"]),
+                                           None)
+            else:
+                raise CorruptFile(f"{self.folder / INTENT}: unknown operation {op!r}",
+                                  self.folder / INTENT)
+        except (KeyError, TypeError) as err:
+            raise CorruptFile(f"{self.folder / INTENT}: malformed {op} record ({err})",
+                              self.folder / INTENT) from err
+        finally:
+            self._close_layers()
+        clear_intent(self.folder)
+
+    def _path(self, name: str) -> Path:
+        return self.folder / safe_name(self.folder, name, "layer", self.folder / INTENT)
+
+    def _finish_drop(self, files: list[str], after: Tree) -> None:
+        after.save()
+        self.tree = after
+        for name in files:
+            layer = self._layers.pop(name, None)
+            if layer is not None:
+                layer.close()
+        unlink_durably(*(self._path(n) for n in files))
+        clear_intent(self.folder)
+        self._chain = self._build_chain(after.current)
+
+    def _finish_merge(self, src: str, dst: str, after: Tree, progress: Progress | None) -> None:
+        """Copy ``src`` into its parent ``dst``, re-point src's children, remove src."""
+        source, target = self._layer(src), self._layer(dst)
+        assert isinstance(source, SparseExtent)
+        merge_up(source, target, progress)
+        cid = new_cid()
+        target.set_cid(cid)
+        target.cid_bumped = True
+        for child in after.children(dst):
+            self._layer(child).set_parent(cid, dst)  # type: ignore[union-attr]
+        after.save()
+        self.tree = after
+        self._layers.pop(src).close()
+        unlink_durably(self._path(src))
+        clear_intent(self.folder)
+        self._chain = self._build_chain(after.current)
+
+    def _finish_merge_all(self, chain: list[str], others: list[str],
+                          progress: Progress | None) -> None:
+        if len(chain) > 1:
+            flatten(Chain([self._layer(n) for n in chain]), progress)
+        base = self._layer(BASE_NAME)
+        base.set_cid(new_cid())
+        base.cid_bumped = True
+        after = Tree.new(self.folder, self.tree.size)
+        after.save()
+        self.tree = after
+        for name in list(self._layers):
+            if name != BASE_NAME:
+                self._layers.pop(name).close()
+        unlink_durably(*(self._path(n) for n in chain[1:] + others))
+        clear_intent(self.folder)
+        self._chain = self._build_chain(BASE_NAME)
+
+    # -- data -----------------------------------------------------------------------------
+
+    def _bounds(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise DiskError(f"{self.folder}: range {offset}+{length} is outside the disk "
+                            f"({self.size} bytes)", self.folder)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``; zeros where nothing was ever written."""
+        with self._lock:
+            self._bounds(offset, length)
+            if self._flock is None:
+                raise DiskError(f"{self.folder}: the disk is closed", self.folder)
+            return self._chain.read(offset, length)
+
+    def _before_write(self) -> None:
+        top = self._chain.top
+        if not top.cid_bumped:  # VMware and qemu: a new CID at the first change after open
+            top.set_cid(new_cid())
+            top.cid_bumped = True
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write at any offset and length; copy-on-write per grain into the current layer."""
+        with self._lock:
+            self._writable()
+            self._bounds(offset, len(data))
+            if len(data):
+                self._before_write()
+                self._chain.write(offset, data)
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        """Zero a range: holes punched in the base, grains skipped in a delta when already 0."""
+        with self._lock:
+            self._writable()
+            self._bounds(offset, length)
+            if length:
+                self._before_write()
+                self._chain.write_zeroes(offset, length)
+
+    def flush(self) -> None:
+        """fsync everything written to the current layer."""
+        with self._lock:
+            if self._flock is None or self.readonly:
+                return
+            try:
+                self._chain.top.sync()
+            except OSError as err:
+                raise space_error(err, self._chain.top.path, "flushing") from err
+
+    def current_file(self) -> Path:
+        """The file that takes the writes (``disk-flat.vmdk``'s descriptor for the base)."""
+        return self.folder / self.tree.current
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def snapshot_create(self, name: str, description: str = "", consistency: str = "crash",
+                        report: dict[str, Any] | None = None,
+                        artifacts: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Flush, freeze the current layer under ``name``, switch writes to a new delta.
+
+        Raises SnapshotExists, ChainTooDeep, NoSpace (nothing changed), DiskError.
+        """
+        with self._lock:
+            self._writable()
+            self._finish_pending()
+            if not SNAPSHOT_NAME.match(name):
+                raise DiskError(f"{self.folder}: snapshot name {name!r} must be 1-128 "
+                                "printable characters without '/'", self.folder)
+            if consistency not in CONSISTENCY:
+                raise DiskError(f"{self.folder}: consistency {consistency!r} must be one of "
+                                f"{', '.join(CONSISTENCY)}", self.folder)
+            if any(s["name"] == name for s in self.tree.snapshots):
+                raise SnapshotExists(f"{self.folder}: a snapshot named {name!r} exists "
+                                     "already", self.folder)
+            if self.tree.depth() + 1 > MAX_CHAIN:
+                raise ChainTooDeep(f"{self.current_file()}: the chain already has "
+                                   f"{self.tree.depth()} snapshots, the most one chain may "
+                                   "have; delete one first", self.current_file())
+            self.flush()
+            old = self.tree.current
+            new = self.tree.next_delta_name(self.folder)
+            entry = {"name": name, "layer": old, "description": description,
+                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "consistency": consistency, "report": report or {},
+                     "artifacts": artifacts or {}}
+            tree = self.tree.copy()
+            tree.snapshots.append(entry)
+            tree.layers[new] = old
+            tree.current = new
+            write_intent(self.folder, {"op": "create", "new": new})
+            try:
+                SparseExtent.create(self.folder / new, self.size,
+                                    self._layers[old].read_cid(), old)
+                tree.save()
+            except DiskError:
+                unlink_durably(self.folder / new)
+                clear_intent(self.folder)
+                raise
+            clear_intent(self.folder)
+            self.tree = tree
+            layer = self._layer(new)
+            assert isinstance(layer, SparseExtent)
+            self._chain.push(layer)
+            return dict(entry)
+
+    def snapshot_list(self) -> list[dict[str, Any]]:
+        """Every snapshot (oldest first) with parent, children and ``is_current_position``."""
+        with self._lock:
+            return self.tree.listing()
+
+    def snapshot_get(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            snap = dict(self.tree.snapshot(name))
+            snap["parent"] = self.tree.named_ancestor(snap["layer"])
+            return snap
+
+    def snapshot_revert(self, name: str) -> None:
+        """Discard the current state; a new empty delta on ``name``'s state takes writes."""
+        with self._lock:
+            self._writable()
+            self._finish_pending()
+            target = self.tree.snapshot(name)["layer"]
+            old = self.tree.current
+            new = self.tree.next_delta_name(self.folder)
+            tree = self.tree.copy()
+            tree.layers[new] = target
+            tree.current = new
+            if old != BASE_NAME:
+                del tree.layers[old]
+            write_intent(self.folder, {"op": "revert", "new": new, "discard": old})
+            try:
+                SparseExtent.create(self.folder / new, self.size,
+                                    self._layers[target].read_cid(), target)
+                tree.save()
+            except DiskError:
+                unlink_durably(self.folder / new)
+                clear_intent(self.folder)
+                raise
+            self._layers.pop(old).close()
+            unlink_durably(self.folder / old)
+            clear_intent(self.folder)
+            self.tree = tree
+            self._chain = self._build_chain(new)
+            self._normalize(self.tree.copy(), None)
+
+    def snapshot_delete(self, name: str, progress: Progress | None = None) -> None:
+        """Drop ``name`` and merge what no snapshot needs any more (see the module doc)."""
+        with self._lock:
+            self._writable()
+            self._finish_pending()
+            self.tree.snapshot(name)
+            tree = self.tree.copy()
+            tree.snapshots = [s for s in tree.snapshots if s["name"] != name]
+            self._normalize(tree, progress)
+
+    def snapshot_delete_all(self, progress: Progress | None = None) -> None:
+        """Merge the current chain straight into the base in one pass; drop every delta."""
+        with self._lock:
+            self._writable()
+            self._finish_pending()
+            chain = self.tree.chain(self.tree.current)
+            others = [n for n in self.tree.layers if n not in chain]
+            write_intent(self.folder, {"op": "merge_all", "chain": chain, "discard": others})
+            self._finish_merge_all(chain, others, progress)
+
+    def _normalize(self, tree: Tree, progress: Progress | None) -> None:
+        """Merge or remove unnamed layers until every read-only layer is needed."""
+        while True:
+            named = {s["layer"] for s in tree.snapshots}
+            todo = [n for n in tree.layers if n not in named and n != tree.current
+                    and len(tree.children(n)) <= 1]
+            if not todo:
+                if tree.to_json() != self.tree.to_json():
+                    tree.save()
+                    self.tree = tree
+                return
+            layer = todo[0]
+            kids = tree.children(layer)
+            if not kids:
+                del tree.layers[layer]
+                write_intent(self.folder, {"op": "drop", "files": [layer],
+                                           "tree": tree.to_json()})
+                self._finish_drop([layer], tree)
+            else:
+                child = kids[0]
+                for n, p in list(tree.layers.items()):
+                    if p == child:
+                        tree.layers[n] = layer
+                del tree.layers[child]
+                if tree.current == child:
+                    tree.current = layer
+                for s in tree.snapshots:
+                    if s["layer"] == child:
+                        s["layer"] = layer
+                write_intent(self.folder, {"op": "merge", "src": child, "dst": layer,
+                                           "tree": tree.to_json()})
+                self._finish_merge(child, layer, tree, progress)
+            tree = self.tree.copy()
+
+    # -- whole-disk operations ------------------------------------------------------------
+
+    def export_raw(self, out: str | Path, snapshot: str | None = None,
+                   progress: Progress | None = None) -> None:
+        """Flatten the current state (or ``snapshot``'s) into a raw image file ``out``.
+
+        Written to ``out.part`` and renamed; zero runs are left as holes.
+        """
+        out = Path(out)
+        part = out.with_name(out.name + ".part")
+        with self._lock:
+            if self._flock is None:
+                raise DiskError(f"{self.folder}: the disk is closed", self.folder)
+            top = self.tree.current if snapshot is None else self.tree.snapshot(snapshot)["layer"]
+            chain = self._chain if top == self.tree.current else self._build_chain(top)
+            try:
+                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    for pos in range(0, self.size, EXPORT_CHUNK):
+                        n = min(EXPORT_CHUNK, self.size - pos)
+                        data = chain.read(pos, n)
+                        if data != ZERO_CHUNK[:n]:
+                            os.pwrite(fd, data, pos)
+                        if progress:
+                            progress(pos + n, self.size)
+                    os.ftruncate(fd, self.size)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(part, out)
+            except OSError as err:
+                part.unlink(missing_ok=True)
+                raise space_error(err, out, "exporting") from err
+
+    def check(self) -> list[str]:
+        """Problems found in the files and links (empty = clean).
+
+        Beyond what ``open`` refuses outright: what qemu-img check misses (grains shared or
+        misaligned, a redundant table that differs from the primary, descriptor text qemu
+        would misparse), stray files, a pending intent.
+        """
+        with self._lock:
+            problems = []
+            for name in self.tree.layers:
+                layer = self._layers[name]
+                problems += [f"{layer.path}: {p}" for p in layer.problems()]
+            try:
+                self._verify_links()
+            except DiskError as err:
+                problems.append(str(err))
+            for p in sorted(self.folder.iterdir()):
+                if DELTA_NAME.match(p.name) and p.name not in self.tree.layers:
+                    problems.append(f"{p}: a delta file that no snapshot or layer uses")
+                elif p.name.startswith(".") and ".tmp-" in p.name:
+                    problems.append(f"{p}: a temporary file left by an interrupted write")
+            if (self.folder / INTENT).exists():
+                problems.append(f"{self.folder / INTENT}: an interrupted operation is pending")
+            return problems
+
+    def info(self) -> dict[str, Any]:
+        with self._lock:
+            tree = self.tree
+            layers = []
+            for name in tree.chain(tree.current)[::-1] + sorted(
+                    set(tree.layers) - set(tree.chain(tree.current))):
+                layer = self._layers[name]
+                snap = tree.by_layer(name)
+                entry: dict[str, Any] = {
+                    "file": name, "parent": tree.layers[name], "cid": f"{layer.read_cid():08x}",
+                    "snapshot": snap["name"] if snap else None,
+                    "in_current_chain": name in tree.chain(tree.current),
+                    "file_bytes": os.stat(layer.path).st_size}
+                if isinstance(layer, SparseExtent):
+                    entry["allocated_bytes"] = sum(1 for s in layer.gt if s) * GRAIN
+                layers.append(entry)
+            return {"folder": str(self.folder), "size": self.size,
+                    "current": str(self.current_file()), "current_layer": tree.current,
+                    "chain": tree.chain(tree.current), "depth": tree.depth(),
+                    "max_depth": MAX_CHAIN, "snapshots": len(tree.snapshots),
+                    "position": tree.named_ancestor(tree.current),
+                    "readonly": self.readonly, "layers": layers,
+                    "orphans": sorted(p.name for p in self.folder.iterdir()
+                                      if DELTA_NAME.match(p.name) and p.name not in tree.layers)}

@@ -1,0 +1,213 @@
+"""Durable files for the delta-disk engine, and the engine's error tree.
+
+Everything the engine writes that must survive a crash goes through here: ``atomic_write``
+(temp file in the same folder, write, fsync, rename, fsync the folder, borg's ``SaveFile``),
+the one-writer ``FolderLock`` (an ``fcntl.flock`` on ``DISK/.lock``) and the intent record
+(``DISK/intent.json``) that a multi-step operation writes first so that ``Disk.open`` can roll
+it forward or back.
+
+The errors live here because this is the bottom module every other one imports::
+
+    DiskError                    root; every message names the file and what is wrong
+     ├── ForeignFile             not a file this engine can use (bad magic, unsupported format)
+     ├── CorruptFile             our format, damaged (truncated, table past the end, ...)
+     ├── ChainBroken             missing parent, parent loop, hint outside the folder
+     │    └── CidMismatch        child's parentCID is not the parent's CID
+     ├── ChainTooDeep            a 33rd snapshot in one chain
+     ├── SnapshotNotFound
+     ├── SnapshotExists
+     ├── DiskBusy                another process holds the disk's lock
+     ├── ReadOnly                a write on a disk opened read-only
+     └── NoSpace                 ENOSPC/EDQUOT; the operation was undone or can be finished
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+class DiskError(Exception):
+    """Root of the host engine's errors."""
+
+    code = "DiskError"
+    exit_code = 2
+
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        super().__init__(message)
+        self.path = Path(path) if path is not None else None
+
+
+class ForeignFile(DiskError):
+    code = "ForeignFile"
+    exit_code = 10
+
+
+class CorruptFile(DiskError):
+    code = "CorruptFile"
+    exit_code = 11
+
+
+class ChainBroken(DiskError):
+    code = "ChainBroken"
+    exit_code = 12
+
+
+class CidMismatch(ChainBroken):
+    code = "CidMismatch"
+    exit_code = 13
+
+
+class ChainTooDeep(DiskError):
+    code = "ChainTooDeep"
+    exit_code = 14
+
+
+class SnapshotNotFound(DiskError):
+    code = "SnapshotNotFound"
+    exit_code = 15
+
+
+class SnapshotExists(DiskError):
+    code = "SnapshotExists"
+    exit_code = 16
+
+
+class DiskBusy(DiskError):
+    code = "DiskBusy"
+    exit_code = 17
+
+
+class ReadOnly(DiskError):
+    code = "ReadOnly"
+    exit_code = 18
+
+
+class NoSpace(DiskError):
+    code = "NoSpace"
+    exit_code = 19
+
+
+SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def space_error(err: OSError, path: str | Path, doing: str) -> DiskError:
+    """Turn an OSError into the DiskError a sysadmin can act on (NoSpace for a full disk)."""
+    if err.errno in SPACE_ERRNOS:
+        return NoSpace(f"{path}: no space left while {doing}; free space and retry", path)
+    return DiskError(f"{path}: {doing} failed: {err.strerror or err}", path)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """fsync a directory so that a rename or unlink in it is durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, whole.
+
+    Raises NoSpace (the old file untouched, the temp file removed) or DiskError.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as err:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise space_error(err, path, "writing") from err
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def unlink_durably(*paths: Path) -> None:
+    """Remove files (missing ones are fine) and make the removals durable."""
+    folders = set()
+    for p in paths:
+        try:
+            p.unlink()
+            folders.add(p.parent)
+        except FileNotFoundError:
+            pass
+    for folder in folders:
+        fsync_dir(folder)
+
+
+class FolderLock:
+    """One writer per disk: an exclusive flock on ``DISK/.lock`` (shared for read-only)."""
+
+    def __init__(self, folder: Path, shared: bool) -> None:
+        self.path = folder / ".lock"
+        try:
+            self.fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as err:
+            if shared and err.errno in (errno.EROFS, errno.EACCES):
+                self.fd = None  # a read-only medium: nobody can write either
+                return
+            raise DiskError(
+                f"{self.path}: cannot open the lock file: {err.strerror}", self.path
+            ) from err
+        try:
+            fcntl.flock(self.fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            os.close(self.fd)
+            self.fd = None
+            mode = "read" if shared else "write"
+            raise DiskBusy(
+                f"{folder}: the disk is in use by another process (cannot lock it "
+                f"for {mode}); stop the server or command using it",
+                folder,
+            ) from err
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+
+INTENT = "intent.json"
+
+
+def read_intent(folder: Path) -> dict[str, Any] | None:
+    """The pending intent record, or None. A damaged record is a CorruptFile."""
+    path = folder / INTENT
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        obj = json.loads(raw)
+    except ValueError as err:
+        raise CorruptFile(f"{path}: the intent record is not valid JSON ({err})", path) from err
+    if not isinstance(obj, dict) or not isinstance(obj.get("op"), str):
+        raise CorruptFile(f"{path}: the intent record has no 'op'", path)
+    return obj
+
+
+def write_intent(folder: Path, record: dict[str, Any]) -> None:
+    write_json(folder / INTENT, record)
+
+
+def clear_intent(folder: Path) -> None:
+    unlink_durably(folder / INTENT)

@@ -216,9 +216,10 @@ class MysqlWriter(Writer):
                 "blocker in SHOW PROCESSLIST (a long query, another backup holding BACKUP "
                 "STAGE, an open LOCK TABLES) or raise mysql[].lock_wait_timeout"))
         if code == ER_SPECIFIC_ACCESS:
-            need = {"instance_lock": "BACKUP_ADMIN"}.get(self.strategy, "RELOAD")
-            return WriterUnavailable(self.qualified_name, f"{step}: {_msg(err)}; grant {need} "
-                                     f"(and PROCESS, for the long-query check) to {self.user}")
+            need = ("RELOAD, PROCESS, BINLOG MONITOR" if self.flavor == "mariadb" else
+                    "RELOAD, PROCESS, REPLICATION CLIENT, BACKUP_ADMIN")
+            return WriterUnavailable(self.qualified_name, f"{step}: {_msg(err)}; the agent's "
+                                     f"user {self.user} needs {need}")
         if self._cut or isinstance(err, pymysql.err.InterfaceError) or code in CR_LOST:
             return WriterError(self.qualified_name, (
                 f"{step}: the session to {self.where} was lost ({_msg(err)}); the server "

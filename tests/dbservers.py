@@ -33,6 +33,9 @@ from typing import Any
 import psycopg
 import pymysql
 
+from hooks.base import Deadline, Operation
+from hooks.fsfreeze import freeze_path, thaw_path
+
 IS_ROOT = os.geteuid() == 0
 PG_ENV = "QUIESCE_TEST_PG_DSN"
 MYSQL_ENV = "QUIESCE_TEST_MYSQL_SOCKET"
@@ -412,3 +415,38 @@ def remove_templates() -> None:
         if tpl is not None:
             shutil.rmtree(tpl.parent, ignore_errors=True)
     _PG_TEMPLATE = _MARIA_TEMPLATE = None
+
+
+class Play:
+    """Plays the state machine for one writer: prepare -> freeze, then thaw or abort, with
+    one Operation and Deadline; a failed freeze is rolled back with abort, as the agent does."""
+
+    def __init__(self, writer: Any, label: str = "test", budget: float = 30.0) -> None:
+        self.writer = writer
+        self.messages: list[str] = []
+        self.op = Operation(label, Deadline(budget),
+                            sink=lambda who, msg: self.messages.append(f"{who}: {msg}"))
+
+    def freeze(self) -> Play:
+        try:
+            self.writer.prepare(self.op)
+            self.writer.freeze(self.op)
+        except BaseException:
+            self.writer.abort(self.op)
+            raise
+        return self
+
+    def thaw(self) -> dict[str, Any]:
+        self.writer.thaw(self.op)
+        return dict(self.writer.artifacts())
+
+    def abort(self) -> None:
+        self.writer.abort(self.op)
+
+
+def fsfreeze(mountpoint: str, freeze: bool) -> None:
+    """Freeze or thaw a filesystem THIS TEST made (refused anywhere else)."""
+    if freeze:
+        freeze_path(mountpoint)  # refuses anything outside QUIESCE_FREEZE_ONLY_UNDER
+    else:
+        thaw_path(mountpoint)

@@ -1,0 +1,61 @@
+"""``quiesce-host``: the command line of the host side, thin over the engine.
+
+One module per verb group (borg's way): ``cli_disk`` (create, info, check, export),
+``cli_snapshot`` (create, list, revert, delete) and ``cli_serve`` (serve). Each module adds
+its parser and sets ``func``; a verb returns its exit code. The engine never sees argparse.
+
+Exit codes (borg's): 0 ok, 1 warning (``disk check`` found problems), 2 error, the specific
+codes of ``host.durable`` above that (10 ForeignFile ... 19 NoSpace), 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from host import cli_disk, cli_snapshot
+from host.durable import DiskError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quiesce-host",
+        description="Host side of quiesce-agent: VMware-style delta disks and their snapshots.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    cli_disk.add_parser(verbs)
+    cli_snapshot.add_parser(verbs)
+    try:
+        from host.cli_serve import add_serve_parser
+    except ImportError as err:  # the servers are optional (their binding may be missing)
+        missing = err
+        serve = verbs.add_parser("serve", help=f"unavailable: {missing}")
+        serve.set_defaults(func=lambda args: _unavailable(missing))
+    else:
+        add_serve_parser(verbs)
+    return parser
+
+
+def _unavailable(err: Exception) -> int:
+    print(f"quiesce-host: error: serve is unavailable: {err}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args))
+    except DiskError as err:
+        print(f"quiesce-host: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("quiesce-host: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

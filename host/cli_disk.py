@@ -1,0 +1,106 @@
+"""``quiesce-host disk create|info|check|export``: thin verbs over ``host.disk.Disk``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from typing import Any
+
+from host.cli_progress import Progress, human_bytes
+from host.disk import Disk, DiskError
+
+UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """``65536``, ``64K``, ``64M``, ``1G``, ``1.5G``, ``64MiB`` → bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64M, 1G, 1048576)")
+    return int(float(m[1]) * UNITS[m[2].upper()])
+
+
+def add_parser(verbs: Any) -> None:
+    disk = verbs.add_parser("disk", help="create, inspect, check and export disks")
+    sub = disk.add_subparsers(dest="disk_verb", metavar="VERB", required=True)
+
+    p = sub.add_parser("create", help="make a new disk folder with an empty flat base")
+    p.add_argument("disk", metavar="DISK", help="folder to create (must be empty)")
+    p.add_argument("--size", type=parse_size, required=True,
+                   help="virtual size, e.g. 64M or 20G (rounded up to 64 KiB)")
+    p.set_defaults(func=run_create)
+
+    p = sub.add_parser("info", help="the chain, the current writable file, the layers")
+    p.add_argument("disk", metavar="DISK")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run_info)
+
+    p = sub.add_parser("check", help="verify every file and link (exit 1 if problems)")
+    p.add_argument("disk", metavar="DISK")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run_check)
+
+    p = sub.add_parser("export", help="flatten the current state or a snapshot to a raw image")
+    p.add_argument("disk", metavar="DISK")
+    p.add_argument("out", metavar="OUT.raw")
+    p.add_argument("--snapshot", metavar="NAME", help="export this snapshot's state instead")
+    p.set_defaults(func=run_export)
+
+
+def run_create(args: argparse.Namespace) -> int:
+    with Disk.create(args.disk, args.size) as disk:
+        print(f"created {disk.folder} ({human_bytes(disk.size)}, {disk.size} bytes)")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    with Disk.open(args.disk, readonly=True) as disk:
+        info = disk.info()
+    if args.json:
+        json.dump(info, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"disk       {info['folder']}  ({human_bytes(info['size'])})")
+    print(f"current    {info['current']}")
+    print(f"position   {info['position'] or '-'}  (chain depth {info['depth']} of "
+          f"{info['max_depth']}, {info['snapshots']} snapshots)")
+    print()
+    rows = [("FILE", "PARENT", "SNAPSHOT", "CID", "ALLOCATED", "FILE SIZE")]
+    for layer in info["layers"]:
+        mark = "*" if layer["file"] == info["current_layer"] else " "
+        allocated = layer.get("allocated_bytes")
+        rows.append((mark + layer["file"], layer["parent"] or "-", layer["snapshot"] or "-",
+                     layer["cid"], human_bytes(allocated) if allocated is not None else "(flat)",
+                     human_bytes(layer["file_bytes"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for orphan in info["orphans"]:
+        print(f"warning: {orphan} is in the folder but in no chain", file=sys.stderr)
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    try:
+        with Disk.open(args.disk, readonly=True) as disk:
+            problems = disk.check()
+        code = 1 if problems else 0
+    except DiskError as err:
+        problems, code = [str(err)], err.exit_code
+    if args.json:
+        print(json.dumps({"ok": not problems, "problems": problems}, indent=2))
+    elif problems:
+        for p in problems:
+            print(f"problem: {p}")
+    else:
+        print(f"{args.disk}: no problems found")
+    return code
+
+
+def run_export(args: argparse.Namespace) -> int:
+    with Disk.open(args.disk, readonly=True) as disk:
+        disk.export_raw(args.out, snapshot=args.snapshot, progress=Progress("export"))
+    print(f"exported {args.snapshot or 'the current state'} to {args.out}")
+    return 0

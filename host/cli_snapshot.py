@@ -1,0 +1,132 @@
+"""``quiesce-host snapshot create|list|revert|delete``: thin verbs over ``host.disk.Disk``.
+
+When the disk is being served (``quiesce-host serve`` holds its lock), create, list and delete
+go to the server through its control socket, which takes the snapshot at a clean cut.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from host.cli_progress import Progress
+from host.disk import CONSISTENCY, Disk, DiskBusy, DiskError
+
+
+def add_parser(verbs: Any) -> None:
+    snap = verbs.add_parser("snapshot", help="create, list, revert and delete snapshots")
+    sub = snap.add_subparsers(dest="snapshot_verb", metavar="VERB", required=True)
+
+    p = sub.add_parser("create", help="freeze the current state under NAME")
+    p.add_argument("disk", metavar="DISK")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("-d", "--description", default="")
+    p.add_argument("--consistency", choices=CONSISTENCY, default="crash")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_create)
+
+    p = sub.add_parser("list", help="the snapshot tree, the current position marked")
+    p.add_argument("disk", metavar="DISK")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_list)
+
+    p = sub.add_parser("revert", help="discard the current state and go back to NAME")
+    p.add_argument("disk", metavar="DISK")
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=run_revert)
+
+    p = sub.add_parser("delete", help="delete NAME (merging its delta), or --all")
+    p.add_argument("disk", metavar="DISK")
+    p.add_argument("name", metavar="NAME", nargs="?")
+    p.add_argument("--all", action="store_true",
+                   help="delete every snapshot: merge the current state into the base")
+    p.set_defaults(func=run_delete)
+
+
+def _served(args: argparse.Namespace, command: str, arguments: dict[str, Any],
+            busy: DiskBusy) -> Any:
+    """Ask the server holding the disk; re-raise ``busy`` if nothing serves it."""
+    try:
+        from host.serve_control import ServeError, request, socket_path
+    except ImportError:
+        raise busy from None
+    if not socket_path(args.disk).exists():
+        raise busy
+    try:
+        return request(args.disk, command, arguments)
+    except ServeError as err:
+        raise DiskError(f"{args.disk}: the server refused {command}: {err}", args.disk) from err
+
+
+def run_create(args: argparse.Namespace) -> int:
+    try:
+        with Disk.open(args.disk) as disk:
+            snap = disk.snapshot_create(args.name, args.description, args.consistency)
+    except DiskBusy as busy:
+        reply = _served(args, "snapshot-create", {"name": args.name,
+                                                  "description": args.description,
+                                                  "consistency": args.consistency}, busy)
+        snap = reply.get("snapshot", reply) if isinstance(reply, dict) else reply
+    if args.json:
+        print(json.dumps(snap, indent=2))
+    else:
+        print(f"snapshot {args.name!r} created")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    try:
+        with Disk.open(args.disk, readonly=True) as disk:
+            snaps = disk.snapshot_list()
+    except DiskBusy as busy:
+        snaps = _served(args, "snapshot-list", {}, busy)
+    if args.json:
+        print(json.dumps(snaps, indent=2))
+        return 0
+    if not snaps:
+        print("no snapshots (you are on the base)")
+        return 0
+    by_parent: dict[str | None, list[dict[str, Any]]] = {}
+    for s in snaps:
+        by_parent.setdefault(s.get("parent"), []).append(s)
+
+    def show(parent: str | None, indent: str) -> None:
+        kids = by_parent.get(parent, [])
+        for i, s in enumerate(kids):
+            last = i == len(kids) - 1
+            branch = "" if parent is None else ("└─ " if last else "├─ ")
+            here = "   <- you are here" if s.get("is_current_position") else ""
+            desc = f'  "{s["description"]}"' if s.get("description") else ""
+            print(f"{indent}{branch}{s['name']}  {s.get('created', '')}  "
+                  f"{s.get('consistency', '')}{desc}{here}")
+            show(s["name"], indent + ("" if parent is None else ("   " if last else "│  ")))
+
+    show(None, "")
+    return 0
+
+
+def run_revert(args: argparse.Namespace) -> int:
+    with Disk.open(args.disk) as disk:
+        disk.snapshot_revert(args.name)
+    print(f"reverted to {args.name!r}; the previous current state was discarded")
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    if bool(args.all) == bool(args.name):
+        print("quiesce-host: error: give a snapshot NAME or --all", file=sys.stderr)
+        return 2
+    try:
+        with Disk.open(args.disk) as disk:
+            if args.all:
+                disk.snapshot_delete_all(progress=Progress("merging into the base"))
+            else:
+                disk.snapshot_delete(args.name, progress=Progress(f"merging {args.name}"))
+    except DiskBusy as busy:
+        if args.all:
+            raise
+        _served(args, "snapshot-delete", {"name": args.name}, busy)
+    print("deleted all snapshots" if args.all else f"snapshot {args.name!r} deleted")
+    return 0

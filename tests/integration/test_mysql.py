@@ -134,7 +134,7 @@ def test_write_blocks_while_locked_and_completes_after(
 
 
 def test_long_query_makes_ftwrl_wait_then_fail_without_stalling(maria: MariaServer, db: str) -> None:
-    long = Background(maria, f"UPDATE {db}.t SET v = v + SLEEP(1.5)")
+    long = Background(maria, f"UPDATE {db}.t SET v = v + SLEEP(2.5)")
     time.sleep(0.3)
     w = writer(maria, lock="ftwrl", long_query_wait=1.0, long_query_threshold=0.2)
     t0 = time.monotonic()
@@ -161,7 +161,7 @@ def test_long_query_is_killed_when_configured(maria: MariaServer, db: str) -> No
 
 def test_stuck_ftwrl_is_killed_from_a_second_session(maria: MariaServer, db: str) -> None:
     """The long-query check off (threshold high): the lock attempt itself is bounded."""
-    long = Background(maria, f"UPDATE {db}.t SET v = v + SLEEP(1.5)")
+    long = Background(maria, f"UPDATE {db}.t SET v = v + SLEEP(2.5)")
     time.sleep(0.3)
     w = writer(maria, lock="ftwrl", long_query_threshold=100, lock_wait_timeout=1)
     t0 = time.monotonic()

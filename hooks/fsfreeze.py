@@ -14,6 +14,7 @@ Raises: WriterError (a freeze failed), UnsafeFreezeTarget (a freeze outside the 
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -28,6 +29,7 @@ from hooks.errors import UnsafeFreezeTarget, WriterError
 FIFREEZE = 0xC0045877
 FITHAW = 0xC0045878
 ALLOW_ENV = "QUIESCE_FREEZE_ONLY_UNDER"
+_libc = ctypes.CDLL(None, use_errno=True)
 
 PSEUDO = frozenset({
     "proc", "sysfs", "devtmpfs", "devpts", "tmpfs", "ramfs", "cgroup", "cgroup2", "pstore",
@@ -155,6 +157,17 @@ def ensure_allowed(path: str) -> None:
         )
 
 
+def syncfs_path(path: str) -> None:
+    """Flush one filesystem (syncfs(2)), not every filesystem as sync(2) would."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+
+
 def freeze_path(path: str) -> None:
     """FIFREEZE one mount point. Raises OSError (EBUSY: already frozen) or UnsafeFreezeTarget."""
     ensure_allowed(path)
@@ -233,7 +246,8 @@ class FilesystemsWriter(Writer):
             op.log(self.qualified_name, f"skip {path}: {reason}")
         with self._lock:
             self.frozen, self.foreign, self._aborted = [], [], False
-        os.sync()  # the slow flush happens here, before anything is locked
+        for path in self.targets:  # the slow flush happens here, before anything is locked
+            syncfs_path(path)
 
     def freeze(self, op: Operation) -> None:
         for path in self.targets:

@@ -15,6 +15,7 @@ Raises: WriterError (non-zero exit on freeze or thaw, refused script), WriterTim
 from __future__ import annotations
 
 import os
+import select
 import signal
 import stat
 import subprocess
@@ -134,6 +135,28 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait for exit without Popen.wait's sleep-polling (its naps grow to 50 ms): a pidfd
+    becomes readable the moment the process exits. True if it exited in time."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:  # kernels before 5.3: fall back to polling
+        try:
+            proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if not poller.poll(max(1, int(timeout * 1000))):
+            return False
+        proc.wait()
+        return True
+    finally:
+        os.close(fd)
+
+
 def run_script(path: str, argument: str, timeout: float, label: str = "") -> RunResult:
     """Run one script in its own session with a timeout; output bounded."""
     start = time.monotonic()
@@ -147,11 +170,8 @@ def run_script(path: str, argument: str, timeout: float, label: str = "") -> Run
                for s, b in ((proc.stdout, out), (proc.stderr, err))]
     for r in readers:
         r.start()
-    timed_out = False
-    try:
-        proc.wait(timeout=max(timeout, 0.01))
-    except subprocess.TimeoutExpired:
-        timed_out = True
+    timed_out = not _wait(proc, max(timeout, 0.01))
+    if timed_out:
         _kill_group(proc)
     for r in readers:  # a backgrounded child may keep the pipes open: do not wait for it
         r.join(timeout=0.2)

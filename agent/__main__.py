@@ -184,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # noqa: BLE001 - the last place: log it and fail with 2
+        logging.getLogger("quiesce-agent").exception("unexpected error: %s", err)
+        return 2
     finally:
         logging.shutdown()
 

@@ -75,7 +75,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
-        servers, channels = await self._listen()
+        try:
+            servers, channels = await self._listen()
+        except OSError as err:
+            self.guard.stop()
+            raise QuiesceError(f"cannot listen: {err}; check listen.* in {self.config.source}") from err
         systemd.notify("READY=1")
         logger.info("quiesce-agent %d ready (ceiling %g s, budget %g s)", os.getpid(),
                     self.config.freeze.ceiling_seconds, self.config.freeze.timeout_seconds)

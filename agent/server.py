@@ -183,8 +183,12 @@ def unix_listener(path: str, group: str | None) -> socket.socket:
 
 
 def vsock_listener(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-    sock.bind((socket.VMADDR_CID_ANY, port))
+    try:
+        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        sock.bind((socket.VMADDR_CID_ANY, port))
+    except OSError as err:
+        raise OSError(err.errno, f"vsock port {port}: {err.strerror} (is this a VM with a "
+                      "vsock device, and is the port free?)") from err
     sock.listen(16)
     return sock
 

@@ -184,3 +184,28 @@ def test_virtio_serial_port_serves_the_same_protocol(start_agent, short_tmp) -> 
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_vsock_listens_where_the_kernel_has_it(short_tmp) -> None:
+    from tests.agentproc import AgentProcess
+
+    agent = AgentProcess(short_tmp, {"listen": {"unix": str(short_tmp / "v.sock"),
+                                                "vsock": {"port": 47_123}}})
+    try:
+        agent.start()
+    except RuntimeError:
+        # no vsock transport on this machine (it needs a hypervisor): the daemon must say so
+        agent.stop()
+        assert "cannot listen" in agent.log() and "vsock port 47123" in agent.log()
+        return
+    try:
+        s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        s.settimeout(2)
+        try:
+            s.connect((1, 47_123))  # VMADDR_CID_LOCAL, needs the vsock_loopback transport
+        except OSError:
+            pytest.skip("the daemon listens on vsock, but this kernel has no vsock loopback")
+        s.sendall(protocol.request("ping", id=1))
+        assert json.loads(s.recv(4096))["return"]["pong"] is True
+    finally:
+        agent.stop()

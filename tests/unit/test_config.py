@@ -76,3 +76,11 @@ def test_a_broken_file_names_the_file(tmp_path) -> None:  # type: ignore[no-unty
         config.load(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         config.load(tmp_path / "missing.yaml")
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "docs" / "agent.yaml.example"
+    cfg = config.load(example)
+    assert cfg.filesystems is not None and cfg.scripts is not None

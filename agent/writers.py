@@ -6,17 +6,14 @@ The state machine knows no writer by name; this is the one place that does.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from agent.config import Config
 from hooks import fsfreeze, scripts
 from hooks.base import Writer
 from hooks.errors import QuiesceError
-
-try:  # the database writers land with the database-writer work
-    from hooks.mysql import MysqlWriter
-    from hooks.postgres import PostgresWriter
-except ImportError:  # pragma: no cover
-    MysqlWriter = PostgresWriter = None  # type: ignore[assignment,misc]
+from hooks.mysql import MysqlWriter
+from hooks.postgres import PostgresWriter
 
 
 class UnknownWriter(QuiesceError):
@@ -29,10 +26,8 @@ def build_all(config: Config, notes: list[str]) -> list[Writer]:
     if config.scripts is not None:
         s = config.scripts
         writers += scripts.build(s.dir, s.timeout_seconds, s.legacy_dir, s.require_root_owner, notes)
-    if MysqlWriter is not None:
-        writers += [MysqlWriter(**dataclasses.asdict(m)) for m in config.mysql]
-    if PostgresWriter is not None:
-        writers += [PostgresWriter(**dataclasses.asdict(p)) for p in config.postgres]
+    writers += [MysqlWriter(**dataclasses.asdict(m)) for m in config.mysql]
+    writers += [PostgresWriter(**dataclasses.asdict(p)) for p in config.postgres]
     if config.filesystems is not None:
         f = config.filesystems
         writers.append(fsfreeze.FilesystemsWriter(f.mounts, f.exclude, protect=(config.state_dir,)))
@@ -53,7 +48,7 @@ def select(writers: list[Writer], names: list[str] | None) -> list[Writer]:
     return [w for w in writers if w in chosen]
 
 
-def factory(config: Config):  # type: ignore[no-untyped-def]
+def factory(config: Config) -> Callable[[list[str] | None], tuple[list[Writer], list[str]]]:
     def make(names: list[str] | None) -> tuple[list[Writer], list[str]]:
         notes: list[str] = []
         return select(build_all(config, notes), names), notes

@@ -93,22 +93,23 @@ class Chain:
     def read(self, offset: int, length: int) -> bytes:
         if length <= 0:
             return b""
-        out = bytearray(length)
-        mv = memoryview(out)
+        pieces: list[bytes] = []
         end = offset + length
         for o, g, n in self._runs(offset // GRAIN, (end - 1) // GRAIN):
             start = max(offset, g * GRAIN)
             stop = min(end, (g + n) * GRAIN)
             if o == 0:
-                mv[start - offset : stop - offset] = self.base.read(start, stop - start)
+                pieces.append(self.base.read(start, stop - start))
                 continue
             layer = self.layers[o]
             s = layer.gt[g]  # type: ignore[union-attr]
-            if s != 1:
-                mv[start - offset : stop - offset] = layer.read_at(  # type: ignore[union-attr]
-                    s, start - g * GRAIN, stop - start
-                )
-        return bytes(out)
+            if s == 1:
+                pieces.append(ZERO_GRAIN[:stop - start] if stop - start <= GRAIN
+                              else bytes(stop - start))
+            else:
+                pieces.append(layer.read_at(  # type: ignore[union-attr]
+                    s, start - g * GRAIN, stop - start))
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     # -- writing --------------------------------------------------------------------------
 

@@ -467,8 +467,11 @@ class SparseExtent:
         self.next_sector = max(overhead, -(-file_sectors // GRAIN_SECTORS) * GRAIN_SECTORS)
 
     def _read_directory(self, start: int, count: int, overhead: int, what: str) -> list[int]:
+        if start < DESC_OFFSET + DESC_SECTORS or start + -(-count * 4 // SECTOR) > overhead:
+            raise CorruptFile(f"{self.path}: the {what} at sector {start} lies outside the "
+                              f"metadata area (sectors 21-{overhead})", self.path)
         raw = os.pread(self.fd, count * 4, start * SECTOR)
-        if start == 0 or len(raw) != count * 4:
+        if len(raw) != count * 4:
             raise CorruptFile(
                 f"{self.path}: the {what} at sector {start} is missing or truncated", self.path
             )

@@ -76,6 +76,7 @@ __all__ = [
 
 CONSISTENCY = ("application", "filesystem", "crash")
 SNAPSHOT_NAME = re.compile(r"^[^\x00-\x1f/\x7f]{1,128}$")
+TEMP_FILE = re.compile(r"^\.(tree\.json|intent\.json|disk(-\d{6})?\.vmdk)\.tmp-\d+$")
 EXPORT_CHUNK = 4 * 1024 * 1024
 ZERO_CHUNK = bytes(EXPORT_CHUNK)
 
@@ -164,6 +165,8 @@ class Disk:
 
     def _load(self, recover: bool = True) -> None:
         """Recover a pending intent, read the tree, open and verify every layer."""
+        if not self.readonly:
+            self._sweep_temp_files()
         intent = read_intent(self.folder) if recover else None
         if intent is not None:
             if self.readonly:
@@ -179,6 +182,12 @@ class Disk:
             self._close_layers()
             raise
         self._chain = self._build_chain(self.tree.current)
+
+    def _sweep_temp_files(self) -> None:
+        """Remove the temp files of atomic writes a crash cut short (we hold the lock)."""
+        stale = [p for p in self.folder.iterdir() if TEMP_FILE.match(p.name)]
+        if stale:
+            unlink_durably(*stale)
 
     def _layer(self, name: str) -> Layer:
         layer = self._layers.get(name)

@@ -456,6 +456,8 @@ class SparseExtent:
         if flags & FLAG_RGD and rgd:
             self.rgde = self._read_directory(rgd, num_gts, overhead, "redundant grain directory")
         tables = b"".join(os.pread(self.fd, GT_BYTES, s * SECTOR) for s in self.gde)
+        if self.writable and self.rgde:
+            self._repair_redundant(tables)
         gt = array("I")
         gt.frombytes(tables)
         if gt.itemsize != 4:  # pragma: no cover - every Linux ABI has 4-byte unsigned int
@@ -465,6 +467,17 @@ class SparseExtent:
         file_sectors = file_size // SECTOR
         self._check_entries(file_sectors)
         self.next_sector = max(overhead, -(-file_sectors // GRAIN_SECTORS) * GRAIN_SECTORS)
+
+    def _repair_redundant(self, tables: bytes) -> None:
+        """A crash between the primary and the redundant table write leaves them different:
+        the primary is the truth (written first), so copy it over."""
+        for t, sector in enumerate(self.rgde):
+            primary = tables[t * GT_BYTES:(t + 1) * GT_BYTES]
+            if os.pread(self.fd, GT_BYTES, sector * SECTOR) != primary:
+                try:
+                    os.pwrite(self.fd, primary, sector * SECTOR)
+                except OSError as err:
+                    raise space_error(err, self.path, "repairing a redundant table") from err
 
     def _read_directory(self, start: int, count: int, overhead: int, what: str) -> list[int]:
         if start < DESC_OFFSET + DESC_SECTORS or start + -(-count * 4 // SECTOR) > overhead:

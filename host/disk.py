@@ -50,6 +50,7 @@ from host.durable import (
     SnapshotExists,
     SnapshotNotFound,
     clear_intent,
+    pwrite_all,
     read_intent,
     space_error,
     unlink_durably,
@@ -553,7 +554,7 @@ class Disk:
                         n = min(EXPORT_CHUNK, self.size - pos)
                         data = chain.read(pos, n)
                         if data != ZERO_CHUNK[:n]:
-                            os.pwrite(fd, data, pos)
+                            pwrite_all(fd, data, pos)
                         if progress:
                             progress(pos + n, self.size)
                     os.ftruncate(fd, self.size)

@@ -102,6 +102,14 @@ def space_error(err: OSError, path: str | Path, doing: str) -> DiskError:
     return DiskError(f"{path}: {doing} failed: {err.strerror or err}", path)
 
 
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """pwrite every byte (a short write is retried, so a full disk raises ENOSPC)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
 def fsync_dir(folder: str | Path) -> None:
     """fsync a directory so that a rename or unlink in it is durable."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)

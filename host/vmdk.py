@@ -33,6 +33,7 @@ from host.durable import (
     ForeignFile,
     atomic_write,
     fsync_dir,
+    pwrite_all,
     space_error,
 )
 
@@ -308,10 +309,7 @@ class FlatBase:
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         try:
-            view = memoryview(data)
-            while view:
-                n = os.pwrite(self.fd, view, offset)
-                view, offset = view[n:], offset + n
+            pwrite_all(self.fd, data, offset)
         except OSError as err:
             raise space_error(err, self.flat_path, "writing to the base") from err
 
@@ -475,7 +473,7 @@ class SparseExtent:
             primary = tables[t * GT_BYTES:(t + 1) * GT_BYTES]
             if os.pread(self.fd, GT_BYTES, sector * SECTOR) != primary:
                 try:
-                    os.pwrite(self.fd, primary, sector * SECTOR)
+                    pwrite_all(self.fd, primary, sector * SECTOR)
                 except OSError as err:
                     raise space_error(err, self.path, "repairing a redundant table") from err
 
@@ -571,7 +569,7 @@ class SparseExtent:
                     (rgd, lay.rgd),
                     (gd, lay.gd),
                 ):
-                    os.pwrite(fd, data, sector * SECTOR)
+                    pwrite_all(fd, data, sector * SECTOR)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -603,7 +601,7 @@ class SparseExtent:
             end = len(old.split(b"\0", 1)[0])
             if end > len(window):  # zero the rest of a longer old text
                 window += bytes(-(-end // SECTOR) * SECTOR - len(window))
-            os.pwrite(self.fd, window, DESC_OFFSET * SECTOR)
+            pwrite_all(self.fd, window, DESC_OFFSET * SECTOR)
             os.fsync(self.fd)
         except OSError as err:
             raise space_error(err, self.path, "rewriting the descriptor") from err
@@ -631,7 +629,7 @@ class SparseExtent:
     def overwrite(self, g: int, offset: int, data: bytes | memoryview) -> None:
         """Write inside grain ``g``, which must already be allocated in this file."""
         try:
-            os.pwrite(self.fd, data, self.gt[g] * SECTOR + offset)
+            pwrite_all(self.fd, data, self.gt[g] * SECTOR + offset)
         except OSError as err:
             raise space_error(err, self.path, "writing a grain") from err
 
@@ -645,7 +643,7 @@ class SparseExtent:
         start = self.next_sector
         old_size = os.fstat(self.fd).st_size
         try:
-            os.pwrite(self.fd, b"".join(bytes(d) for _, d in grains), start * SECTOR)
+            pwrite_all(self.fd, b"".join(bytes(d) for _, d in grains), start * SECTOR)
             os.fdatasync(self.fd)
         except OSError as err:
             try:
@@ -671,7 +669,7 @@ class SparseExtent:
             for directory in (self.gde, self.rgde):
                 for t in sorted(tables):
                     if directory:
-                        os.pwrite(
+                        pwrite_all(
                             self.fd,
                             self.gt[t * GTES : (t + 1) * GTES].tobytes().ljust(GT_BYTES, b"\0"),
                             directory[t] * SECTOR,

@@ -120,6 +120,7 @@ class MysqlWriter(Writer):
         self.strategy, self.reason = lock, "configured"
         self._prepared_at = 0.0
         self._artifacts: dict[str, Any] = {}
+        self._ms: dict[str, float] = {}  # lock_ms (taking the lock), release_ms (unlock)
 
     # -- connections ------------------------------------------------------------------------
 
@@ -293,7 +294,7 @@ class MysqlWriter(Writer):
                    "SESSION wait_timeout = 3600", self.lock_wait_timeout)
 
     def prepare(self, op: Operation) -> None:
-        self._artifacts, self._locked = {}, False
+        self._artifacts, self._ms, self._locked = {}, {}, False
         self._prepared_at = time.monotonic()
         self._open(op.deadline.check(self.qualified_name, "connect"))
         try:
@@ -373,6 +374,7 @@ class MysqlWriter(Writer):
                 self._locked = True
                 self._bounded(op, "LOCK INSTANCE FOR BACKUP", "LOCK INSTANCE FOR BACKUP")
             locked_in = time.monotonic() - t0
+            self._ms["lock_ms"] = round(locked_in * 1000, 1)
             self._artifacts = self._coordinates(op)
         except WriterError:
             self._release_by_kill()
@@ -423,8 +425,10 @@ class MysqlWriter(Writer):
             self._close()
             return
         sql = UNLOCK[self.strategy]
+        t0 = time.monotonic()
         try:
             self._exec(sql, sql, self.lock_wait_timeout)
+            self._ms["release_ms"] = round((time.monotonic() - t0) * 1000, 1)
             op.log(self.qualified_name, f"{sql}: released")
         except WriterError as err:
             self._release_by_kill()
@@ -440,7 +444,10 @@ class MysqlWriter(Writer):
         self._close()
 
     def artifacts(self) -> dict[str, Any]:
-        return dict(self._artifacts)
+        out = dict(self._artifacts)
+        if self._ms:
+            out["timings"] = dict(self._ms)
+        return out
 
     def emergency_release(self) -> None:
         """Cut the held socket now; KILL the server-side session from a helper thread (a

@@ -107,6 +107,7 @@ class PostgresWriter(Writer):
         self.seg_size = 16 << 20
         self.start_lsn: str | None = None
         self._artifacts: dict[str, Any] = {}
+        self._ms: dict[str, float] = {}  # lock_ms (backup start), release_ms (stop), archive_ms
 
     @property
     def where(self) -> str:
@@ -292,6 +293,7 @@ class PostgresWriter(Writer):
             self._close()
             raise
         self._started = True
+        self._ms["lock_ms"] = round((time.monotonic() - t0) * 1000, 1)
         self.start_lsn = str(rows[0][0])
         op.log(self.qualified_name, f"backup mode started at {self.start_lsn} in "
                f"{time.monotonic() - t0:.3f} s{' (standby)' if self.standby else ''}")
@@ -308,18 +310,22 @@ class PostgresWriter(Writer):
                                   "by the ceiling guard; backup mode ended without "
                                   "pg_backup_stop, so there is no backup_label (an atomic "
                                   "snapshot still restores by crash recovery)")
+            t0 = time.monotonic()
             try:
                 lsn, label, spcmap = self._stop()
             except WriterError as err:
                 raise WriterError(self.qualified_name, f"{err}; backup mode has ended, no "
                                   "backup_label was returned: the snapshot is usable only as an "
                                   "atomic crash-consistent image") from err
+            self._ms["release_ms"] = round((time.monotonic() - t0) * 1000, 1)
             self._record(op, lsn, label, spcmap)
             if self.wait_for_archive and self.archiving:
+                t0 = time.monotonic()
                 try:
                     self._wait_archived(op)
                 except WriterError as err:
                     late = err
+                self._ms["archive_wait_ms"] = round((time.monotonic() - t0) * 1000, 1)
         finally:
             self._close()
         self._write_artifacts(op, label, spcmap)
@@ -410,7 +416,10 @@ class PostgresWriter(Writer):
         self._close()
 
     def artifacts(self) -> dict[str, Any]:
-        return dict(self._artifacts)
+        out = dict(self._artifacts)
+        if self._ms:
+            out["timings"] = dict(self._ms)
+        return out
 
     def emergency_release(self) -> None:
         self._cut_socket()

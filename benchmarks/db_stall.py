@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=["postgres", "ftwrl", "backup_stage"], action="append",
                    help="run only these strategies")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     chosen = args.only or ["postgres", "ftwrl", "backup_stage"]
     results = []
     t0 = time.monotonic()

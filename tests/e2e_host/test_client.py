@@ -1,0 +1,155 @@
+"""The host's agent client against fake agents: every wait bounded, every failure named."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from host.quiesce import (
+    AgentClient,
+    AgentGarbage,
+    AgentRefused,
+    AgentTimeout,
+    AgentUnreachable,
+    EndpointError,
+    ceiling_of,
+    parse_endpoint,
+)
+
+
+class FakeAgent:
+    """A unix socket that answers each request line with ``respond(request) -> bytes``."""
+
+    def __init__(self, path: Path, respond: Callable[[dict], bytes | None]) -> None:
+        self.path = path
+        self.respond = respond
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(path))
+        self.sock.listen(4)
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        try:
+            while chunk := conn.recv(65536):
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    out = self.respond(json.loads(line))
+                    if out is None:
+                        conn.close()  # the agent dies
+                        return
+                    conn.sendall(out)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+@pytest.fixture
+def fake(short_tmp: Path) -> Iterator[Callable[..., FakeAgent]]:
+    made: list[FakeAgent] = []
+
+    def factory(respond: Callable[[dict], bytes | None]) -> FakeAgent:
+        agent = FakeAgent(short_tmp / f"fake{len(made)}.sock", respond)
+        made.append(agent)
+        return agent
+
+    yield factory
+    for agent in made:
+        agent.close()
+
+
+def reply(req: dict, ret: object) -> bytes:
+    return json.dumps({"return": ret, "id": req.get("id")}).encode() + b"\n"
+
+
+def test_endpoints_parse_or_say_what_is_wrong() -> None:
+    assert str(parse_endpoint("unix:/run/a.sock")) == "unix:/run/a.sock"
+    ep = parse_endpoint("vsock:3:5000")
+    assert (ep.kind, ep.cid, ep.port) == ("vsock", 3, 5000)
+    for bad in ("/run/a.sock", "tcp:1.2.3.4:5", "vsock:3", "vsock:x:1", "unix:"):
+        with pytest.raises(EndpointError, match="unix:PATH|vsock:CID:PORT"):
+            parse_endpoint(bad)
+
+
+def test_no_agent_is_a_clear_error(short_tmp: Path) -> None:
+    with pytest.raises(AgentUnreachable, match="cannot connect.*is quiesce-agent running"):
+        AgentClient(f"unix:{short_tmp}/nothing.sock").connect()
+
+
+def test_stale_replies_with_other_ids_are_skipped(fake) -> None:
+    def respond(req: dict) -> bytes:
+        stale = json.dumps({"return": {"old": True}, "id": "someone-else-7"}).encode() + b"\n"
+        return stale + reply(req, {"pong": True})
+
+    agent = fake(respond)
+    with AgentClient(f"unix:{agent.path}") as c:
+        assert c.ping() == {"pong": True}
+        assert c.ping() == {"pong": True}
+
+
+def test_garbage_is_named(fake) -> None:
+    agent = fake(lambda req: b"SSH-2.0-OpenSSH_9.2\n")
+    with AgentClient(f"unix:{agent.path}") as c, pytest.raises(AgentGarbage, match="not the agent protocol"):
+        c.ping()
+
+
+def test_an_agent_that_never_answers_is_given_up_on_in_bounded_time(fake) -> None:
+    agent = fake(lambda req: b"")  # reads, never answers
+    t0 = time.monotonic()
+    with AgentClient(f"unix:{agent.path}") as c, pytest.raises(AgentTimeout, match="within 0.5 s"):
+        c.call("ping", timeout=0.5)
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_the_freeze_wait_is_the_budget_plus_a_margin(fake) -> None:
+    agent = fake(lambda req: b"")
+    t0 = time.monotonic()
+    with AgentClient(f"unix:{agent.path}") as c, pytest.raises(AgentTimeout):
+        c.freeze("x", budget=1.0)
+    assert 2.9 < time.monotonic() - t0 < 4.0  # 1 s budget + 2 s margin
+
+
+def test_an_agent_dying_mid_call_is_a_lost_connection(fake) -> None:
+    agent = fake(lambda req: None)
+    with AgentClient(f"unix:{agent.path}") as c, pytest.raises(AgentUnreachable, match="lost"):
+        c.freeze("x", budget=5)
+
+
+def test_error_replies_carry_class_and_report(fake) -> None:
+    def respond(req: dict) -> bytes:
+        err = {"class": "WriterFailed", "desc": "scripts:3: cannot lock",
+               "data": {"report": {"outcome": "failed", "writers": []}}}
+        return json.dumps({"error": err, "id": req["id"]}).encode() + b"\n"
+
+    agent = fake(respond)
+    with AgentClient(f"unix:{agent.path}") as c, pytest.raises(AgentRefused) as info:
+        c.freeze("x", budget=5)
+    assert info.value.error_class == "WriterFailed"
+    assert info.value.report == {"outcome": "failed", "writers": []}
+
+
+def test_the_ceiling_is_never_taken_above_sixty_seconds() -> None:
+    assert ceiling_of({"ceiling_seconds": 5}) == 5
+    assert ceiling_of({"ceiling_seconds": 600}) == 60
+    assert ceiling_of({}) == 60

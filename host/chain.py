@@ -138,7 +138,7 @@ class Chain:
             pos += n
         for i in range(0, len(new), RUN * 8):
             batch = new[i : i + RUN * 8]
-            top.append_grains(batch)
+            top.append_grains(batch, durable=False)
             for g, _ in batch:
                 self.owner[g] = t
 

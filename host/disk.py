@@ -50,6 +50,7 @@ from host.durable import (
     SnapshotExists,
     SnapshotNotFound,
     clear_intent,
+    pending_log_path,
     pwrite_all,
     read_intent,
     space_error,
@@ -175,6 +176,11 @@ class Disk:
                                 "open the disk read-write once to finish it", self.folder)
             self._recover(intent)
         self.tree = Tree.load(self.folder)
+        if not self.readonly:
+            orphans = [p for p in self.folder.iterdir() if p.name.endswith(".pending")
+                       and p.name[1:-len(".pending")] not in self.tree.layers]
+            if orphans:
+                unlink_durably(*orphans)
         try:
             for name in self.tree.layers:
                 self._layer(name)
@@ -254,12 +260,12 @@ class Disk:
         try:
             if op == "create":
                 if intent["new"] not in self.tree.layers:
-                    unlink_durably(self._path(intent["new"]))
+                    self._unlink_layers(intent["new"])
             elif op == "revert":
                 done = self.tree.current == intent["new"]
                 gone = intent["discard"] if done else intent["new"]
                 if gone != BASE_NAME:
-                    unlink_durably(self._path(gone))
+                    self._unlink_layers(gone)
             elif op == "drop":
                 self._finish_drop(list(intent["files"]), Tree(intent["tree"], self.tree.path))
             elif op == "merge":
@@ -270,8 +276,7 @@ class Disk:
                     after.save()
             elif op == "merge_all":
                 if self.tree.current == BASE_NAME and len(self.tree.layers) == 1:
-                    unlink_durably(*(self._path(n) for n in intent["chain"][1:]
-                                     + intent["discard"]))
+                    self._unlink_layers(*intent["chain"][1:], *intent["discard"])
                 else:
                     self._finish_merge_all(list(intent["chain"]), list(intent["discard"]),
                                            None)
@@ -285,6 +290,10 @@ class Disk:
             self._close_layers()
         clear_intent(self.folder)
 
+    def _unlink_layers(self, *names: str) -> None:
+        paths = [self._path(n) for n in names if n != BASE_NAME]
+        unlink_durably(*paths, *(pending_log_path(p) for p in paths))
+
     def _path(self, name: str) -> Path:
         return self.folder / safe_name(self.folder, name, "layer", self.folder / INTENT)
 
@@ -295,7 +304,7 @@ class Disk:
             layer = self._layers.pop(name, None)
             if layer is not None:
                 layer.close()
-        unlink_durably(*(self._path(n) for n in files))
+        self._unlink_layers(*files)
         clear_intent(self.folder)
         self._chain = self._build_chain(after.current)
 
@@ -312,7 +321,7 @@ class Disk:
         after.save()
         self.tree = after
         self._layers.pop(src).close()
-        unlink_durably(self._path(src))
+        self._unlink_layers(src)
         clear_intent(self.folder)
         self._chain = self._build_chain(after.current)
 
@@ -329,7 +338,7 @@ class Disk:
         for name in list(self._layers):
             if name != BASE_NAME:
                 self._layers.pop(name).close()
-        unlink_durably(*(self._path(n) for n in chain[1:] + others))
+        self._unlink_layers(*chain[1:], *others)
         clear_intent(self.folder)
         self._chain = self._build_chain(BASE_NAME)
 
@@ -472,7 +481,7 @@ class Disk:
                 clear_intent(self.folder)
                 raise
             self._layers.pop(old).close()
-            unlink_durably(self.folder / old)
+            self._unlink_layers(old)
             clear_intent(self.folder)
             self.tree = tree
             self._chain = self._build_chain(new)
@@ -484,6 +493,7 @@ class Disk:
             self._writable()
             self._finish_pending()
             self.tree.snapshot(name)
+            self.flush()  # pending grain entries into the tables before any merge
             tree = self.tree.copy()
             tree.snapshots = [s for s in tree.snapshots if s["name"] != name]
             self._normalize(tree, progress)
@@ -493,6 +503,7 @@ class Disk:
         with self._lock:
             self._writable()
             self._finish_pending()
+            self.flush()
             chain = self.tree.chain(self.tree.current)
             others = [n for n in self.tree.layers if n not in chain]
             write_intent(self.folder, {"op": "merge_all", "chain": chain, "discard": others})
@@ -574,6 +585,7 @@ class Disk:
         would misparse), stray files, a pending intent.
         """
         with self._lock:
+            self.flush()
             problems = []
             for name in self.tree.layers:
                 layer = self._layers[name]

@@ -6,6 +6,12 @@ the one-writer ``FolderLock`` (an ``fcntl.flock`` on ``DISK/.lock``) and the int
 (``DISK/intent.json``) that a multi-step operation writes first so that ``Disk.open`` can roll
 it forward or back.
 
+``PendingLog`` lets a write that allocates a grain be acknowledged without an fsync while
+keeping both promises: the grain table in the file only ever points at data already synced
+(entries reach it at the next flush, after an ``fdatasync``), and an acknowledged write
+survives the death of the process (its entry is in the log, which the next open of the same
+boot replays; after a reboot the log is ignored: those writes were never flushed).
+
 The errors live here because this is the bottom module every other one imports::
 
     DiskError                    root; every message names the file and what is wrong
@@ -27,6 +33,7 @@ import errno
 import fcntl
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +226,72 @@ def write_intent(folder: Path, record: dict[str, Any]) -> None:
 
 def clear_intent(folder: Path) -> None:
     unlink_durably(folder / INTENT)
+
+
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id() -> bytes:
+    """This boot's id (36 bytes): the page cache, and so an unsynced file, lives as long."""
+    try:
+        with open(BOOT_ID, "rb") as f:
+            return f.read().strip()[:36].ljust(36, b"?")
+    except OSError:
+        return b"?" * 36  # unknown: a log is then trusted only by its own process
+
+
+class PendingLog:
+    """Grain table entries not yet in the table, kept where a killed process leaves them.
+
+    A 64-byte header (magic, boot id) and then ``<u32 grain, u32 sector>`` records.
+    """
+
+    MAGIC = b"QPEND1\n"
+    HEADER = 64
+    RECORD = struct.Struct("<II")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.end = self.HEADER
+
+    def load(self) -> tuple[list[tuple[int, int]], bool]:
+        """(records written in this boot, whether a log from an earlier boot was found)."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return [], False
+        if raw[:len(self.MAGIC)] != self.MAGIC or len(raw) < self.HEADER:
+            return [], True
+        if raw[len(self.MAGIC):len(self.MAGIC) + 36] != boot_id():
+            return [], True
+        body = raw[self.HEADER:]
+        body = body[:len(body) - len(body) % self.RECORD.size]
+        return [tuple(r) for r in self.RECORD.iter_unpack(body)], False  # type: ignore[misc]
+
+    def append(self, records: list[tuple[int, int]]) -> None:
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                              0o644)
+            pwrite_all(self.fd, (self.MAGIC + boot_id()).ljust(self.HEADER, b"\0"), 0)
+            self.end = self.HEADER
+        data = b"".join(self.RECORD.pack(g, s) for g, s in records)
+        pwrite_all(self.fd, data, self.end)
+        self.end += len(data)
+
+    def reset(self) -> None:
+        """Every entry is in the table now (and synced)."""
+        if self.fd is not None and self.end > self.HEADER:
+            os.ftruncate(self.fd, self.HEADER)
+            self.end = self.HEADER
+
+    def close(self, remove: bool) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if remove:
+            self.path.unlink(missing_ok=True)
+
+
+def pending_log_path(layer: Path) -> Path:
+    return layer.with_name(f".{layer.name}.pending")

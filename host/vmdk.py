@@ -7,8 +7,10 @@ grains (grainSize 128), 512 entries per grain table, the descriptor at sector 1 
 allocated at creation (qemu never allocates one), grains appended grain-aligned at the end.
 The exact layout and its crash states are in ``docs/internals/disk-format.md``.
 
-Durability: a new grain's data is written and ``fdatasync``-ed before the grain table entry
-that points to it is written (primary table, then redundant table).
+Durability: a grain table entry is written (primary table, then redundant table) only after
+the data it points to was ``fdatasync``-ed. Writes that allocate grains keep their entries in
+memory and in a pending log (``host.durable.PendingLog``) until the next flush, so that they
+need no fsync each and still survive the death of the process.
 
 Raises ForeignFile (not a file we can use), CorruptFile (damaged), DiskError, NoSpace.
 """
@@ -31,8 +33,10 @@ from host.durable import (
     CorruptFile,
     DiskError,
     ForeignFile,
+    PendingLog,
     atomic_write,
     fsync_dir,
+    pending_log_path,
     pwrite_all,
     space_error,
 )
@@ -383,6 +387,8 @@ class SparseExtent:
         self.name = path.name
         self.writable = writable
         self.cid_bumped = False
+        self.pending: dict[int, int] = {}  # grain -> sector, in memory and log, not in table
+        self.log = PendingLog(pending_log_path(path))
         try:
             self.fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW)
         except OSError as err:
@@ -465,6 +471,21 @@ class SparseExtent:
         file_sectors = file_size // SECTOR
         self._check_entries(file_sectors)
         self.next_sector = max(overhead, -(-file_sectors // GRAIN_SECTORS) * GRAIN_SECTORS)
+        self._replay(file_sectors)
+
+    def _replay(self, file_sectors: int) -> None:
+        """Take back the entries of writes acknowledged before a crash (same boot only)."""
+        records, stale = self.log.load()
+        for g, s in records:
+            if (g < self.num_grains and s >= self.overhead and s % GRAIN_SECTORS == 0
+                    and s + GRAIN_SECTORS <= file_sectors):
+                self.gt[g] = s
+                self.pending[g] = s
+        if self.writable:
+            if self.pending:
+                self.commit()
+            if stale or records:
+                self.log.close(remove=True)
 
     def _repair_redundant(self, tables: bytes) -> None:
         """A crash between the primary and the redundant table write leaves them different:
@@ -633,30 +654,53 @@ class SparseExtent:
         except OSError as err:
             raise space_error(err, self.path, "writing a grain") from err
 
-    def append_grains(self, grains: list[tuple[int, bytes | memoryview]]) -> None:
-        """Allocate whole grains at the end: data, fdatasync, then primary and redundant GTEs.
+    def append_grains(self, grains: list[tuple[int, bytes | memoryview]],
+                      durable: bool = True) -> None:
+        """Allocate whole grains at the end of the file.
 
+        ``durable``: data, fdatasync, then the primary and redundant table entries. Otherwise
+        the entries go to the pending log and reach the tables at the next ``commit`` (flush).
         On failure nothing points at the new data and the file is cut back to its old end.
         """
         if not grains:
             return
         start = self.next_sector
         old_size = os.fstat(self.fd).st_size
+        records = [(g, start + i * GRAIN_SECTORS) for i, (g, _) in enumerate(grains)]
         try:
             pwrite_all(self.fd, b"".join(bytes(d) for _, d in grains), start * SECTOR)
-            os.fdatasync(self.fd)
+            if durable:
+                os.fdatasync(self.fd)
+            else:
+                self.log.append(records)
         except OSError as err:
             try:
                 os.ftruncate(self.fd, old_size)
             except OSError:
                 pass
             raise space_error(err, self.path, "allocating grains") from err
-        tables = set()
-        for i, (g, _) in enumerate(grains):
-            self.gt[g] = start + i * GRAIN_SECTORS
-            tables.add(g // GTES)
+        for g, s in records:
+            self.gt[g] = s
         self.next_sector = start + len(grains) * GRAIN_SECTORS
-        self._write_tables(tables)
+        if durable:
+            self._write_tables({g // GTES for g, _ in records})
+        else:
+            self.pending.update(records)
+            if len(self.pending) >= 16384:  # keep the log and a crash replay short
+                self.commit()
+
+    def commit(self) -> None:
+        """Pending entries into the tables: fdatasync the data first, then write them."""
+        if not self.pending:
+            return
+        try:
+            os.fdatasync(self.fd)
+            self._write_tables({g // GTES for g in self.pending})
+            os.fdatasync(self.fd)
+            self.pending.clear()
+            self.log.reset()
+        except OSError as err:
+            raise space_error(err, self.path, "writing grain tables") from err
 
     def set_entries(self, entries: dict[int, int]) -> None:
         """Set grain table entries directly (0 drops a grain), primary then redundant."""
@@ -686,9 +730,13 @@ class SparseExtent:
             out.append("the newline-detection bytes are damaged (file mangled as text?)")
         if self.read_descriptor().create_type != "monolithicSparse":
             out.append("createType is not monolithicSparse")
+        if self.pending:
+            out.append(f"{len(self.pending)} grains written before a crash are not in the "
+                       "grain tables yet (a read-write open commits them)")
+        busy = {g // GTES for g in self.pending}
         for t, sector in enumerate(self.gde):
             disk = self.read_table(sector)[: len(self.gt[t * GTES:(t + 1) * GTES])]
-            if disk != self.gt[t * GTES:(t + 1) * GTES]:
+            if t not in busy and disk != self.gt[t * GTES:(t + 1) * GTES]:
                 out.append(f"grain table {t} on disk differs from the one in memory")
             if self.rgde and self.read_table(self.rgde[t]) != self.read_table(sector):
                 out.append(f"redundant grain table {t} differs from the primary")
@@ -714,12 +762,15 @@ class SparseExtent:
         return t
 
     def sync(self) -> None:
+        self.commit()
         os.fsync(self.fd)
 
     def close(self) -> None:
+        """Close; the pending log stays only if entries are still pending (a crash-like end)."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        self.log.close(remove=self.writable and not self.pending)
 
 
 Layer = FlatBase | SparseExtent

@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -218,3 +219,29 @@ def test_the_crash_plan_runs_to_completion(seed: int, tmp_path: Path) -> None:
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0 and out.count("ack") == crashplan.STEPS
     assert observe(folder, tmp_path) == crashplan.plan(seed)[-1][1]
+
+
+def test_unflushed_new_grains_survive_a_kill_but_not_a_reboot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "disk"
+    with Disk.create(folder, SIZE) as disk:
+        disk.write(0, b"\x01" * GRAIN)
+        disk.snapshot_create("a")  # flushes: the base holds 0x01
+    disk = Disk.open(folder)
+    disk.write(10, b"\x02" * 100)  # a new grain, acknowledged, not flushed
+    top = disk.current_file()
+    gd = struct.unpack_from("<Q", top.read_bytes(), 56)[0]
+    gt = struct.unpack_from("<I", top.read_bytes(), gd * 512)[0]
+    assert struct.unpack_from("<I", top.read_bytes(), gt * 512)[0] == 0  # not in the table yet
+    abandon(disk)  # killed
+    with Disk.open(folder, readonly=True) as ro:
+        assert ro.read(0, 200) == b"\x01" * 10 + b"\x02" * 100 + b"\x01" * 90
+        assert any("not in the grain tables yet" in p for p in ro.check())
+    monkeypatch.setattr("host.durable.boot_id", lambda: b"another-boot".ljust(36, b"-"))
+    with Disk.open(folder, readonly=True) as after_reboot:  # the log is not trusted
+        assert after_reboot.read(0, 200) == b"\x01" * 200
+    monkeypatch.undo()
+    with Disk.open(folder) as disk:  # same boot, read-write: committed into the tables
+        assert disk.read(0, 200) == b"\x01" * 10 + b"\x02" * 100 + b"\x01" * 90
+        assert disk.check() == []
+    assert not list(folder.glob(".*.pending"))

@@ -100,11 +100,11 @@ def run_model(seed: int, steps: int, folder: Path, tmp: Path, use_qemu: bool) ->
                 disk.flush()
                 qemu_judge(disk.current_file(), model.current, tmp)
         check_snapshots(disk, model, tmp)
-        left = {p.name for p in folder.iterdir()} - {".lock", "tree.json", "disk.vmdk",
-                                                     "disk-flat.vmdk"}
-        assert left == set(disk.tree.layers) - {"disk.vmdk"}  # no stray files
     finally:
         disk.close()
+    left = {p.name for p in folder.iterdir()} - {".lock", "tree.json", "disk.vmdk",
+                                                 "disk-flat.vmdk"}
+    assert left == set(disk.tree.layers) - {"disk.vmdk"}  # no stray files
     if use_qemu:
         run(QEMU_IMG or "qemu-img", "info", "--backing-chain", folder / disk.tree.current)
 

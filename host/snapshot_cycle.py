@@ -109,6 +109,7 @@ class Outcome:
     agent: dict[str, Any] | None = None  # the agent's last report
     warnings: list[str] = field(default_factory=list)
     host: dict[str, Any] = field(default_factory=dict)
+    moments: dict[str, float] = field(default_factory=dict)  # event -> time.monotonic()
 
     def record(self) -> dict[str, Any]:
         """The fields the snapshot keeps: consistency, report, artifacts."""
@@ -146,7 +147,7 @@ class Cycle:
         self.client = AgentClient(endpoint)
         self.faults = faults or Faults()
         self.tl = Timeline()
-        self.out = Outcome(name, mode)
+        self.out = Outcome(name, mode, moments=self.tl.events)
         self.ceiling = 60.0
 
     def run(self) -> Outcome:

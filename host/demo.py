@@ -188,6 +188,8 @@ def scenario(lab: Lab, clock: Clock, seconds: float,
     clock.say(f"reverted the disk to {SNAPSHOT!r}: everything after it is discarded")
     lab.bring_up()
     clock.say("served, mounted and restarted both databases from the reverted disk")
+    for line in _recovery_notes(lab):
+        print("    " + line)
     present = present_ids(lab)
     verdicts = [judge(ld.name, ld.rows, ld.sent, present[ld.name], m["frozen"], m["thawed"])
                 for ld in loads]
@@ -206,3 +208,16 @@ def _latency_lines(loads: list[Any], start: float, end: float) -> str:
         out.append(f"      {ld.name}: {max(outside, default=0):.1f} / "
                    f"{max(inside, default=0):.1f}  ({len(ld.rows)} rows acknowledged)")
     return "\n".join(out)
+
+
+def _recovery_notes(lab: Lab) -> list[str]:
+    """What each server's log says about the restart from the snapshot."""
+    out = []
+    pg = lab.pg.log_tail()
+    if "automatic recovery in progress" in pg or "redo done" in pg:
+        out.append("PostgreSQL: crash recovery from the snapshot (no backup_label needed: "
+                   "non-exclusive backup mode left none in the image)")
+    maria = lab.maria.log_tail()
+    if "crash recovery" in maria.lower() or "Starting final batch to recover" in maria:
+        out.append("MariaDB: InnoDB crash recovery from the snapshot")
+    return out

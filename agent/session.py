@@ -15,6 +15,7 @@ Raises: StateError (wrong state), WriterError/WriterTimeout (rolled back), NotCo
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures.thread  # noqa: F401 - asyncio.to_thread loads it lazily otherwise
 import logging
 import threading
 import time

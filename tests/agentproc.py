@@ -21,14 +21,14 @@ ROOT = Path(__file__).resolve().parent.parent
 class AgentProcess:
     """A daemon with its own config, state dir and socket under ``workdir``."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+    def __init__(self, workdir: Path, config: dict[str, Any], log_path: Path | None = None) -> None:
         self.workdir = workdir
         self.socket = config.get("listen", {}).get("unix") or str(workdir / "agent.sock")
         self.state_dir = str(workdir / "state")
         cfg = {"listen": {"unix": self.socket}, "state_dir": self.state_dir, **config}
         self.config_path = workdir / "agent.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg))
-        self.log_path = workdir / "agent.log"
+        self.log_path = log_path or workdir / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: float = 10.0) -> AgentProcess:

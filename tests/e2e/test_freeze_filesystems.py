@@ -151,3 +151,24 @@ def test_two_filesystems_and_a_failing_script_roll_back(make_fs, start_agent, sh
     assert reply["error"]["class"] == "WriterFailed"
     assert "90-fails" in reply["error"]["desc"]
     assert not frozen_now(a.path) and not frozen_now(b.path)
+
+
+def test_a_daemon_logging_onto_the_filesystem_it_froze_still_answers(ext4, short_tmp) -> None:
+    # stderr is a file on the frozen filesystem: one write there while frozen would hang the
+    # daemon; logs are held in memory until the thaw instead
+    from tests.agentproc import AgentProcess
+
+    agent = AgentProcess(short_tmp, {"filesystems": {"mounts": [ext4.path]},
+                                     "freeze": {"ceiling_seconds": 10, "timeout_seconds": 5}},
+                         log_path=Path(ext4.path) / "agent.log").start()
+    try:
+        assert "return" in agent.call("freeze", {"label": "self"}, timeout=5)
+        start = time.monotonic()
+        assert agent.call("status", timeout=3)["return"]["state"] == "frozen"
+        assert agent.call("writers", timeout=3)["return"]
+        assert agent.call("thaw", timeout=3)["return"]["outcome"] == "thawed"
+        assert time.monotonic() - start < 3
+        time.sleep(0.2)
+        assert "state frozen -> thawing" in agent.log()  # written after the thaw
+    finally:
+        agent.stop()

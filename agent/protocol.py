@@ -123,7 +123,7 @@ def parse_reply(line: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict) or ("return" not in obj and "error" not in obj):
         raise ProtocolError(BAD_REQUEST, "agent reply has neither 'return' nor 'error'")
     if "error" in obj:
-        err = obj["error"]
-        if not isinstance(err, dict) or not isinstance(err.get("class"), str):
+        error = obj["error"]
+        if not isinstance(error, dict) or not isinstance(error.get("class"), str):
             raise ProtocolError(BAD_REQUEST, "agent error reply is malformed")
     return obj

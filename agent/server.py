@@ -25,7 +25,7 @@ from agent.session import Session
 from hooks.errors import QuiesceError
 
 logger = logging.getLogger(__name__)
-Dispatch = Callable[[bytes], Awaitable[dict[str, Any] | None]]
+Dispatch = Callable[[bytes], Awaitable[dict[str, Any]]]
 
 
 class Dispatcher:
@@ -117,10 +117,8 @@ async def serve_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
                 return
             if not line.strip():
                 continue
-            reply = await dispatch(line)
-            if reply is not None:
-                writer.write(protocol.encode(reply))
-                await writer.drain()
+            writer.write(protocol.encode(await dispatch(line)))
+            await writer.drain()
     except (ConnectionError, OSError):
         pass  # the client went away; whatever it started goes on
     finally:
@@ -254,9 +252,7 @@ class SerialChannel:
             loop.remove_reader(fd)
             os.close(fd)
 
-    async def _reply(self, fd: int, reply: dict[str, Any] | None) -> None:
-        if reply is None:
-            return
+    async def _reply(self, fd: int, reply: dict[str, Any]) -> None:
         data = protocol.encode(reply)
         while data:
             try:

@@ -19,6 +19,7 @@ server's files are not ours to copy.
 
 from __future__ import annotations
 
+import atexit
 import glob
 import os
 import pwd
@@ -121,6 +122,7 @@ def _pg_template() -> Path:
         _run([str(bindir / "initdb"), "-D", str(base / "data"), "-U", "postgres",
               "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"], owner)
         _PG_TEMPLATE = base / "data"
+        atexit.register(shutil.rmtree, base, True)
     return _PG_TEMPLATE
 
 
@@ -267,6 +269,7 @@ def _maria_template() -> Path:
             cmd.append("--user=mysql")
         _run(cmd, None)
         _MARIA_TEMPLATE = base / "data"
+        atexit.register(shutil.rmtree, base, True)
     return _MARIA_TEMPLATE
 
 

@@ -1,7 +1,9 @@
 """``quiesce-host``: the command line of the host side, thin over the engine.
 
 One module per verb group (borg's way): ``cli_disk`` (create, info, check, export),
-``cli_snapshot`` (create, list, revert, delete) and ``cli_serve`` (serve). Each module adds
+``cli_snapshot`` (create, list, revert, delete), ``cli_serve`` (serve), ``cli_quiesce``
+(``snapshot create --quiesce``, ``snapshot show``, ``snapshot restore-artifacts``) and
+``demo``. Each module adds
 its parser and sets ``func``; a verb returns its exit code. The engine never sees argparse.
 
 Exit codes (borg's): 0 ok, 1 warning (``disk check`` found problems), 2 error, the specific
@@ -15,7 +17,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from host import cli_disk, cli_snapshot
+from host import cli_disk, cli_quiesce, cli_snapshot, demo
 from host.durable import DiskError
 
 
@@ -35,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         serve.set_defaults(func=lambda args: _unavailable(missing))
     else:
         add_serve_parser(verbs)
+    cli_quiesce.install(verbs)
+    demo.add_parser(verbs)
     return parser
 
 

@@ -13,9 +13,10 @@ what is measured is the database lock alone.
 Load: pgbench (TPC-B-like, rate-limited) on PostgreSQL; on MariaDB a separate process whose
 writer threads run BEGIN; INSERT; INSERT; COMMIT and whose reader thread runs point SELECTs,
 each at a fixed rate, while a batch thread runs a ~0.2 s UPDATE every 0.3 s (a statement
-FLUSH TABLES WITH READ LOCK has to wait for, below any long-query threshold). "window" is from the freeze call to the return of the release
-statement (pg_backup_stop, UNLOCK TABLES, BACKUP STAGE END); client latencies are of the transactions that overlap a window, and
-of the whole baseline.
+FLUSH TABLES WITH READ LOCK has to wait for, below any long-query threshold). "window" is
+from the freeze call to the return of the release statement (pg_backup_stop, UNLOCK TABLES,
+BACKUP STAGE END); client latencies are of the transactions that overlap a window, and of the
+whole baseline.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def cycles(writer: object, n: int, hold: float, gap: float, result: Result) -> l
         writer.thaw(op)  # type: ignore[attr-defined]
         # the lock is gone when the release statement returns (PostgreSQL's wait for the WAL
         # archive comes after it and holds nothing)
-        released = t1 + writer.artifacts()["timings"]["release_ms"] / 1000  # type: ignore[attr-defined]
+        timings = writer.artifacts()["timings"]  # type: ignore[attr-defined]
+        released = t1 + timings["release_ms"] / 1000
         result.windows.append(released - t0)
         walls.append((w0, w0 + released - t0))
         time.sleep(gap)

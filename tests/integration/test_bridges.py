@@ -119,7 +119,8 @@ def vmtoolsd(s: Setup, folder: Path, phase: str) -> list[tuple[str, int]]:
             ran.append((name, rc))
             if rc != 0:
                 for prev in reversed(done):
-                    ran.append((f"{prev} freezeFail", s.run(folder / prev, "freezeFail").returncode))
+                    rc = s.run(folder / prev, "freezeFail").returncode
+                    ran.append((f"{prev} freezeFail", rc))
                 break
             done.append(name)
     else:

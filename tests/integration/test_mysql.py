@@ -133,7 +133,8 @@ def test_write_blocks_while_locked_and_completes_after(
 # -- long statements and stuck lock attempts ----------------------------------------------------
 
 
-def test_long_query_makes_ftwrl_wait_then_fail_without_stalling(maria: MariaServer, db: str) -> None:
+def test_long_query_makes_ftwrl_wait_then_fail_without_stalling(
+        maria: MariaServer, db: str) -> None:
     long = Background(maria, f"UPDATE {db}.t SET v = v + SLEEP(2.5)")
     time.sleep(0.3)
     w = writer(maria, lock="ftwrl", long_query_wait=1.0, long_query_threshold=0.2)
@@ -225,7 +226,7 @@ def test_emergency_release_while_the_lock_attempt_waits(maria: MariaServer, db: 
 
         t = threading.Thread(target=run)
         t.start()
-        assert wait_until(lambda: w._held_id != 0 and w.strategy == "backup_stage", 5)  # noqa: SLF001
+        assert wait_until(lambda: w._held_id != 0, 5)  # noqa: SLF001 - the session exists
         time.sleep(0.5)
         t0 = time.monotonic()
         w.emergency_release()

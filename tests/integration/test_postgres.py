@@ -46,7 +46,8 @@ def wait_until(cond: object, timeout: float = 10.0) -> bool:
 
 
 def test_wal_names_match_the_server(pg: PgServer) -> None:
-    lsn, name = pg.sql("SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())")[0]
+    lsn, name = pg.sql("SELECT pg_current_wal_lsn()::text, "
+                       "pg_walfile_name(pg_current_wal_lsn())")[0]
     seg = parse_size(pg.sql("SHOW wal_segment_size")[0][0])
     assert wal_file_name(1, parse_lsn(lsn) // seg, seg) == name
     assert parse_lsn("16/B374D848") == 0x16B374D848

@@ -32,7 +32,8 @@ def put(server: PgServer, name: str, text: str) -> None:
 def test_frozen_copy_restores_by_crash_recovery_and_with_the_label(
         make_fs: object, pg_factory: object, tmp_path: Path) -> None:
     fs = make_fs("ext4", 300)  # type: ignore[operator]
-    server = pg_factory(datadir=Path(fs.path) / "pgdata", archive=True).start()  # type: ignore[operator]
+    datadir = Path(fs.path) / "pgdata"
+    server = pg_factory(datadir=datadir, archive=True).start()  # type: ignore[operator]
     server.sql("CREATE TABLE t (i int PRIMARY KEY, phase text)")
     server.sql("INSERT INTO t SELECT g, 'before' FROM generate_series(1, 1000) g")
 

@@ -113,6 +113,17 @@ class Chain:
 
     # -- writing --------------------------------------------------------------------------
 
+    def overwrite(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
+        """The fast path: ``data`` lies inside one grain the top already holds. False if not."""
+        top = self.layers[-1]
+        g, goff = divmod(offset, GRAIN)
+        if goff + len(data) > GRAIN or top.kind != "sparse":
+            return False
+        if top.gt[g] <= 1:  # type: ignore[union-attr]
+            return False
+        top.overwrite(g, goff, data)  # type: ignore[union-attr]
+        return True
+
     def write(self, offset: int, data: bytes | memoryview) -> None:
         top = self.top
         if isinstance(top, FlatBase):

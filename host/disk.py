@@ -98,10 +98,12 @@ class Disk:
     # -- life-cycle -----------------------------------------------------------------------
 
     @classmethod
-    def create(cls, folder: str | Path, size: int) -> Disk:
+    def create(cls, folder: str | Path, size: int, *, preallocate: bool = True) -> Disk:
         """Make a new disk of ``size`` bytes, rounded up to a whole 64 KiB grain.
 
-        ``folder`` is created if needed and must be empty. The flat base is preallocated.
+        ``folder`` is created if needed and must be empty. The flat base is preallocated
+        (``posix_fallocate``) unless ``preallocate`` is False; a preallocated base is what
+        lets ``snapshot_delete_all`` never run out of space.
         """
         folder = Path(folder)
         if size <= 0:
@@ -115,7 +117,7 @@ class Disk:
             raise DiskError(f"{folder}: not empty; a new disk needs an empty folder", folder)
         lock = FolderLock(folder, shared=False)
         try:
-            FlatBase.create(folder, size)
+            FlatBase.create(folder, size, preallocate)
             Tree.new(folder, size).save()
         except DiskError:
             for name in (BASE_NAME, "disk-flat.vmdk"):
@@ -365,10 +367,16 @@ class Disk:
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write at any offset and length; copy-on-write per grain into the current layer."""
+        n = len(data)
         with self._lock:
+            chain = self._chain
+            if chain.top.cid_bumped and self._flock and 0 <= offset and offset + n <= self.size:
+                if not chain.overwrite(offset, data):  # the common case: done at once
+                    chain.write(offset, data)
+                return
             self._writable()
-            self._bounds(offset, len(data))
-            if len(data):
+            self._bounds(offset, n)
+            if n:
                 self._before_write()
                 self._chain.write(offset, data)
 
@@ -546,10 +554,11 @@ class Disk:
     # -- whole-disk operations ------------------------------------------------------------
 
     def export_raw(self, out: str | Path, snapshot: str | None = None,
-                   progress: Progress | None = None) -> None:
+                   progress: Progress | None = None, *, sync: bool = True) -> None:
         """Flatten the current state (or ``snapshot``'s) into a raw image file ``out``.
 
-        Written to ``out.part`` and renamed; zero runs are left as holes.
+        Written to ``out.part``, fsync-ed (unless ``sync`` is False) and renamed; zero runs
+        are left as holes.
         """
         out = Path(out)
         part = out.with_name(out.name + ".part")
@@ -569,7 +578,8 @@ class Disk:
                         if progress:
                             progress(pos + n, self.size)
                     os.ftruncate(fd, self.size)
-                    os.fsync(fd)
+                    if sync:
+                        os.fsync(fd)
                 finally:
                     os.close(fd)
                 os.rename(part, out)

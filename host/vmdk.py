@@ -253,14 +253,15 @@ class FlatBase:
         self.size = size
 
     @classmethod
-    def create(cls, folder: Path, size: int) -> None:
+    def create(cls, folder: Path, size: int, preallocate: bool = True) -> None:
         flat = folder / FLAT_NAME
         try:
             fd = os.open(flat, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 os.ftruncate(fd, size)
-                try:  # a flat extent is preallocated: merges into it never hit ENOSPC
-                    os.posix_fallocate(fd, 0, size)
+                try:  # a preallocated flat extent: merges into it never hit ENOSPC
+                    if preallocate:
+                        os.posix_fallocate(fd, 0, size)
                 except OSError as err:
                     if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                         raise
@@ -649,8 +650,11 @@ class SparseExtent:
 
     def overwrite(self, g: int, offset: int, data: bytes | memoryview) -> None:
         """Write inside grain ``g``, which must already be allocated in this file."""
+        pos = self.gt[g] * SECTOR + offset
         try:
-            pwrite_all(self.fd, data, self.gt[g] * SECTOR + offset)
+            n = os.pwrite(self.fd, data, pos)
+            if n != len(data):
+                pwrite_all(self.fd, memoryview(data)[n:], pos + n)
         except OSError as err:
             raise space_error(err, self.path, "writing a grain") from err
 
@@ -668,7 +672,8 @@ class SparseExtent:
         old_size = os.fstat(self.fd).st_size
         records = [(g, start + i * GRAIN_SECTORS) for i, (g, _) in enumerate(grains)]
         try:
-            pwrite_all(self.fd, b"".join(bytes(d) for _, d in grains), start * SECTOR)
+            pwrite_all(self.fd, grains[0][1] if len(grains) == 1
+                       else b"".join(d for _, d in grains), start * SECTOR)
             if durable:
                 os.fdatasync(self.fd)
             else:

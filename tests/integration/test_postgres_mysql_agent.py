@@ -106,3 +106,40 @@ def test_agent_freezes_both_databases_and_their_filesystem(
     restored = maria_factory(source=tmp_path / "my-snap").start()
     assert rows_my(restored) == [("before", 500)]
     assert restored.sql("SELECT @@gtid_binlog_pos")[0][0] == my_art["gtid"]
+
+
+def test_killed_database_sessions_fail_the_thaw_by_name(
+        pg: PgServer, maria: MariaServer, short_tmp: Path) -> None:
+    """An admin kills the agent's sessions while it holds them: the thaw reply is an error
+    naming both database writers; the locks are gone, the agent is idle again."""
+    if pg.external or maria.external:
+        pytest.skip("the daemon tests use the private servers")
+    maria.sql("CREATE DATABASE IF NOT EXISTS killed")
+    maria.sql("CREATE TABLE IF NOT EXISTS killed.t (i INT PRIMARY KEY) ENGINE=InnoDB")
+    maria.sql("DELETE FROM killed.t")
+    agent = AgentProcess(short_tmp, {
+        "freeze": {"ceiling_seconds": 30, "timeout_seconds": 10},
+        "postgres": [{"name": "main", "dsn": pg.dsn}],
+        "mysql": [{"name": "main", "unix_socket": maria.socket, "user": maria.user,
+                   "lock": "ftwrl"}],
+    }).start()
+    try:
+        assert "return" in agent.call("freeze", {"label": "killed"})
+        insert = Background(maria, "INSERT INTO killed.t VALUES (1)")
+        pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+               "WHERE application_name = 'quiesce-agent'")
+        mine = maria.sql("SELECT ID FROM information_schema.PROCESSLIST "
+                         "WHERE COMMAND = 'Sleep' AND USER = %s", [maria.user])
+        for (session_id,) in mine:
+            maria.sql(f"KILL {int(session_id)}")
+        assert insert.join() < 5 and insert.error is None  # the lock went with the session
+        reply = agent.call("thaw")
+        assert reply["error"]["class"] == "WriterFailed", reply
+        desc = reply["error"]["desc"]
+        assert "postgres:main" in desc or "mysql:main" in desc
+        errors = {w["name"]: w["error"] for w in reply["error"]["data"]["report"]["writers"]}
+        assert "was lost" in errors["postgres:main"]
+        assert "was lost" in errors["mysql:main"]
+        assert agent.call("status")["return"]["state"] == "idle"
+    finally:
+        agent.stop()

@@ -153,3 +153,14 @@ def test_the_ceiling_is_never_taken_above_sixty_seconds() -> None:
     assert ceiling_of({"ceiling_seconds": 5}) == 5
     assert ceiling_of({"ceiling_seconds": 600}) == 60
     assert ceiling_of({}) == 60
+
+
+def test_a_vsock_endpoint_with_nobody_there_is_bounded() -> None:
+    try:
+        socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()
+    except (AttributeError, OSError):
+        pytest.skip("no AF_VSOCK on this machine")
+    t0 = time.monotonic()
+    with pytest.raises(AgentUnreachable, match="vsock:1:57123"):
+        AgentClient("vsock:1:57123", connect_timeout=1.0).connect()
+    assert time.monotonic() - t0 < 2.0

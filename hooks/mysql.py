@@ -41,6 +41,7 @@ POLL = 0.1
 NON_TRANSACTIONAL = ("MyISAM", "Aria", "MRG_MyISAM", "MRG_MYISAM", "CSV", "ARCHIVE")
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 STAGES = ("START", "FLUSH", "BLOCK_DDL", "BLOCK_COMMIT")
+LOCK_STEPS = ("FLUSH", "BACKUP STAGE", "LOCK INSTANCE")  # statements that wait for a lock
 UNLOCK = {"ftwrl": "UNLOCK TABLES", "backup_stage": "BACKUP STAGE END",
           "instance_lock": "UNLOCK INSTANCE"}
 # server error codes
@@ -210,8 +211,13 @@ class MysqlWriter(Writer):
 
     def _error(self, step: str, err: pymysql.MySQLError, timeout: float) -> WriterError:
         code = err.args[0] if err.args else 0
-        if code in (ER_LOCK_WAIT_TIMEOUT, ER_STATEMENT_TIMEOUT) or (
-                code == ER_QUERY_INTERRUPTED and self._killed_by_watchdog):
+        timed_out = code in (ER_LOCK_WAIT_TIMEOUT, ER_STATEMENT_TIMEOUT) or (
+            code == ER_QUERY_INTERRUPTED and self._killed_by_watchdog)
+        if timed_out and not step.startswith(LOCK_STEPS):
+            return WriterTimeout(self.qualified_name, f"{step} did not finish within "
+                                 f"{timeout:.1f} s ({_msg(err)}); the server is overloaded or "
+                                 "stuck: check SHOW PROCESSLIST")
+        if timed_out:
             return WriterTimeout(self.qualified_name, (
                 f"{step} did not get its lock within {timeout:.0f} s ({_msg(err)}); find the "
                 "blocker in SHOW PROCESSLIST (a long query, another backup holding BACKUP "

@@ -16,7 +16,7 @@ import pymysql
 import pytest
 
 from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
-from hooks.mysql import MysqlWriter, choose_lock, parse_version, refuse_lock
+from hooks.mysql import MysqlWriter, _mask, choose_lock, parse_version, refuse_lock
 from tests.dbservers import MariaServer, Play
 
 pytestmark = pytest.mark.mysql
@@ -87,6 +87,9 @@ def test_version_gating_and_auto_choice() -> None:
     assert "backup_stage" in (refuse_lock("instance_lock", "mariadb", (10, 11, 6)) or "")
     assert "MariaDB 10.4" in (refuse_lock("backup_stage", "mysql", (8, 0, 36)) or "")
     assert refuse_lock("ftwrl", "mysql", (5, 6, 0)) is None
+    # statements named in errors and logs never show their string literals
+    assert _mask("ALTER USER 'app'@'%' IDENTIFIED BY 'hunter2'") == \
+        "ALTER USER '?'@'?' IDENTIFIED BY '?'"
 
 
 def test_instance_lock_is_refused_on_mariadb(maria: MariaServer) -> None:

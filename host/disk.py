@@ -186,7 +186,8 @@ class Disk:
         try:
             for name in self.tree.layers:
                 self._layer(name)
-            self._verify_links()
+            if recover:  # links are mid-repair while a failed merge waits to be finished
+                self._verify_links()
         except BaseException:
             self._close_layers()
             raise
@@ -251,6 +252,7 @@ class Disk:
             except DiskError:
                 self._close_layers()
                 self._load(recover=False)  # merges keep the view: reads stay right
+                self._hide_doomed()
                 raise
 
     # -- recovery: each step below can be repeated after a crash ----------------------------
@@ -291,6 +293,21 @@ class Disk:
         finally:
             self._close_layers()
         clear_intent(self.folder)
+
+    def _hide_doomed(self) -> None:
+        """A merge that failed (NoSpace) stays pending and is finished later, never undone:
+        the snapshots it deletes are gone now (their layers are already being overwritten),
+        so drop them from the in-memory tree too."""
+        intent = read_intent(self.folder)
+        if intent is None:
+            return
+        if intent["op"] == "merge_all":
+            keep: set[str] = set()
+        elif intent["op"] in ("merge", "drop"):
+            keep = {s["name"] for s in intent["tree"]["snapshots"]}
+        else:
+            return
+        self.tree.snapshots = [s for s in self.tree.snapshots if s["name"] in keep]
 
     def _unlink_layers(self, *names: str) -> None:
         paths = [self._path(n) for n in names if n != BASE_NAME]
@@ -515,7 +532,11 @@ class Disk:
             chain = self.tree.chain(self.tree.current)
             others = [n for n in self.tree.layers if n not in chain]
             write_intent(self.folder, {"op": "merge_all", "chain": chain, "discard": others})
-            self._finish_merge_all(chain, others, progress)
+            try:
+                self._finish_merge_all(chain, others, progress)
+            except DiskError:
+                self._hide_doomed()
+                raise
 
     def _normalize(self, tree: Tree, progress: Progress | None) -> None:
         """Merge or remove unnamed layers until every read-only layer is needed."""
@@ -548,7 +569,11 @@ class Disk:
                         s["layer"] = layer
                 write_intent(self.folder, {"op": "merge", "src": child, "dst": layer,
                                            "tree": tree.to_json()})
-                self._finish_merge(child, layer, tree, progress)
+                try:
+                    self._finish_merge(child, layer, tree, progress)
+                except DiskError:
+                    self._hide_doomed()
+                    raise
             tree = self.tree.copy()
 
     # -- whole-disk operations ------------------------------------------------------------

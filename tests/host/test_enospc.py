@@ -95,6 +95,10 @@ def test_a_merge_that_runs_out_of_space_is_finished_later(tiny_fs: Path) -> None
         with pytest.raises(NoSpace):
             disk.snapshot_delete("b")  # merges the current delta into b's: needs 4 grains
         assert disk.read(0, 8 * GRAIN) == current  # nothing lost, nothing mixed
+        assert [s["name"] for s in disk.snapshot_list()] == ["a"]  # b is going, not back
+        with pytest.raises(NoSpace):
+            disk.snapshot_create("c")  # first tries to finish the merge: still no room
+        assert [s["name"] for s in disk.snapshot_list()] == ["a"]
         disk.write(5 * GRAIN, b"\x03" * 10)  # an allocated grain still takes writes
         current = disk.read(0, 8 * GRAIN)
     with pytest.raises(NoSpace):

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.protocol import STATE_ERROR, WRITER_FAILED
 from host.quiesce import (
     AgentClient,
     AgentRefused,
@@ -190,6 +191,8 @@ class Cycle:
         try:
             frozen = self.client.freeze(self.name, freeze_budget(self.ceiling))
         except AgentRefused as err:
+            if err.error_class == STATE_ERROR:
+                return self._failed(f"the agent is busy: {err.desc}")
             return self._failed(f"the freeze failed and was rolled back: {err.desc}", err.report)
         except QuiesceHostError as err:
             self._abort_quietly()
@@ -230,7 +233,15 @@ class Cycle:
             self.out.confirmed = True
         except AgentRefused as err:
             self.out.agent = err.report or self.out.agent
-            self.unconfirmed = f"the agent answered the thaw with {err.error_class}: {err.desc}"
+            if err.error_class == WRITER_FAILED and err.report is not None \
+                    and not err.report.get("ceiling_hit"):
+                # the hold was intact through the switch (the agent says NotConsistent
+                # otherwise); a writer's release failed, and its level no longer counts
+                self.out.confirmed = True
+                self.out.warnings.append(f"the thaw finished with errors: {err.desc}")
+            else:
+                self.unconfirmed = (f"the agent answered the thaw with {err.error_class}: "
+                                    f"{err.desc}")
         except QuiesceHostError as err:
             self.unconfirmed = f"the thaw was not confirmed: {err}"
         self.tl.mark("thawed")

@@ -190,3 +190,21 @@ def _read(path: Path) -> str:
         return path.read_text()
     except FileNotFoundError:
         return ""
+
+
+def test_a_failed_release_keeps_the_snapshot_at_the_level_that_held(
+        ext4, start_agent, short_tmp, disk_dir) -> None:
+    folder = short_tmp / "scripts"
+    folder.mkdir(mode=0o755)
+    script = folder / "10-app"
+    script.write_text('#!/bin/sh\n[ "$1" = thaw ] && { echo "restart failed" >&2; exit 3; }\n'
+                      "exit 0\n")
+    script.chmod(0o755)
+    agent = start_agent({"filesystems": {"mounts": [ext4.path]},
+                         "scripts": {"dir": str(folder), "legacy_dir": None}})
+    out = cycle(disk_dir, "thawfail", f"unix:{agent.socket}")
+    # the hold was intact through the switch; the script's level no longer counts
+    assert out.confirmed and out.consistency == "filesystem"
+    assert "thaw finished with errors" in out.warnings[0]
+    assert load_snapshot(disk_dir, "thawfail")["consistency"] == "filesystem"
+    assert not frozen_now(ext4.path)

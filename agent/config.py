@@ -17,6 +17,7 @@ from hooks.errors import ConfigError
 
 DEFAULT_PATH = "/etc/quiesce-agent/agent.yaml"
 MYSQL_LOCKS = ("auto", "ftwrl", "backup_stage", "instance_lock")
+PG_THAW_SECONDS = 27.0  # a writer's thaw gets 30 s; pg_backup_stop + the archive wait fit in
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class PostgresConfig:
     connect_timeout: float = 5.0
     statement_timeout: float = 10.0
     wait_for_archive: bool = True
-    archive_timeout: float = 30.0
+    archive_timeout: float = 15.0  # statement_timeout + archive_timeout <= PG_THAW_SECONDS
     artifacts_dir: str | None = None
 
 
@@ -254,6 +255,14 @@ def _postgres(raw: Any, errors: _Errors) -> tuple[PostgresConfig, ...]:
         })
         for key in ("connect_timeout", "statement_timeout", "archive_timeout"):
             _positive(vals, key, path, errors)
+        # the thaw runs pg_backup_stop (statement_timeout) then the archive wait; the agent
+        # gives each writer's thaw 30 s (agent/session.py THAW_STEP_SECONDS), keep 3 s spare
+        thaw = (vals.get("statement_timeout", PostgresConfig.statement_timeout)
+                + vals.get("archive_timeout", PostgresConfig.archive_timeout))
+        if thaw > PG_THAW_SECONDS:
+            errors.add(f"{path}.archive_timeout", f"with statement_timeout must not exceed "
+                       f"{PG_THAW_SECONDS:g} s (the thaw bound), got {thaw:g}")
+            vals.pop("archive_timeout", None)
         if "name" in vals and "dsn" in vals:
             out.append(PostgresConfig(**vals))
     return tuple(out)

@@ -84,7 +84,7 @@ class PostgresWriter(Writer):
 
     def __init__(self, name: str, dsn: str, connect_timeout: float = 5.0,
                  statement_timeout: float = 10.0, wait_for_archive: bool = True,
-                 archive_timeout: float = 30.0, artifacts_dir: str | None = None) -> None:
+                 archive_timeout: float = 15.0, artifacts_dir: str | None = None) -> None:
         super().__init__(name)
         self.dsn = dsn
         self.connect_timeout = connect_timeout

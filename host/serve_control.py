@@ -1,0 +1,518 @@
+"""The control channel of a running ``quiesce-host serve``, and the I/O gate behind it.
+
+While a disk is served (NBD, FUSE or both) the serving process holds the disk's writer lock, so
+nothing else can open it. Everything that must happen to the live disk goes through a unix
+socket next to it, ``DISK/.serve.sock`` (mode 0600, peers checked with SO_PEERCRED), speaking
+the agent's wire format (``agent/protocol.py``): one JSON object per line,
+
+    {"execute": "snapshot-create", "arguments": {"name": "before-upgrade"}, "id": 1}
+    {"return": {...}, "id": 1}   or   {"error": {"class": "...", "desc": "..."}, "id": 1}
+
+Commands: ``ping``, ``status``, ``flush``, ``snapshot-create`` (name, description, consistency,
+report, artifacts), ``snapshot-list``, ``snapshot-delete`` (only snapshots the live state does
+not depend on), ``snapshot-revert`` (always refused while serving: the clients would see the
+disk change under them). ``request()`` is the client.
+
+Every client I/O passes through an ``IOGate``: a snapshot waits until the requests in flight
+are done, holds new ones back, flushes and switches the engine to the new delta, then lets
+them go. A write is never split across the cut and every write acknowledged before the
+snapshot was asked for is in it.
+
+Errors (``ServeError`` tree)::
+
+    ServeError
+     ├── ServeUnreachable   no server answers on the disk's control socket
+     └── ServeRequestFailed the server answered with an error (``error_class``, ``desc``)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from agent import protocol
+from host.nbd import BlockDevice
+
+logger = logging.getLogger(__name__)
+
+SOCKET_NAME = ".serve.sock"
+MAX_LINE = 1024 * 1024  # reports and artifacts from the agent can be a few hundred KiB
+PAUSE_TIMEOUT = 30.0  # seconds to wait for in-flight client I/O before a snapshot gives up
+CONSISTENCY = ("application", "filesystem", "crash")
+
+# error classes of the control protocol (beyond agent/protocol.py's BadRequest, ...)
+REFUSED = "Refused"  # the operation is not safe while the disk is served
+PAUSE_TIMEOUT_CLASS = "PauseTimeout"  # client I/O did not drain in time
+UNSUPPORTED = "Unsupported"  # the served device has no such operation (raw file)
+
+
+class ServeError(Exception):
+    """Root of the serving errors; ``code`` is stable, ``exit_code`` for the CLI."""
+
+    code = "ServeError"
+    exit_code = 2
+
+
+class ServeUnreachable(ServeError):
+    code = "ServeUnreachable"
+    exit_code = 7
+
+
+class ServeRequestFailed(ServeError):
+    code = "ServeRequestFailed"
+
+    def __init__(self, error_class: str, desc: str, data: Any = None) -> None:
+        super().__init__(f"{error_class}: {desc}")
+        self.error_class = error_class
+        self.desc = desc
+        self.data = data
+
+
+class _CommandError(Exception):
+    def __init__(self, error_class: str, desc: str) -> None:
+        super().__init__(desc)
+        self.error_class = error_class
+        self.desc = desc
+
+
+# --- the gate ------------------------------------------------------------------------------------
+class IOGate:
+    """Shared for client I/O, exclusive for a pause; a waiting pause holds new I/O back."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._paused = False
+        self.pauses = 0
+
+    @contextmanager
+    def io(self) -> Iterator[None]:
+        with self._cond:
+            while self._paused:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                if self._active == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def paused(self, timeout: float = PAUSE_TIMEOUT) -> Iterator[None]:
+        """No client I/O runs inside. Raises TimeoutError if in-flight I/O does not drain."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._paused:
+                if not self._cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError("another pause is still running")
+            self._paused = True
+            while self._active:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._cond.wait(left):
+                    if self._active:
+                        self._paused = False
+                        self._cond.notify_all()
+                        raise TimeoutError(f"client I/O still running after {timeout:.1f} s")
+            self.pauses += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._paused = False
+                self._cond.notify_all()
+
+    @property
+    def is_paused(self) -> bool:
+        return self._paused
+
+
+class GatedDevice:
+    """A BlockDevice whose every call passes the gate; writers are serialised."""
+
+    def __init__(self, device: BlockDevice, gate: IOGate) -> None:
+        self.device = device
+        self.gate = gate
+        self._wlock = threading.Lock()
+        self.stats = {"reads": 0, "writes": 0, "flushes": 0, "bytes_read": 0, "bytes_written": 0}
+
+    @property
+    def size(self) -> int:
+        return self.device.size
+
+    def read(self, offset: int, length: int) -> bytes:
+        with self.gate.io():
+            data = self.device.read(offset, length)
+        self.stats["reads"] += 1
+        self.stats["bytes_read"] += length
+        return data
+
+    def write(self, offset: int, data: bytes) -> None:
+        with self.gate.io(), self._wlock:
+            self.device.write(offset, data)
+        self.stats["writes"] += 1
+        self.stats["bytes_written"] += len(data)
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        with self.gate.io(), self._wlock:
+            self.device.write_zeroes(offset, length)
+        self.stats["writes"] += 1
+
+    def flush(self) -> None:
+        with self.gate.io(), self._wlock:
+            self.device.flush()
+        self.stats["flushes"] += 1
+
+
+# --- socket path ---------------------------------------------------------------------------------
+def socket_path(disk: str | os.PathLike[str]) -> Path:
+    """``DISK/.serve.sock`` for a disk folder; ``.NAME.serve.sock`` beside a raw image file."""
+    path = Path(os.path.abspath(disk))
+    if path.is_file():
+        return path.parent / f".{path.name}{SOCKET_NAME}"
+    return path / SOCKET_NAME
+
+
+@contextmanager
+def _short_path(path: Path) -> Iterator[str]:
+    """A path to ``path`` that fits sun_path (107 bytes): via /proc/self/fd when too long."""
+    if len(os.fsencode(path)) < 100:
+        yield str(path)
+        return
+    dirfd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{dirfd}/{path.name}"
+    finally:
+        os.close(dirfd)
+
+
+# --- client --------------------------------------------------------------------------------------
+def request(
+    disk_folder: str | os.PathLike[str],
+    command: str,
+    arguments: dict[str, Any] | None = None,
+    timeout: float = 60.0,
+) -> Any:
+    """Send one command to the server of ``disk_folder``; its ``return`` value.
+
+    Raises ServeUnreachable (nothing serves the disk, or no answer within ``timeout``) and
+    ServeRequestFailed (the server refused or failed; ``error_class`` says why).
+    """
+    path = socket_path(disk_folder)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        with _short_path(path) as addr:
+            try:
+                sock.connect(addr)
+            except (FileNotFoundError, ConnectionRefusedError) as err:
+                raise ServeUnreachable(
+                    f"{path}: no server is running for this disk ({err.strerror}); "
+                    "start one with 'quiesce-host serve'"
+                ) from err
+        sock.sendall(protocol.request(command, arguments, id=1))
+        buf = bytearray()
+        while not buf.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ServeUnreachable(f"{path}: the server closed the connection without reply")
+            buf += chunk
+            if len(buf) > MAX_LINE:
+                raise ServeUnreachable(f"{path}: reply longer than {MAX_LINE} bytes")
+    except TimeoutError as err:
+        raise ServeUnreachable(f"{path}: no reply to {command!r} within {timeout:.1f} s") from err
+    except OSError as err:
+        raise ServeUnreachable(f"{path}: {err}") from err
+    finally:
+        sock.close()
+    try:
+        reply = protocol.parse_reply(bytes(buf))
+    except protocol.ProtocolError as err:
+        raise ServeUnreachable(f"{path}: {err.desc}") from err
+    if "error" in reply:
+        e = reply["error"]
+        raise ServeRequestFailed(e["class"], str(e.get("desc", "")), e.get("data"))
+    return reply["return"]
+
+
+# --- server --------------------------------------------------------------------------------------
+class ControlServer:
+    """Answers control requests for one served disk until ``shutdown()``."""
+
+    def __init__(
+        self,
+        disk_folder: str | os.PathLike[str],
+        disk: Any,
+        gate: IOGate,
+        status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.disk_path = Path(os.path.abspath(disk_folder))
+        self.path = socket_path(disk_folder)
+        self.disk = disk
+        self.gate = gate
+        self.extra_status = status
+        self.started = time.monotonic()
+        self.last_snapshot: dict[str, Any] | None = None
+        self._stopping = threading.Event()
+        self._sock = self._listen()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one disk-changing command at a time
+
+    def _listen(self) -> socket.socket:
+        try:
+            request(self.disk_path, "ping", timeout=2.0)
+        except ServeUnreachable:
+            pass
+        except ServeError:
+            raise ServeError(f"{self.path}: another server already serves this disk") from None
+        else:
+            raise ServeError(f"{self.path}: another server already serves this disk")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with _short_path(self.path) as addr:
+            try:
+                os.unlink(addr)
+            except FileNotFoundError:
+                pass
+            old = os.umask(0o177)
+            try:
+                sock.bind(addr)
+            finally:
+                os.umask(old)
+        sock.listen(8)
+        return sock
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._accept_loop, name="serve-control", daemon=True)
+        self._thread.start()
+        logger.info("control: listening on %s", self.path)
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        if self._thread is not None:
+            self._thread.join(5)
+        try:
+            with _short_path(self.path) as addr:
+                os.unlink(addr)
+        except OSError:
+            pass
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(
+                target=self._serve, args=(conn,), daemon=True, name="serve-control-conn"
+            ).start()
+
+    def _peer_allowed(self, conn: socket.socket) -> bool:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        return uid in (0, os.geteuid())
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            if not self._peer_allowed(conn):
+                conn.sendall(protocol.encode(protocol.failure(REFUSED, "peer uid not allowed")))
+                return
+            conn.settimeout(600)
+            buf = bytearray()
+            try:
+                while True:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                    while b"\n" in buf:
+                        line, _, rest = bytes(buf).partition(b"\n")
+                        buf = bytearray(rest)
+                        if line.strip():
+                            conn.sendall(protocol.encode(self.handle_line(line)))
+                    if len(buf) > MAX_LINE:
+                        conn.sendall(
+                            protocol.encode(
+                                protocol.failure(
+                                    protocol.LINE_TOO_LONG, f"request line over {MAX_LINE} bytes"
+                                )
+                            )
+                        )
+                        return
+            except OSError:
+                return
+
+    def handle_line(self, line: bytes) -> dict[str, Any]:
+        """One request line → one reply object; never raises."""
+        rid = protocol.request_id(line)
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict) or not isinstance(obj.get("execute"), str):
+                raise _CommandError(protocol.BAD_REQUEST, "request needs a string 'execute'")
+            args = obj.get("arguments") or {}
+            if not isinstance(args, dict):
+                raise _CommandError(protocol.BAD_REQUEST, "'arguments' must be a JSON object")
+            return protocol.success(self.execute(obj["execute"], args), rid)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            return protocol.failure(
+                protocol.BAD_REQUEST, f"request is not valid JSON: {err}", id=rid
+            )
+        except _CommandError as err:
+            return protocol.failure(err.error_class, err.desc, id=rid)
+        except Exception as err:  # the handler's one broad catch: an error reply, server lives on
+            logger.exception("control: request failed")
+            code = getattr(err, "code", None)
+            return protocol.failure(
+                code if isinstance(code, str) else protocol.INTERNAL,
+                str(err) or type(err).__name__,
+                id=rid,
+            )
+
+    def execute(self, command: str, args: dict[str, Any]) -> Any:
+        handler = {
+            "ping": lambda a: {},
+            "status": self.cmd_status,
+            "flush": self.cmd_flush,
+            "snapshot-create": self.cmd_snapshot_create,
+            "snapshot-list": self.cmd_snapshot_list,
+            "snapshot-revert": self.cmd_snapshot_revert,
+            "snapshot-delete": self.cmd_snapshot_delete,
+        }.get(command)
+        if handler is None:
+            raise _CommandError(protocol.UNKNOWN_COMMAND, f"unknown command {command!r}")
+        return handler(args)
+
+    def cmd_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        status = {
+            "pid": os.getpid(),
+            "disk": str(self.disk_path),
+            "size": self.disk.size,
+            "paused": self.gate.is_paused,
+            "pauses": self.gate.pauses,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "last_snapshot": self.last_snapshot,
+        }
+        if self.extra_status is not None:
+            status.update(self.extra_status())
+        return status
+
+    def cmd_flush(self, args: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.monotonic()
+        with self.gate.io():
+            self.disk.flush()
+        return {"flushed": True, "ms": round((time.monotonic() - t0) * 1000, 3)}
+
+    def _engine(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.disk, name, None)
+        if method is None:
+            raise _CommandError(UNSUPPORTED, f"the served device has no {name.replace('_', ' ')}")
+        return method  # type: ignore[no-any-return]
+
+    def cmd_snapshot_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        name = args.get("name")
+        if not isinstance(name, str) or not name:
+            raise _CommandError(protocol.BAD_REQUEST, "snapshot-create needs a string 'name'")
+        unknown = set(args) - {"name", "description", "consistency", "report", "artifacts"}
+        if unknown:
+            raise _CommandError(protocol.BAD_REQUEST, f"unknown argument(s): {sorted(unknown)}")
+        consistency = args.get("consistency", "crash")
+        if consistency not in CONSISTENCY:
+            raise _CommandError(
+                protocol.BAD_REQUEST, f"consistency must be one of {', '.join(CONSISTENCY)}"
+            )
+        create = self._engine("snapshot_create")
+        with self._lock:
+            t0 = time.monotonic()
+            try:
+                with self.gate.paused():
+                    t1 = time.monotonic()
+                    result = create(
+                        name,
+                        description=str(args.get("description", "")),
+                        consistency=consistency,
+                        report=args.get("report"),
+                        artifacts=args.get("artifacts"),
+                    )
+                    t2 = time.monotonic()
+            except TimeoutError as err:
+                raise _CommandError(PAUSE_TIMEOUT_CLASS, f"snapshot {name!r}: {err}") from err
+        timing = {
+            "drain_ms": round((t1 - t0) * 1000, 3),
+            "switch_ms": round((t2 - t1) * 1000, 3),
+            "paused_ms": round((time.monotonic() - t1) * 1000, 3),
+        }
+        self.last_snapshot = {"name": name, **timing}
+        logger.info("control: snapshot %r taken; I/O paused %.1f ms", name, timing["paused_ms"])
+        return {"snapshot": result, **timing}
+
+    def cmd_snapshot_list(self, args: dict[str, Any]) -> Any:
+        return self._engine("snapshot_list")()
+
+    def cmd_snapshot_revert(self, args: dict[str, Any]) -> Any:
+        raise _CommandError(
+            REFUSED,
+            "revert is refused while the disk is served: the clients would see the disk change "
+            "under them (a mounted filesystem would be corrupted); stop 'quiesce-host serve' "
+            "(unmount first), then run 'quiesce-host snapshot revert'",
+        )
+
+    def cmd_snapshot_delete(self, args: dict[str, Any]) -> Any:
+        name = args.get("name")
+        if not isinstance(name, str) or not name:
+            raise _CommandError(protocol.BAD_REQUEST, "snapshot-delete needs a string 'name'")
+        live = live_chain(self._engine("snapshot_list")())
+        if live is None or name in live:
+            raise _CommandError(
+                REFUSED,
+                f"snapshot {name!r}: the served state depends on it, and merging it would stall "
+                "every client for the whole merge; stop 'quiesce-host serve', then delete it",
+            )
+        delete = self._engine("snapshot_delete")
+        with self._lock:
+            try:
+                with self.gate.paused():
+                    result = delete(name)
+            except TimeoutError as err:
+                raise _CommandError(PAUSE_TIMEOUT_CLASS, f"delete {name!r}: {err}") from err
+        return {"deleted": name, "result": result}
+
+
+def live_chain(snapshots: Any) -> set[str] | None:
+    """Names of the snapshots the current state reads through, or None when unknown.
+
+    Understands a flat list of dicts with ``name``, ``parent`` and ``current`` (or
+    ``is_current``) fields, optionally nested under ``children``.
+    """
+    flat: dict[str, dict[str, Any]] = {}
+
+    def walk(items: Any, parent: str | None) -> None:
+        for item in items or []:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                continue
+            flat[item["name"]] = {**item, "parent": item.get("parent", parent)}
+            walk(item.get("children"), item["name"])
+
+    walk(snapshots, None)
+    current = [n for n, s in flat.items() if s.get("current") or s.get("is_current")]
+    if not current:
+        return None if flat else set()
+    chain: set[str] = set()
+    name: str | None = current[0]
+    while name is not None and name in flat and name not in chain:
+        chain.add(name)
+        name = flat[name].get("parent")
+    return chain

@@ -1,0 +1,207 @@
+"""``quiesce-host serve DISK (--nbd HOST:PORT | --fuse MOUNTPOINT)``: serve a disk live.
+
+A thin verb over ``host.nbd``, ``host.fuse`` and ``host.serve_control``: it opens the disk
+(taking its writer lock), puts every client request through one I/O gate, starts the control
+socket ``DISK/.serve.sock`` and the servers asked for (both at once is fine: they share the
+gate), prints where it serves, and stops cleanly on SIGTERM or SIGINT (FUSE: unmount first,
+then NBD clients are hung up on, then the disk is flushed and closed).
+
+``host/cli.py`` registers it with ``add_serve_parser(subparsers)``; ``run_serve(args)``
+returns the exit code (0 after a clean stop, the error's ``exit_code`` otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from host.nbd import NBDConfigError, NBDServer, RawFile, parse_hostport
+from host.serve_control import ControlServer, GatedDevice, IOGate, ServeError
+
+logger = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "serve",
+        help="serve the disk's current state over NBD and/or FUSE",
+        description=(
+            "Serve the current state of DISK read-write over NBD (for qemu, qemu-img, nbdinfo) "
+            "and/or as MOUNTPOINT/disk.raw through FUSE (for a loop mount). While it runs, "
+            "take snapshots through the control socket DISK/.serve.sock "
+            "('quiesce-host snapshot create' does). Stops cleanly on SIGTERM/SIGINT."
+        ),
+    )
+    parser.add_argument("disk", metavar="DISK", help="the disk folder (or a raw image file)")
+    parser.add_argument("--nbd", metavar="HOST:PORT", help="serve NBD here, e.g. 127.0.0.1:10809")
+    parser.add_argument("--fuse", metavar="MOUNTPOINT", help="mount MOUNTPOINT/disk.raw")
+    parser.add_argument("--readonly", action="store_true", help="refuse every write")
+    parser.add_argument("--export-name", default="", help="NBD export name (default: empty)")
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow NBD on a non-loopback address (NBD has no authentication)",
+    )
+    parser.set_defaults(func=run_serve)
+    return parser
+
+
+def open_device(path: str, readonly: bool) -> Any:
+    """The engine's Disk for a folder, a RawFile for a plain image file."""
+    if os.path.isfile(path):
+        return RawFile(path, readonly=readonly)
+    if not os.path.isdir(path):
+        raise ServeError(f"{path}: no such disk folder or image file")
+    from host.disk import Disk  # the engine; imported here so a raw file needs none of it
+
+    return Disk.open(path, readonly=readonly)
+
+
+@contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Threads started inside inherit a mask without the stop signals: the main thread gets
+    them (libfuse's loop waits there for them)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    if not args.nbd and not args.fuse:
+        print(
+            "quiesce-host serve: give --nbd HOST:PORT, --fuse MOUNTPOINT or both", file=sys.stderr
+        )
+        return 2
+    try:
+        nbd_addr = parse_hostport(args.nbd) if args.nbd else None
+        device = open_device(args.disk, args.readonly)
+    except (NBDConfigError, ServeError) as err:
+        print(f"quiesce-host serve: {err}", file=sys.stderr)
+        return err.exit_code
+    except Exception as err:  # the engine's own errors carry a message and an exit code
+        print(f"quiesce-host serve: {err}", file=sys.stderr)
+        return int(getattr(err, "exit_code", 2))
+    try:
+        return _serve(args, device, nbd_addr)
+    finally:
+        try:
+            device.flush()
+        finally:
+            device.close()
+
+
+def _serve(args: argparse.Namespace, device: Any, nbd_addr: tuple[str, int] | None) -> int:
+    gate = IOGate()
+    gated = GatedDevice(device, gate)
+    nbd_server: NBDServer | None = None
+    serving: list[dict[str, Any]] = []
+
+    def status() -> dict[str, Any]:
+        out: dict[str, Any] = {"readonly": args.readonly, "serving": serving, "io": gated.stats}
+        if nbd_server is not None:
+            out["nbd"] = {**nbd_server.stats, "active": nbd_server.active_connections}
+        return out
+
+    control_dir = args.disk if os.path.isdir(args.disk) else None
+    try:
+        with _signals_blocked():
+            control = ControlServer(control_dir or args.disk, device, gate, status)
+            control.start()
+            if nbd_addr is not None:
+                nbd_server = NBDServer(
+                    gated,
+                    *nbd_addr,
+                    name=args.export_name,
+                    description=f"quiesce-host disk {os.path.abspath(args.disk)}",
+                    readonly=args.readonly,
+                    allow_remote=args.allow_remote,
+                )
+                nbd_server.start()
+    except (NBDConfigError, ServeError) as err:
+        print(f"quiesce-host serve: {err}", file=sys.stderr)
+        return err.exit_code
+    try:
+        _say(f"control socket {control.path}")
+        if nbd_server is not None:
+            serving.append({"kind": "nbd", "uri": nbd_server.uri})
+            _say(f"serving {args.disk} over NBD at {nbd_server.uri}")
+        if args.fuse:
+            return _run_fuse(args, gated, serving)
+        return _wait_for_signal()
+    finally:
+        if nbd_server is not None:
+            nbd_server.shutdown()
+        control.shutdown()
+        _say("stopped")
+
+
+def _run_fuse(args: argparse.Namespace, gated: GatedDevice, serving: list[dict[str, Any]]) -> int:
+    from host.fuse import FILE_NAME, FuseServeError, serve_fuse
+
+    path = os.path.join(os.path.abspath(args.fuse), FILE_NAME)
+
+    def ready() -> None:
+        serving.append({"kind": "fuse", "file": path})
+        _say(f"serving {args.disk} as {path}")
+
+    try:
+        serve_fuse(
+            gated,
+            args.fuse,
+            readonly=args.readonly,
+            on_ready=ready,
+            fsname=f"quiesce:{os.path.abspath(args.disk)}",
+        )
+    except FuseServeError as err:
+        print(f"quiesce-host serve: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
+def _wait_for_signal() -> int:
+    stop = threading.Event()
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous: dict[int, Callable[..., Any] | int | None] = {}
+    for sig in STOP_SIGNALS:
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    logger.info("serve: stopping on %s", signal.Signals(received[0]).name)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (``python -m host.cli_serve``) until host/cli.py registers the verb."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="quiesce-host")
+    add_serve_parser(parser.add_subparsers(dest="verb", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main(["serve", *sys.argv[1:]]))

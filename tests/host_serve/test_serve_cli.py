@@ -1,0 +1,170 @@
+"""``quiesce-host serve`` as a process: where it serves, the control socket, clean stops."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from host.serve_control import ServeUnreachable, request, socket_path
+from tests.conftest import need, need_root
+
+ROOT = Path(__file__).resolve().parents[2]
+MiB = 1024 * 1024
+
+
+class Served:
+    """A running ``python -m host.cli_serve``; stopped (and unmounted) on cleanup."""
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.errfile = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "host.cli_serve", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self.errfile,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.strip())
+
+    @property
+    def stderr(self) -> str:
+        self.errfile.seek(0)
+        return self.errfile.read()
+
+    def wait_for(self, prefix: str, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if line.startswith(prefix):
+                    return line
+            if self.proc.poll() is not None and not self.reader.is_alive():
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no {prefix!r} line; got {self.lines}, stderr: {self.stderr}")
+
+    @property
+    def uri(self) -> str:
+        return self.wait_for("serving ").rsplit(" ", 1)[1]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(10)
+        self.reader.join(5)
+        return code
+
+
+@pytest.fixture
+def served(short_tmp):
+    made: list[Served] = []
+    mounts: list[Path] = []
+
+    def factory(*args: str) -> Served:
+        s = Served(*args)
+        made.append(s)
+        if "--fuse" in args:
+            mounts.append(Path(args[args.index("--fuse") + 1]))
+        return s
+
+    yield factory
+    for s in made:
+        s.stop(signal.SIGKILL)
+        s.errfile.close()
+    for mnt in mounts:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def image(short_tmp) -> Path:
+    path = short_tmp / "disk.img"
+    path.write_bytes(bytes(8 * MiB))
+    return path
+
+
+def test_nbd_serve_prints_where_and_stops_cleanly_on_sigterm(served, image):
+    need(shutil.which("qemu-io") is not None, "qemu-io is not installed (qemu-utils)")
+    s = served(str(image), "--nbd", "127.0.0.1:0")
+    uri = s.uri
+    assert uri.startswith("nbd://127.0.0.1:")
+    subprocess.run(
+        ["qemu-io", "-f", "raw", "-c", "write -P 0x5a 4096 4096", uri],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    status = request(image, "status")
+    assert status["pid"] == s.proc.pid
+    assert status["serving"] == [{"kind": "nbd", "uri": uri}]
+    assert status["io"]["bytes_written"] == 4096
+    assert s.stop(signal.SIGTERM) == 0
+    assert s.lines[-1] == "stopped"
+    assert image.read_bytes()[4096:8192] == b"\x5a" * 4096
+    assert not socket_path(image).exists()
+    with pytest.raises(ServeUnreachable):
+        request(image, "status", timeout=2)
+
+
+def test_sigint_stops_too(served, image):
+    s = served(str(image), "--nbd", "127.0.0.1:0")
+    assert s.uri.startswith("nbd://")
+    assert s.stop(signal.SIGINT) == 0
+
+
+def test_refuses_a_non_loopback_address_and_a_missing_disk(served, image, short_tmp):
+    s = served(str(image), "--nbd", "0.0.0.0:0")
+    assert s.proc.wait(20) == 2
+    assert "not a loopback address" in s.stderr
+    s = served(str(short_tmp / "nope"), "--nbd", "127.0.0.1:0")
+    assert s.proc.wait(20) == 2
+    assert "no such disk" in s.stderr
+    s = served(str(image))
+    assert s.proc.wait(20) == 2
+
+
+@pytest.mark.root
+def test_fuse_serve_unmounts_on_sigterm(served, image, short_tmp):
+    need_root()
+    need(os.path.exists("/dev/fuse"), "/dev/fuse is missing")
+    mnt = short_tmp / "mnt"
+    mnt.mkdir()
+    s = served(str(image), "--fuse", str(mnt), "--nbd", "127.0.0.1:0")
+    file = Path(s.wait_for(f"serving {image} as").rsplit(" ", 1)[1])
+    assert file == mnt / "disk.raw"
+    with open(file, "r+b") as f:
+        f.seek(MiB)
+        f.write(b"through fuse")
+        f.flush()
+        os.fsync(f.fileno())
+    kinds = {entry["kind"] for entry in request(image, "status")["serving"]}
+    assert kinds == {"nbd", "fuse"}
+    assert s.stop(signal.SIGTERM) == 0
+    assert not os.path.ismount(mnt) and os.listdir(mnt) == []
+    assert image.read_bytes()[MiB : MiB + 12] == b"through fuse"
+
+
+@pytest.mark.root
+def test_fuse_on_a_missing_mountpoint_is_a_clear_error(served, image, short_tmp):
+    need_root()
+    s = served(str(image), "--fuse", str(short_tmp / "absent"))
+    assert s.proc.wait(20) == 2
+    assert "not a directory" in s.stderr

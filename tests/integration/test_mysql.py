@@ -294,3 +294,13 @@ def test_unreachable_server_and_bad_password(maria: MariaServer, db: str, tmp_pa
         assert play.thaw()["lock"] == "backup_stage"
     finally:
         maria.sql(f"DROP USER '{user}'@'localhost'")
+
+
+def test_server_crash_while_locked_fails_the_thaw(maria_factory: object) -> None:
+    server = maria_factory().start()  # type: ignore[operator]
+    play = Play(MysqlWriter(**server.writer_config(lock="backup_stage"))).freeze()
+    server.kill()
+    server.start()
+    with pytest.raises(WriterError, match="was lost"):
+        play.thaw()
+    assert Play(MysqlWriter(**server.writer_config())).freeze().thaw()["lock"] == "backup_stage"

@@ -224,3 +224,44 @@ def test_standby(pg: PgServer, pg_factory: object) -> None:
     assert art["standby"] is True
     assert "BACKUP FROM: standby" in art["backup_label"]
     assert art["wal_archived"] is None  # archive_mode=on does not archive on a standby
+
+
+def checkpointer(server: PgServer) -> int:
+    return int(server.sql("SELECT pid FROM pg_stat_activity "
+                          "WHERE backend_type = 'checkpointer'")[0][0])
+
+
+def test_stuck_backup_start_is_bounded_then_released(pg_factory: object) -> None:
+    """A checkpointer that never finishes (SIGSTOPped) makes pg_backup_start wait: the
+    statement_timeout bounds it, and the ceiling guard's release ends the wait at once."""
+    server = pg_factory().start()  # type: ignore[operator]
+    stopped = checkpointer(server)
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        w = writer(server, statement_timeout=1.0)
+        play = Play(w)
+        t0 = time.monotonic()
+        with pytest.raises(WriterTimeout, match="pg_backup_start timed out after 1.0 s"):
+            play.freeze()
+        assert time.monotonic() - t0 < 4  # 1 s CHECKPOINT (not fatal) + 1 s start
+        assert any("CHECKPOINT unfinished" in m for m in play.messages)
+
+        w = writer(server, statement_timeout=30.0)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                Play(w).freeze()
+            except BaseException as err:  # noqa: BLE001 - reported to the test
+                errors.append(err)
+
+        t = threading.Thread(target=run)
+        t.start()
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        w.emergency_release()
+        t.join(5)
+        assert not t.is_alive() and time.monotonic() - t0 < 2
+        assert errors and isinstance(errors[0], WriterError)
+    finally:
+        os.kill(stopped, signal.SIGCONT)

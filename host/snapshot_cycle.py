@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.protocol import STATE_ERROR, WRITER_FAILED
+from agent import protocol
 from host.quiesce import (
     AgentClient,
     AgentRefused,
@@ -191,7 +191,7 @@ class Cycle:
         try:
             frozen = self.client.freeze(self.name, freeze_budget(self.ceiling))
         except AgentRefused as err:
-            if err.error_class == STATE_ERROR:
+            if err.error_class == protocol.STATE_ERROR:
                 return self._failed(f"the agent is busy: {err.desc}")
             return self._failed(f"the freeze failed and was rolled back: {err.desc}", err.report)
         except QuiesceHostError as err:
@@ -233,7 +233,7 @@ class Cycle:
             self.out.confirmed = True
         except AgentRefused as err:
             self.out.agent = err.report or self.out.agent
-            if err.error_class == WRITER_FAILED and err.report is not None \
+            if err.error_class == protocol.WRITER_FAILED and err.report is not None \
                     and not err.report.get("ceiling_hit"):
                 # the hold was intact through the switch (the agent says NotConsistent
                 # otherwise); a writer's release failed, and its level no longer counts

@@ -404,8 +404,10 @@ class MysqlWriter(Writer):
         if status:
             out["binlog_file"], out["binlog_position"] = str(status[0][0]), int(status[0][1])
         var = "@@gtid_binlog_pos" if self.flavor == "mariadb" else "@@gtid_executed"
-        out["gtid"] = str(self._exec("reading the GTID set", f"SELECT {var}", bound)[0][0] or "")
-        out["gtid_variable"] = var
+        has_gtid = self.version >= ((10, 0, 2) if self.flavor == "mariadb" else (5, 6, 5))
+        if has_gtid:  # older servers have no GTIDs at all
+            rows = self._exec("reading the GTID set", f"SELECT {var}", bound)
+            out["gtid"], out["gtid_variable"] = str(rows[0][0] or ""), var
         return out
 
     def _log_status(self, bound: float) -> dict[str, Any]:

@@ -39,6 +39,9 @@ def add_parser(verbs: Any) -> None:
 
     p = sub.add_parser("check", help="verify every file and link (exit 1 if problems)")
     p.add_argument("disk", metavar="DISK")
+    p.add_argument("--relink", action="store_true",
+                   help="first re-point every delta at its parent from tree.json (hint and "
+                   "parentCID), e.g. after 'qemu-img commit' changed a parent's CID")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_check)
 
@@ -83,6 +86,9 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    if args.relink:
+        for line in Disk.relink(args.disk):
+            print(f"fixed: {line}")
     try:
         with Disk.open(args.disk, readonly=True) as disk:
             problems = disk.check()

@@ -86,13 +86,14 @@ ZERO_CHUNK = bytes(EXPORT_CHUNK)
 class Disk:
     """A disk folder: a flat base, sparse deltas, ``tree.json``. Use ``create``/``open``."""
 
-    def __init__(self, folder: Path, readonly: bool, lock: FolderLock) -> None:
+    def __init__(self, folder: Path, readonly: bool, lock: FolderLock,
+                 verify: bool = True) -> None:
         self.folder = folder
         self.readonly = readonly
         self._flock: FolderLock | None = lock
         self._lock = threading.RLock()
         self._layers: dict[str, Layer] = {}
-        self._load()
+        self._load(verify=verify)
         self.size: int = self.tree.size
 
     # -- life-cycle -----------------------------------------------------------------------
@@ -167,7 +168,7 @@ class Disk:
             layer.close()
         self._layers = {}
 
-    def _load(self, recover: bool = True) -> None:
+    def _load(self, recover: bool = True, verify: bool = True) -> None:
         """Recover a pending intent, read the tree, open and verify every layer."""
         if not self.readonly:
             self._sweep_temp_files()
@@ -186,7 +187,7 @@ class Disk:
         try:
             for name in self.tree.layers:
                 self._layer(name)
-            if recover:  # links are mid-repair while a failed merge waits to be finished
+            if recover and verify:  # links are mid-repair while a failed merge waits
                 self._verify_links()
         except BaseException:
             self._close_layers()
@@ -611,6 +612,34 @@ class Disk:
             except OSError as err:
                 part.unlink(missing_ok=True)
                 raise space_error(err, out, "exporting") from err
+
+    @classmethod
+    def relink(cls, folder: str | Path) -> list[str]:
+        """Repair the parent links of every delta from ``tree.json``: hint and ``parentCID``.
+
+        For a chain another tool changed (``qemu-img commit`` gives the base a new CID and
+        leaves the child's ``parentCID`` stale). Only use it when the parent's change kept
+        the child's view (as a commit does): the engine cannot tell. Returns what it fixed.
+        """
+        folder = Path(folder)
+        lock = FolderLock(folder, shared=False)
+        try:
+            disk = cls(folder, False, lock, verify=False)
+        except BaseException:
+            lock.release()
+            raise
+        fixed = []
+        with disk:
+            for name, parent in disk.tree.layers.items():
+                if parent is None:
+                    continue
+                child = disk._layers[name]
+                desc, cid = child.read_descriptor(), disk._layers[parent].read_cid()
+                if desc.parent_cid != cid or desc.parent_hint != parent:
+                    child.set_parent(cid, parent)  # type: ignore[union-attr]
+                    fixed.append(f"{child.path}: parent set to {parent} "
+                                 f"(parentCID {desc.parent_cid:08x} -> {cid:08x})")
+        return fixed
 
     def check(self) -> list[str]:
         """Problems found in the files and links (empty = clean).

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from host.disk import Disk
+from host.disk import CidMismatch, Disk
 from host.vmdk import HEADER, Layout, parse_descriptor
 from tests.host.conftest import GRAIN, QEMU_IMG, SIZE, MiB, need_qemu, qemu_io, qemu_judge, run
 
@@ -133,3 +133,23 @@ def test_reads_of_unwritten_space_are_zeros_and_any_alignment_works(disk: Disk) 
     disk.snapshot_create("s")
     disk.write(GRAIN - 1, b"\xff" * (GRAIN + 2))
     assert disk.read(GRAIN - 2, GRAIN + 4) == b"\0" + b"\xff" * (GRAIN + 2) + b"\0"
+
+
+@pytest.mark.qemu
+def test_a_chain_qemu_img_commit_broke_is_refused_then_relinked(folder: Path,
+                                                                tmp_path: Path) -> None:
+    """qemu-img commit gives the base a new CID and leaves the child's parentCID stale."""
+    need_qemu()
+    with Disk.create(folder, SIZE) as d:
+        d.write(0, b"\x01" * GRAIN)
+        d.snapshot_create("a")
+        d.write(GRAIN, b"\x02" * GRAIN)
+        model = d.read(0, SIZE)
+    run(QEMU_IMG or "qemu-img", "commit", folder / "disk-000001.vmdk")
+    with pytest.raises(CidMismatch, match="disk-000001.vmdk: parentCID="):
+        Disk.open(folder)
+    fixed = Disk.relink(folder)
+    assert len(fixed) == 1 and "disk-000001.vmdk: parent set to disk.vmdk" in fixed[0]
+    with Disk.open(folder) as d:
+        assert d.read(0, SIZE) == model and d.check() == []
+    qemu_judge(folder / "disk-000001.vmdk", model, tmp_path)

@@ -28,7 +28,8 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import mfusepy
@@ -46,6 +47,22 @@ class FuseServeError(Exception):
 
     code = "FuseServeError"
     exit_code = 2
+
+
+ENGINE_ERRNO = {"NoSpace": errno.ENOSPC, "ReadOnly": errno.EROFS}
+
+
+@contextmanager
+def _as_oserror(what: str) -> Iterator[None]:
+    """A device failure as the errno the kernel passes on (EIO unless a better one fits)."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as err:
+        logger.warning("FUSE: %s failed: %s", what, err)
+        code = getattr(err, "code", None)
+        raise mfusepy.FuseOSError(ENGINE_ERRNO.get(code, errno.EIO)) from err
 
 
 class DiskFile(mfusepy.Operations):  # type: ignore[misc]
@@ -111,7 +128,8 @@ class DiskFile(mfusepy.Operations):  # type: ignore[misc]
         end = min(offset + size, self.device.size)
         if end <= offset:
             return b""
-        return self.device.read(offset, end - offset)
+        with _as_oserror(f"read {offset}+{end - offset}"):
+            return self.device.read(offset, end - offset)
 
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
         if self.readonly:
@@ -120,7 +138,8 @@ class DiskFile(mfusepy.Operations):  # type: ignore[misc]
         if offset >= size:
             raise mfusepy.FuseOSError(errno.ENOSPC)  # the disk does not grow
         data = data[: size - offset]
-        self.device.write(offset, data)
+        with _as_oserror(f"write {offset}+{len(data)}"):
+            self.device.write(offset, data)
         self.times["st_mtime"] = time.time_ns()
         return len(data)
 
@@ -131,7 +150,8 @@ class DiskFile(mfusepy.Operations):  # type: ignore[misc]
         return 0
 
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
-        self.device.flush()
+        with _as_oserror("fsync"):
+            self.device.flush()
         return 0
 
     def flush(self, path: str | None, fh: int) -> int:

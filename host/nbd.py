@@ -206,7 +206,14 @@ def resolve_bind(host: str, port: int, allow_remote: bool) -> tuple[int, tuple[s
     return family, (sockaddr[0], sockaddr[1])
 
 
+ENGINE_ERRNO = {"NoSpace": ENOSPC, "ReadOnly": EPERM}  # the engine's error codes (durable.py)
+
+
 def _errno_of(err: BaseException) -> int:
+    """The NBD error for a device failure: ENOSPC and EPERM where they apply, else EIO."""
+    code = getattr(err, "code", None)
+    if isinstance(code, str) and code in ENGINE_ERRNO:
+        return ENGINE_ERRNO[code]
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return ENOSPC
     if isinstance(err, OSError) and err.errno in (errno.EPERM, errno.EROFS, errno.EACCES):

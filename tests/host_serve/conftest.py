@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -106,3 +112,79 @@ def serve() -> Iterator[Callable[..., NBDServer]]:
     yield factory
     for server in servers:
         server.shutdown()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Served:
+    """A running ``python -m host.cli_serve``; stopped (and unmounted) on cleanup."""
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.errfile = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "host.cli_serve", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self.errfile,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.strip())
+
+    @property
+    def stderr(self) -> str:
+        self.errfile.seek(0)
+        return self.errfile.read()
+
+    def wait_for(self, prefix: str, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if line.startswith(prefix):
+                    return line
+            if self.proc.poll() is not None and not self.reader.is_alive():
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no {prefix!r} line; got {self.lines}, stderr: {self.stderr}")
+
+    @property
+    def uri(self) -> str:
+        return self.wait_for("serving ").rsplit(" ", 1)[1]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(10)
+        self.reader.join(5)
+        return code
+
+
+@pytest.fixture
+def served(short_tmp):
+    made: list[Served] = []
+    mounts: list[Path] = []
+
+    def factory(*args: str) -> Served:
+        s = Served(*args)
+        made.append(s)
+        if "--fuse" in args:
+            mounts.append(Path(args[args.index("--fuse") + 1]))
+        return s
+
+    yield factory
+    for s in made:
+        s.stop(signal.SIGKILL)
+        s.errfile.close()
+    for mnt in mounts:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, timeout=30)

@@ -245,3 +245,36 @@ def test_unflushed_new_grains_survive_a_kill_but_not_a_reboot(
         assert disk.read(0, 200) == b"\x01" * 10 + b"\x02" * 100 + b"\x01" * 90
         assert disk.check() == []
     assert not list(folder.glob(".*.pending"))
+
+
+def test_a_crash_while_recovering_from_a_crash_is_recovered_too(tmp_path: Path) -> None:
+    template = tmp_path / "template"
+    before, ops = build_scenario(template)
+    rng = random.Random(9)
+    for op in (ops[0], ops[1], ops[4], ops[5]):  # merge into base, into a delta, all; revert
+        after = expected_after(before, op)
+        folder = tmp_path / "disk"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(template, folder)
+        with Disk.open(folder) as disk, crash_at(10**9) as count:
+            crashplan.apply(disk, op)
+        steps = count[0]
+        for _ in range(int(os.environ.get("QUIESCE_RECOVERY_CRASHES", "10"))):
+            shutil.rmtree(folder)
+            shutil.copytree(template, folder)
+            disk = Disk.open(folder)
+            try:
+                with crash_at(rng.randrange(steps)):
+                    crashplan.apply(disk, op)
+            except Crash:
+                pass
+            abandon(disk)
+            recovering: list[Disk] = []
+            try:
+                with crash_at(rng.randrange(60)):  # the recovery itself dies part-way
+                    recovering.append(Disk.open(folder))
+                    recovering[0].close()
+            except Crash:
+                for d in recovering:
+                    abandon(d)
+            assert_before_or_after(observe(folder, tmp_path), before, after, op)

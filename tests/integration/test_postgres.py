@@ -89,6 +89,8 @@ def test_backup_mode_belongs_to_the_held_session(pg: PgServer) -> None:
 
 
 def test_idle_session_timeouts_do_not_kill_the_hold(pg: PgServer) -> None:
+    if pg.external:
+        pytest.skip("changes server-wide settings (ALTER SYSTEM): private server only")
     pg.sql("ALTER SYSTEM SET idle_session_timeout = '1s'")
     pg.sql("ALTER SYSTEM SET idle_in_transaction_session_timeout = '1s'")
     pg.sql("SELECT pg_reload_conf()")

@@ -293,7 +293,7 @@ class MysqlWriter(Writer):
         self._close()
         self._cut = False
         self._held = self._connect(budget)
-        self._held_id = self._held.thread_id()
+        self._held_id = int(self._held.thread_id())  # type: ignore[no-untyped-call]
         lwt = max(1, math.ceil(self.lock_wait_timeout))
         # the held session must survive an idle freeze window of up to the ceiling
         self._exec("session settings", f"SET SESSION lock_wait_timeout = {lwt}, "
@@ -327,7 +327,8 @@ class MysqlWriter(Writer):
 
     def _long_queries(self) -> list[tuple[Any, ...]]:
         ms = "TIME_MS / 1000" if self.flavor == "mariadb" else "TIME"
-        mine = f"{int(self._held_id)}, {int(self._ctl.thread_id()) if self._ctl else 0}"
+        ctl = self._ctl.thread_id() if self._ctl else 0  # type: ignore[no-untyped-call]
+        mine = f"{int(self._held_id)}, {int(ctl)}"
         return self._ctl_query(
             f"SELECT ID, USER, {ms}, INFO FROM information_schema.PROCESSLIST "
             "WHERE COMMAND NOT IN ('Sleep', 'Daemon', 'Binlog Dump', 'Binlog Dump GTID', "
@@ -465,7 +466,7 @@ class MysqlWriter(Writer):
         if conn is None:
             return
         try:
-            sock = conn._sock  # noqa: SLF001 - pymysql has no public handle on it
+            sock = getattr(conn, "_sock", None)  # pymysql has no public handle on it
             if sock is not None:
                 sock.shutdown(socket.SHUT_RDWR)
         except Exception:  # noqa: BLE001 - never raise from the ceiling path
@@ -487,7 +488,7 @@ class MysqlWriter(Writer):
 
 
 def _msg(err: BaseException) -> str:
-    args = getattr(err, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(err, "args", ()))
     if len(args) >= 2:
         return f"{args[1]} ({args[0]})"
     return str(err) or type(err).__name__

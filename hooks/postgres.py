@@ -42,7 +42,7 @@ from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
 
 CLIENT_GRACE = 2.0  # seconds the client waits past statement_timeout before cutting the socket
 ARCHIVE_POLL = 0.1
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
               "keepalives_count": 3}
 
 

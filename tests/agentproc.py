@@ -60,7 +60,10 @@ class AgentProcess:
         s = socket.socket(socket.AF_UNIX)
         s.settimeout(timeout)
         s.connect(self.socket)
-        s.sendall(data)
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon refused and closed before reading all of it; its reply is queued
         out = b""
         try:
             while chunk := s.recv(65536):

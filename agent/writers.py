@@ -28,7 +28,9 @@ def build_all(config: Config, notes: list[str]) -> list[Writer]:
         writers += scripts.build(s.dir, s.timeout_seconds, s.legacy_dir, s.require_root_owner, notes)
     writers += [MysqlWriter(**dataclasses.asdict(m)) for m in config.mysql]
     writers += [PostgresWriter(**dataclasses.asdict(p)) for p in config.postgres]
-    if config.filesystems is not None:
+    if config.filesystems is not None and config.filesystems.mounts == ():
+        notes.append("filesystems.mounts is an empty list: no filesystem is frozen")
+    elif config.filesystems is not None:
         f = config.filesystems
         writers.append(fsfreeze.FilesystemsWriter(f.mounts, f.exclude, protect=(config.state_dir,)))
     return writers

@@ -220,8 +220,9 @@ class FilesystemsWriter(Writer):
                 f"filesystems.mounts: auto is refused while {ALLOW_ENV} is set (test suite); "
                 "list the mount points explicitly"
             )
-        targets, skipped = plan(read_mounts(), list(self.mounts) if self.mounts else None,
-                                list(self.exclude))
+        # an empty list freezes nothing; only None (auto) means every local filesystem
+        explicit = None if self.mounts is None else list(self.mounts)
+        targets, skipped = plan(read_mounts(), explicit, list(self.exclude))
         for path in targets:
             ensure_allowed(path)
         self._check_protected(targets)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from agent import config, writers
 from hooks import fsfreeze
 from hooks.errors import UnsafeFreezeTarget
 
@@ -63,3 +64,17 @@ def test_the_suite_cannot_reach_auto() -> None:
     writer = fsfreeze.FilesystemsWriter(None)
     with pytest.raises(UnsafeFreezeTarget, match="auto is refused"):
         writer.check()
+
+
+def test_an_empty_mount_list_freezes_nothing_rather_than_everything() -> None:
+    # 'mounts: []' is "no filesystems"; only 'auto' may mean every local filesystem
+    assert fsfreeze.FilesystemsWriter(()).check() == []
+
+
+def test_an_empty_mount_list_builds_no_filesystem_writer(tmp_path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"state_dir: {tmp_path}\nfilesystems:\n  mounts: []\nscripts: null\n")
+    notes: list[str] = []
+    built = writers.build_all(config.load(str(path)), notes)
+    assert [w.kind for w in built] == []
+    assert "no filesystem is frozen" in notes[0]

@@ -19,10 +19,9 @@ import select
 import signal
 import stat
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 import psutil
 
@@ -31,6 +30,7 @@ from hooks.errors import WriterError, WriterTimeout
 
 OUTPUT_LIMIT = 8192  # bytes kept per stream for the report
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL to a timed-out script's group
+OUTPUT_GRACE = 0.2  # seconds the pipes may stay open after the script exited
 LEFTOVER_SUFFIXES = (".rpmnew", ".rpmsave", ".rpmorig", ".swp", ".bak", ".orig", ".disabled")
 SCRIPT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
               "LANG": "C.UTF-8"}
@@ -108,11 +108,10 @@ def discover(directory: str, require_root: bool) -> tuple[list[str], list[tuple[
     return scripts, skipped
 
 
-def _drain(stream: IO[bytes], keep: bytearray) -> None:
-    while chunk := stream.read(4096):
-        room = OUTPUT_LIMIT - len(keep)
-        if room > 0:
-            keep += chunk[:room]
+def _keep(buffer: bytearray, chunk: bytes) -> None:
+    room = OUTPUT_LIMIT - len(buffer)
+    if room > 0:
+        buffer += chunk[:room]
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -135,26 +134,53 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    """Wait for exit without Popen.wait's sleep-polling (its naps grow to 50 ms): a pidfd
-    becomes readable the moment the process exits. True if it exited in time."""
+def _pidfd(pid: int) -> int | None:
     try:
-        fd = os.pidfd_open(proc.pid)
-    except OSError:  # kernels before 5.3: fall back to polling
-        try:
-            proc.wait(timeout=timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    try:
-        poller = select.poll()
+        return os.pidfd_open(pid)
+    except OSError:  # kernels before 5.3: the loop below polls for the exit instead
+        return None
+
+
+def _collect(proc: subprocess.Popen[bytes], timeout: float,
+             out: bytearray, err: bytearray) -> bool:
+    """Read both output pipes and wait for the exit in one poll loop, in this thread: no
+    reader threads, no Popen.wait sleep-polling (its naps grow to 50 ms); a pidfd becomes
+    readable the moment the script exits. Returns True if it exited within ``timeout``.
+
+    After the exit, the pipes get OUTPUT_GRACE to reach end-of-file: a child the script
+    left in the background may hold them open, and we do not wait for it."""
+    assert proc.stdout is not None and proc.stderr is not None
+    pidfd = _pidfd(proc.pid)
+    streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    poller = select.poll()
+    for fd in streams if pidfd is None else (pidfd, *streams):
         poller.register(fd, select.POLLIN)
-        if not poller.poll(max(1, int(timeout * 1000))):
-            return False
-        proc.wait()
-        return True
+    deadline = time.monotonic() + timeout
+    exited = False
+    try:
+        while streams or not exited:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            nap = left if pidfd is not None or exited else min(left, 0.005)
+            for fd, _ in poller.poll(max(1, int(nap * 1000) + 1)):
+                if fd == pidfd:
+                    continue
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    _keep(streams[fd], chunk)
+                else:
+                    poller.unregister(fd)
+                    del streams[fd]
+            if not exited and proc.poll() is not None:
+                exited = True
+                if pidfd is not None:
+                    poller.unregister(pidfd)
+                deadline = min(deadline, time.monotonic() + OUTPUT_GRACE)
+        return exited
     finally:
-        os.close(fd)
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def run_script(path: str, argument: str, timeout: float, label: str = "") -> RunResult:
@@ -166,15 +192,15 @@ def run_script(path: str, argument: str, timeout: float, label: str = "") -> Run
         stderr=subprocess.PIPE, cwd="/", env=env, start_new_session=True, close_fds=True,
     )
     out, err = bytearray(), bytearray()
-    readers = [threading.Thread(target=_drain, args=(s, b), daemon=True)
-               for s, b in ((proc.stdout, out), (proc.stderr, err))]
-    for r in readers:
-        r.start()
-    timed_out = not _wait(proc, max(timeout, 0.01))
-    if timed_out:
-        _kill_group(proc)
-    for r in readers:  # a backgrounded child may keep the pipes open: do not wait for it
-        r.join(timeout=0.2)
+    try:
+        timed_out = not _collect(proc, max(timeout, 0.01), out, err)
+        if timed_out:
+            _kill_group(proc)
+        proc.wait()
+    finally:
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
     return RunResult(argument, proc.returncode, time.monotonic() - start,
                      out.decode(errors="replace"), err.decode(errors="replace"), timed_out)
 

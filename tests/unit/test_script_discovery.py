@@ -87,6 +87,18 @@ def test_a_backgrounded_child_holding_the_pipes_does_not_stall_the_run(folder: P
     assert result.exit_code == 0 and time.monotonic() - start < 3
 
 
+def test_without_pidfd_the_run_still_collects_output_and_honours_the_timeout(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_pidfd(pid: int) -> int:  # as on kernels before 5.3
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    done = scripts.run_script(str(script(folder, "talk", "echo hi; exit 4")), "thaw", 10)
+    assert (done.exit_code, done.stdout, done.timed_out) == (4, "hi\n", False)
+    hung = scripts.run_script(str(script(folder, "hang", "sleep 300")), "freeze", 0.3)
+    assert hung.timed_out and hung.exit_code is not None
+
+
 def test_legacy_scripts_wrap_the_folder(folder: Path, tmp_path: Path) -> None:
     legacy = tmp_path / "sbin"
     legacy.mkdir(mode=0o755)

@@ -4,7 +4,7 @@
 For 1, 4 and 16 loop-mounted ext4 filesystems and 0 and 8 backupScripts.d scripts, it times
 N cycles of `freeze` + `thaw` through the daemon and the same work done by hand (fsfreeze -f
 on each filesystem, children first, then -u; each script run with freeze then thaw) as the
-floor, and reports the daemon's resident memory idle and after 100 cycles. Needs root; it
+floor, the two in turn; "added" is the median of the per-pair differences, and reports the daemon's resident memory idle and after 100 cycles. Needs root; it
 makes, freezes and removes only its own loop-mounted images under a temp dir.
 
     sudo .venv/bin/python benchmarks/freeze_cycle.py [--cycles 20]
@@ -55,32 +55,38 @@ def make_scripts(n: int) -> str:
     return str(d)
 
 
-def floor(mounts: list[str], scripts: str, cycles: int) -> list[float]:
+def floor_cycle(mounts: list[str], scripts: list[Path]) -> float:
+    t = time.perf_counter()
+    for s in scripts:
+        subprocess.run([str(s), "freeze"], check=True)
+    for m in reversed(mounts):
+        subprocess.run(["fsfreeze", "-f", m], check=True)
+    for m in mounts:
+        subprocess.run(["fsfreeze", "-u", m], check=True)
+    for s in reversed(scripts):
+        subprocess.run([str(s), "thaw"], check=True)
+    return (time.perf_counter() - t) * 1000
+
+
+def daemon_cycle(agent: AgentProcess) -> float:
+    t = time.perf_counter()
+    a = agent.call("freeze", {"label": "bench"})
+    b = agent.call("thaw")
+    elapsed = (time.perf_counter() - t) * 1000
+    assert "return" in a and "return" in b, (a, b)
+    return elapsed
+
+
+def interleaved(agent: AgentProcess, mounts: list[str], scripts: str,
+                cycles: int) -> tuple[list[float], list[float]]:
+    """Daemon and floor cycles taken in turn, so that both see the same kernel state
+    (FIFREEZE's cost swings with RCU grace periods from one moment to the next)."""
     names = sorted(Path(scripts).iterdir())
-    times = []
+    d, f = [], []
     for _ in range(cycles):
-        t = time.perf_counter()
-        for s in names:
-            subprocess.run([str(s), "freeze"], check=True)
-        for m in reversed(mounts):
-            subprocess.run(["fsfreeze", "-f", m], check=True)
-        for m in mounts:
-            subprocess.run(["fsfreeze", "-u", m], check=True)
-        for s in reversed(names):
-            subprocess.run([str(s), "thaw"], check=True)
-        times.append((time.perf_counter() - t) * 1000)
-    return times
-
-
-def daemon(agent: AgentProcess, cycles: int) -> list[float]:
-    times = []
-    for _ in range(cycles):
-        t = time.perf_counter()
-        a = agent.call("freeze", {"label": "bench"})
-        b = agent.call("thaw")
-        times.append((time.perf_counter() - t) * 1000)
-        assert "return" in a and "return" in b, (a, b)
-    return times
+        d.append(daemon_cycle(agent))
+        f.append(floor_cycle(mounts, names))
+    return d, f
 
 
 def rss_mb(pid: int) -> float:
@@ -107,24 +113,25 @@ def main() -> int:
                 agent = AgentProcess(wd, {"filesystems": {"mounts": mounts},
                                           "scripts": {"dir": scripts, "legacy_dir": None}}).start()
                 try:
-                    daemon(agent, 3)  # warm up
-                    d = daemon(agent, args.cycles)
-                    f = floor(mounts, scripts, args.cycles)
+                    interleaved(agent, mounts, scripts, 3)  # warm up
+                    d, f = interleaved(agent, mounts, scripts, args.cycles)
                     if n_fs == 1 and n_scripts == 0:
                         idle = rss_mb(agent.pid)
-                        daemon(agent, 100)
+                        for _ in range(100):
+                            daemon_cycle(agent)
                         memory = (idle, rss_mb(agent.pid))
                 finally:
                     agent.stop()
                 dm, fm = statistics.median(d), statistics.median(f)
-                rows.append((n_fs, n_scripts, dm, statistics.quantiles(d, n=20)[-1], fm, dm - fm))
+                added = statistics.median(x - y for x, y in zip(d, f, strict=True))
+                rows.append((n_fs, n_scripts, dm, statistics.quantiles(d, n=20)[-1], fm, added))
     finally:
         for m in all_mounts:
             subprocess.run(["umount", m], check=False)
         subprocess.run(["rm", "-rf", WORK], check=False)
     print(f"freeze -> thaw round trip, {args.cycles} cycles each (ms)")
     print(f"{'filesystems':>11} {'scripts':>7} {'daemon p50':>10} {'daemon p95':>10} "
-          f"{'fsfreeze p50':>12} {'added p50':>9}")
+          f"{'floor p50':>12} {'added p50':>9}")
     for r in rows:
         print(f"{r[0]:>11} {r[1]:>7} {r[2]:>10.1f} {r[3]:>10.1f} {r[4]:>12.1f} {r[5]:>9.1f}")
     if memory:

@@ -473,6 +473,42 @@ class Disk:
             self._chain.push(layer)
             return dict(entry)
 
+    def snapshot_update(self, name: str, *, description: str | None = None,
+                        consistency: str | None = None, report: dict[str, Any] | None = None,
+                        artifacts: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Replace fields of ``name``'s record (the fields given; the data is untouched).
+
+        A quiesced snapshot is created inside the frozen window as ``crash`` and gets its
+        final level, report and artifacts here, after the thaw. Atomic (``tree.json`` is
+        replaced). Raises SnapshotNotFound, DiskError (a bad consistency), ReadOnly.
+        """
+        with self._lock:
+            self._writable()
+            if consistency is not None and consistency not in CONSISTENCY:
+                raise DiskError(f"{self.folder}: consistency {consistency!r} must be one of "
+                                f"{', '.join(CONSISTENCY)}", self.folder)
+            tree = self.tree.copy()
+            snap = tree.snapshot(name)
+            fields = {"description": description, "consistency": consistency,
+                      "report": report, "artifacts": artifacts}
+            snap.update({k: v for k, v in fields.items() if v is not None})
+            tree.save()
+            self.tree = tree
+            return dict(snap)
+
+    def undo_cost(self, name: str) -> int | None:
+        """Bytes that deleting ``name`` would merge if it is the snapshot just taken: its
+        layer's one child is the writable layer, so the delete merges only what was written
+        since (a quiesce that failed after the switch undoes its snapshot this way, even
+        while the disk is served). None when ``name`` is anything else."""
+        with self._lock:
+            layer = self.tree.snapshot(name)["layer"]
+            current = self.tree.current
+            if self.tree.layers.get(current) != layer or self.tree.children(layer) != [current]:
+                return None
+            top = self._layers[current]
+            return sum(1 for s in top.gt if s) * GRAIN if isinstance(top, SparseExtent) else None
+
     def snapshot_list(self) -> list[dict[str, Any]]:
         """Every snapshot (oldest first) with parent, children and ``is_current_position``."""
         with self._lock:

@@ -9,9 +9,11 @@ the agent's wire format (``agent/protocol.py``): one JSON object per line,
     {"return": {...}, "id": 1}   or   {"error": {"class": "...", "desc": "..."}, "id": 1}
 
 Commands: ``ping``, ``status``, ``flush``, ``snapshot-create`` (name, description, consistency,
-report, artifacts), ``snapshot-list``, ``snapshot-delete`` (only snapshots the live state does
-not depend on), ``snapshot-revert`` (always refused while serving: the clients would see the
-disk change under them). ``request()`` is the client.
+report, artifacts), ``snapshot-update`` (the same record fields, after a quiesce's thaw),
+``snapshot-list``, ``snapshot-delete`` (snapshots the live state does not depend on, and the
+one just taken while what was written since is at most ``UNDO_LIMIT``: that is how a failed
+quiesce takes its snapshot back), ``snapshot-revert`` (always refused while serving: the
+clients would see the disk change under them). ``request()`` is the client.
 
 Every client I/O passes through an ``IOGate``: a snapshot waits until the requests in flight
 are done, holds new ones back, flushes and switches the engine to the new delta, then lets
@@ -48,6 +50,8 @@ SOCKET_NAME = ".serve.sock"
 MAX_LINE = 1024 * 1024  # reports and artifacts from the agent can be a few hundred KiB
 PAUSE_TIMEOUT = 30.0  # seconds to wait for in-flight client I/O before a snapshot gives up
 CONSISTENCY = ("application", "filesystem", "crash")
+RECORD_FIELDS = ("description", "consistency", "report", "artifacts")
+UNDO_LIMIT = 64 * 1024 * 1024  # bytes a live delete may merge while client I/O waits
 
 # error classes of the control protocol (beyond agent/protocol.py's BadRequest, ...)
 REFUSED = "Refused"  # the operation is not safe while the disk is served
@@ -388,6 +392,7 @@ class ControlServer:
             "status": self.cmd_status,
             "flush": self.cmd_flush,
             "snapshot-create": self.cmd_snapshot_create,
+            "snapshot-update": self.cmd_snapshot_update,
             "snapshot-list": self.cmd_snapshot_list,
             "snapshot-revert": self.cmd_snapshot_revert,
             "snapshot-delete": self.cmd_snapshot_delete,
@@ -470,25 +475,59 @@ class ControlServer:
             "(unmount first), then run 'quiesce-host snapshot revert'",
         )
 
+    def cmd_snapshot_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        name = args.get("name")
+        if not isinstance(name, str) or not name:
+            raise _CommandError(protocol.BAD_REQUEST, "snapshot-update needs a string 'name'")
+        unknown = set(args) - {"name", *RECORD_FIELDS}
+        if unknown:
+            raise _CommandError(protocol.BAD_REQUEST, f"unknown argument(s): {sorted(unknown)}")
+        fields = {k: args[k] for k in RECORD_FIELDS if k in args}
+        if "consistency" in fields and fields["consistency"] not in CONSISTENCY:
+            raise _CommandError(
+                protocol.BAD_REQUEST, f"consistency must be one of {', '.join(CONSISTENCY)}"
+            )
+        for key in ("report", "artifacts"):
+            if key in fields and not isinstance(fields[key], dict):
+                raise _CommandError(protocol.BAD_REQUEST, f"{key} must be an object")
+        update = self._engine("snapshot_update")
+        with self._lock:  # metadata only: client I/O goes on
+            return {"snapshot": update(name, **fields)}
+
     def cmd_snapshot_delete(self, args: dict[str, Any]) -> Any:
         name = args.get("name")
         if not isinstance(name, str) or not name:
             raise _CommandError(protocol.BAD_REQUEST, "snapshot-delete needs a string 'name'")
-        live = live_chain(self._engine("snapshot_list")())
-        if live is None or name in live:
-            raise _CommandError(
-                REFUSED,
-                f"snapshot {name!r}: the served state depends on it, and merging it would stall "
-                "every client for the whole merge; stop 'quiesce-host serve', then delete it",
-            )
         delete = self._engine("snapshot_delete")
         with self._lock:
+            live = live_chain(self._engine("snapshot_list")())
+            if live is None or name in live:
+                self._check_undo(name)
+            t0 = time.monotonic()
             try:
                 with self.gate.paused():
-                    result = delete(name)
+                    delete(name)
             except TimeoutError as err:
                 raise _CommandError(PAUSE_TIMEOUT_CLASS, f"delete {name!r}: {err}") from err
-        return {"deleted": name, "result": result}
+        paused_ms = round((time.monotonic() - t0) * 1000, 3)
+        logger.info("control: snapshot %r deleted; I/O paused %.1f ms", name, paused_ms)
+        return {"deleted": name, "paused_ms": paused_ms}
+
+    def _check_undo(self, name: str) -> None:
+        """The live state reads through ``name``: only the snapshot just taken, with little
+        written since, may go (a short merge of the writable delta into it)."""
+        undo_cost = getattr(self.disk, "undo_cost", None)
+        cost = undo_cost(name) if undo_cost is not None else None
+        if cost is not None and cost <= UNDO_LIMIT:
+            return
+        why = ("" if cost is None else
+               f" (the {cost / 2**20:.0f} MiB written since it was taken would have to be "
+               f"merged, more than the {UNDO_LIMIT // 2**20} MiB allowed while serving)")
+        raise _CommandError(
+            REFUSED,
+            f"snapshot {name!r}: the served state depends on it{why}, and merging it would "
+            "stall every client for the whole merge; stop 'quiesce-host serve', then delete it",
+        )
 
 
 def live_chain(snapshots: Any) -> set[str] | None:

@@ -174,3 +174,24 @@ def test_revert_and_delete_while_serving(short_tmp, serve):
     assert d.check() == []
     assert d.read(0, 4) == b"CCCC"
     d.close()
+
+
+def test_the_snapshot_just_taken_can_be_taken_back_while_serving(live, disk):
+    client = Client(live.port).connect()
+    assert client.write(0, b"A" * BLOCK) == 0
+    request(disk.folder, "snapshot-create", {"name": "oops"})
+    assert client.write(BLOCK, b"B" * BLOCK) == 0  # written after the cut
+    request(disk.folder, "snapshot-update",
+            {"name": "oops", "consistency": "crash", "report": {"why": "thaw not confirmed"}})
+    assert disk.snapshot_get("oops")["report"] == {"why": "thaw not confirmed"}
+    with pytest.raises(ServeRequestFailed) as err:
+        request(disk.folder, "snapshot-update", {"name": "oops", "consistency": "perfect"})
+    assert err.value.error_class == "BadRequest"
+    reply = request(disk.folder, "snapshot-delete", {"name": "oops"})
+    assert reply["deleted"] == "oops"
+    assert disk.snapshot_list() == [] and disk.info()["chain"] == ["disk.vmdk"]
+    assert client.read(0, 2 * BLOCK) == (0, b"A" * BLOCK + b"B" * BLOCK)
+    assert client.write(2 * BLOCK, b"C" * BLOCK) == 0  # the clients never noticed
+    client.disconnect()
+    assert disk.check() == []
+    assert disk.read(0, 3 * BLOCK) == b"A" * BLOCK + b"B" * BLOCK + b"C" * BLOCK

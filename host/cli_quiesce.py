@@ -106,9 +106,6 @@ def run_show(args: argparse.Namespace) -> int:
         print(json.dumps(snap, indent=2))
     else:
         print("\n".join(full(snap)))
-        if snap.get("record_pending"):
-            print("(record kept beside the served disk; folded into tree.json when the disk "
-                  "is next opened unserved)")
     return 0
 
 

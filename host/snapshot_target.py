@@ -10,31 +10,24 @@ known only after the thaw. So a target can ``create`` (flush + switch to a new d
 - ``ServedTarget``: ``quiesce-host serve`` holds the disk; create and delete go through its
   control socket (``host.serve_control``), which cuts between client writes.
 
-Workarounds, until the engine and the server have them (see docs/snapshots.md): the engine has
-no ``snapshot_update``, so ``EngineTarget`` replaces the entry in ``tree.json`` through
-``host.tree.Tree`` under the lock it holds; the server has no ``snapshot-update`` command, so
-``ServedTarget`` keeps the final record in ``DISK/.quiesce-records.json`` (atomic, fsynced),
-which ``load_snapshot`` overlays and the next ``EngineTarget`` on the disk folds into
-``tree.json``. Both use the real method as soon as it exists.
+The final record goes in with ``Disk.snapshot_update`` (the server's ``snapshot-update``); a
+failed quiesce takes its snapshot back with ``snapshot_delete``, which merges only what was
+written since the switch (the server allows that one live delete, see ``UNDO_LIMIT``).
 
 Raises: DiskError (engine), ServeError (server), SnapshotNotFound.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent import protocol
-from host.disk import Disk, DiskBusy, DiskError
-from host.durable import SnapshotNotFound
+from host.disk import Disk, DiskBusy
 from host.serve_control import ServeError, ServeRequestFailed, request, socket_path
 from host.tree import Tree
 
-RECORDS = ".quiesce-records.json"
 RECORD_KEYS = ("consistency", "report", "artifacts")
 
 
@@ -57,7 +50,6 @@ class EngineTarget:
 
     def __init__(self, disk: Disk) -> None:
         self.disk = disk
-        fold_records(disk)
 
     def create(self, name: str, description: str, consistency: str, report: dict[str, Any],
                artifacts: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -66,7 +58,7 @@ class EngineTarget:
         return {"snapshot": snap, "switch_ms": round((time.monotonic() - t0) * 1000, 3)}
 
     def update(self, name: str, fields: dict[str, Any]) -> None:
-        update_in_engine(self.disk, name, fields)
+        self.disk.snapshot_update(name, **_record(fields))
 
     def delete(self, name: str) -> str | None:
         """Drop the snapshot (its delta merges back: the current state is kept)."""
@@ -94,18 +86,11 @@ class ServedTarget:
         return reply if isinstance(reply, dict) else {"snapshot": reply}
 
     def update(self, name: str, fields: dict[str, Any]) -> None:
-        try:
-            request(self.folder, "snapshot-update", {"name": name, **fields}, timeout=30.0)
-            return
-        except ServeRequestFailed as err:
-            if err.error_class != protocol.UNKNOWN_COMMAND:
-                raise
-        snap = _served_entry(self.folder, name)
-        store_pending(self.folder, name, snap, fields)
+        request(self.folder, "snapshot-update", {"name": name, **_record(fields)}, timeout=30.0)
 
     def delete(self, name: str) -> str | None:
-        """Try to drop it; the reason when the server refuses (a snapshot the live state
-        depends on cannot be merged while serving)."""
+        """Try to drop it; the reason when the server refuses (it merges only a snapshot
+        just taken with little written since while serving)."""
         try:
             request(self.folder, "snapshot-delete", {"name": name}, timeout=30.0)
         except ServeRequestFailed as err:
@@ -131,84 +116,8 @@ def open_target(folder: str | os.PathLike[str]) -> EngineTarget | ServedTarget:
 
 
 # -- records --------------------------------------------------------------------------------
-def update_in_engine(disk: Disk, name: str, fields: dict[str, Any]) -> None:
-    """Replace the record fields of snapshot ``name`` in an open, locked disk."""
-    fields = {k: v for k, v in fields.items() if k in RECORD_KEYS}
-    native = getattr(disk, "snapshot_update", None)
-    if native is not None:
-        native(name, **fields)
-        return
-    tree = disk.tree.copy()
-    tree.snapshot(name).update(fields)
-    tree.save()  # atomic: temp file, fsync, rename, fsync the folder
-    disk.tree = tree
-
-
-def _served_entry(folder: Path, name: str) -> dict[str, Any]:
-    for snap in Tree.load(folder).snapshots:
-        if snap["name"] == name:
-            return snap
-    raise SnapshotNotFound(f"{folder}: no snapshot named {name!r}", folder)
-
-
-def _records_path(folder: Path) -> Path:
-    return folder / RECORDS
-
-
-def _read_records(folder: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(_records_path(folder).read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as err:
-        raise DiskError(f"{_records_path(folder)}: unreadable ({err}); remove it to drop the "
-                        "pending quiesce records", folder) from err
-    return data if isinstance(data, dict) else {}
-
-
-def _write_records(folder: Path, records: dict[str, Any]) -> None:
-    path = _records_path(folder)
-    if not records:
-        path.unlink(missing_ok=True)
-        return
-    tmp = path.with_name(path.name + ".new")
-    with open(tmp, "w") as f:
-        json.dump(records, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def store_pending(folder: Path, name: str, snap: dict[str, Any], fields: dict[str, Any]) -> None:
-    """Keep the final record beside a served disk until the engine can take it."""
-    records = _read_records(folder)
-    records[name] = {"layer": snap.get("layer"), "created": snap.get("created"),
-                     **{k: v for k, v in fields.items() if k in RECORD_KEYS}}
-    _write_records(folder, records)
-
-
-def _matching(snap: dict[str, Any], record: Any) -> bool:
-    return (isinstance(record, dict) and record.get("layer") == snap.get("layer")
-            and record.get("created") == snap.get("created"))
-
-
-def fold_records(disk: Disk) -> None:
-    """Move pending records into ``tree.json`` (we hold the disk's lock); drop stale ones."""
-    if disk.readonly:
-        return
-    records = _read_records(disk.folder)
-    if not records:
-        return
-    for name, record in records.items():
-        snap = next((s for s in disk.tree.snapshots if s["name"] == name), None)
-        if snap is not None and _matching(snap, record):
-            update_in_engine(disk, name, record)
-    _write_records(disk.folder, {})
+def _record(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if k in RECORD_KEYS}
 
 
 def load_snapshot(folder: str | os.PathLike[str], name: str) -> dict[str, Any]:
@@ -217,16 +126,11 @@ def load_snapshot(folder: str | os.PathLike[str], name: str) -> dict[str, Any]:
     ``tree.json`` is replaced atomically, so reading it without the lock is safe.
     Raises DiskError (not a disk), SnapshotNotFound.
     """
-    path = Path(folder)
-    tree = Tree.load(path)
+    tree = Tree.load(Path(folder))
     snap = dict(tree.snapshot(name))
-    record = _read_records(path).get(name)
-    if _matching(snap, record):
-        snap.update({k: v for k, v in record.items() if k in RECORD_KEYS})
-        snap["record_pending"] = True
     snap["parent"] = tree.named_ancestor(snap["layer"])
     return snap
 
 
 __all__ = ["EngineTarget", "ServeError", "ServedTarget", "Target", "load_snapshot",
-           "open_target", "update_in_engine"]
+           "open_target"]

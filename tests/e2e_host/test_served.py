@@ -1,5 +1,5 @@
-"""Quiesced snapshots of a served disk: through the server's control socket, records kept
-beside the disk until it is next opened unserved; and restore-artifacts."""
+"""Quiesced snapshots of a served disk, through the server's control socket: the final record,
+a failed quiesce taken back while serving; and restore-artifacts."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 
 from host.disk import Disk
 from host.serve_control import ControlServer, IOGate
-from host.snapshot_cycle import Faults, NotConfirmed, take
-from host.snapshot_target import RECORDS, EngineTarget, ServedTarget, load_snapshot, open_target
+from host.snapshot_cycle import Faults, NotConfirmed, QuiesceFailed, take
+from host.snapshot_target import ServedTarget, load_snapshot, open_target
 from tests.conftest import need_root
 from tests.e2e.conftest import frozen_now
 from tests.e2e_host.conftest import run_cli
@@ -43,40 +43,51 @@ def test_a_served_disk_is_snapshotted_through_its_server(ext4, start_agent, disk
     assert out.confirmed and out.consistency == "filesystem"
     assert out.host["switch"]["paused_ms"] >= 0  # the server's own cut timing
     assert not frozen_now(ext4.path)
-    # the server keeps the provisional entry; the final record waits beside the disk
-    assert json.loads((disk_dir / "tree.json").read_text())["snapshots"][0]["consistency"] \
-        == "crash"
-    snap = load_snapshot(disk_dir, "live")
-    assert snap["consistency"] == "filesystem" and snap["record_pending"]
+    # the final record went in through the server, straight into tree.json
+    snap = json.loads((disk_dir / "tree.json").read_text())["snapshots"][0]
+    assert snap["consistency"] == "filesystem"
+    assert snap["report"]["agent"]["outcome"] == "thawed"
+    assert load_snapshot(disk_dir, "live")["consistency"] == "filesystem"
     assert [s["name"] for s in served.snapshot_list()] == ["live"]
 
 
-def test_the_record_is_folded_in_when_the_disk_is_next_opened(ext4, start_agent, disk_dir,
-                                                              served) -> None:
-    need_root()
-    agent = start_agent({"filesystems": {"mounts": [ext4.path]}})
-    take(open_target(disk_dir), "live", f"unix:{agent.socket}")
-    served.close()  # the server stops (the fixture's close is then a no-op)
-    target = open_target(disk_dir)
-    assert isinstance(target, EngineTarget)
-    target.close()
-    assert not (disk_dir / RECORDS).exists()
-    tree = json.loads((disk_dir / "tree.json").read_text())
-    assert tree["snapshots"][0]["consistency"] == "filesystem"
-    assert "record_pending" not in load_snapshot(disk_dir, "live")
+class KillAgentAfterFreeze(Faults):
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def after_freeze(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
 
 
-def test_unconfirmed_on_a_served_disk_is_said_when_it_cannot_be_deleted(
+def test_an_unconfirmed_quiesce_takes_its_snapshot_back_while_serving(
         ext4, start_agent, disk_dir, served) -> None:
     need_root()
     agent = start_agent({"filesystems": {"mounts": [ext4.path]}})
+    served.write(0, b"before" * 100)
+    kill = KillAgentAfterFreeze(agent.pid)
+    with pytest.raises(QuiesceFailed, match="deleted again.*nothing was left behind") as err:
+        take(open_target(disk_dir), "dead", f"unix:{agent.socket}", faults=kill)
+    assert not isinstance(err.value, NotConfirmed)
+    assert served.snapshot_list() == []
+    assert [d["file"] for d in served.info()["layers"]] == ["disk.vmdk"]
+    assert served.read(0, 600) == b"before" * 100  # the live state is kept
+    served.write(0, b"after!")  # and still takes writes
+    assert served.check() == []
 
-    class Kill(Faults):
-        def after_freeze(self) -> None:
-            os.kill(agent.pid, signal.SIGKILL)
+
+def test_a_snapshot_with_much_written_since_is_not_merged_while_serving(
+        ext4, start_agent, disk_dir, served, monkeypatch) -> None:
+    need_root()
+    agent = start_agent({"filesystems": {"mounts": [ext4.path]}})
+    monkeypatch.setattr("host.serve_control.UNDO_LIMIT", 0)  # any write since is too much
+
+    class KillAndWrite(KillAgentAfterFreeze):
+        def before_thaw(self) -> None:
+            served.write(0, b"x" * 4096)  # a client wrote after the switch
 
     with pytest.raises(NotConfirmed, match="could not be deleted.*recorded as crash"):
-        take(open_target(disk_dir), "dead", f"unix:{agent.socket}", faults=Kill())
+        take(open_target(disk_dir), "dead", f"unix:{agent.socket}",
+             faults=KillAndWrite(agent.pid))
     assert load_snapshot(disk_dir, "dead")["consistency"] == "crash"
 
 

@@ -7,14 +7,13 @@ own tests run anywhere.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from host import cli_quiesce
+from host import cli
 from host.disk import Disk
 from tests.e2e.conftest import start_agent  # noqa: F401 - a fixture, used by the tests
 
@@ -22,17 +21,8 @@ __all__ = ["run_cli", "make_scripts"]
 
 
 def run_cli(argv: list[str]) -> int:
-    """``quiesce-host ARGV`` with the quiesce verbs installed, whatever host/cli.py has."""
-    from host import cli
-
-    parser = cli.build_parser()
-    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    create = verbs.choices["snapshot"]
-    sub = next(a for a in create._actions if isinstance(a, argparse._SubParsersAction))
-    if "show" not in sub.choices:
-        cli_quiesce.install(verbs)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    """``quiesce-host ARGV`` in this process: its exit code, as a shell would see it."""
+    return cli.main(argv)
 
 
 def make_scripts(folder: Path, trace: Path, names: list[str], fail: str = "",

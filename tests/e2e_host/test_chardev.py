@@ -1,0 +1,110 @@
+"""``--quiesce unix:PATH`` where PATH is a QEMU chardev socket: the bytes go through a
+virtio-serial port to the agent, which reads it as a character device, not as a socket.
+
+No VM runs here, so a stand-in plays QEMU's part as QEMU does it (``-chardev
+socket,server=on,wait=off`` wired to a ``virtserialport``): it listens on a unix socket, takes
+one host connection at a time and copies bytes both ways between it and the guest end of the
+port, a pty the agent opens as its ``listen.virtio_serial``. Lines the agent writes while no
+host is connected stay in the port, as they do in QEMU, for the next host to skip.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import tty
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from host.snapshot_cycle import take
+from host.snapshot_target import load_snapshot, open_target
+from tests.conftest import need_root
+from tests.e2e.conftest import frozen_now
+
+pytestmark = pytest.mark.root
+
+
+class Chardev:
+    """QEMU's socket chardev: a listening unix socket in front of the port's host end."""
+
+    def __init__(self, path: Path, port_fd: int) -> None:
+        self.port_fd = port_fd
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(path))
+        self.listener.listen(1)
+        self.path = path
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            if not select.select([self.listener], [], [], 0.1)[0]:
+                continue
+            conn, _ = self.listener.accept()
+            with conn:
+                self._shuttle(conn)
+
+    def _shuttle(self, conn: socket.socket) -> None:
+        while not self.stopped.is_set():
+            ready = select.select([conn, self.port_fd], [], [], 0.1)[0]
+            if conn in ready:
+                data = conn.recv(65536)
+                if not data:
+                    return  # the host went away; what the guest writes next waits in the port
+                os.write(self.port_fd, data)
+            if self.port_fd in ready:
+                conn.sendall(os.read(self.port_fd, 65536))
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        self.listener.close()
+
+
+@pytest.fixture
+def chardev(short_tmp: Path, start_agent, ext4) -> Iterator[tuple[Chardev, object]]:
+    need_root()
+    host_end, guest_end = os.openpty()
+    tty.setraw(host_end)
+    tty.setraw(guest_end)
+    agent = start_agent({"listen": {"unix": str(short_tmp / "agent.sock"),
+                                    "virtio_serial": os.ttyname(guest_end)},
+                         "filesystems": {"mounts": [ext4.path]}})
+    bridge = Chardev(short_tmp / "qemu-chardev.sock", host_end)
+    yield bridge, agent
+    bridge.close()
+    os.close(host_end)
+    os.close(guest_end)
+
+
+def test_a_quiesced_snapshot_through_a_chardev_and_a_virtio_serial_port(
+        chardev, disk_dir, ext4) -> None:
+    bridge, _ = chardev
+    target = open_target(disk_dir)
+    try:
+        out = take(target, "over-serial", f"unix:{bridge.path}")
+    finally:
+        target.close()
+    assert out.confirmed and out.consistency == "filesystem"
+    assert not frozen_now(ext4.path)
+    snap = load_snapshot(disk_dir, "over-serial")
+    assert snap["consistency"] == "filesystem"
+    assert snap["report"]["agent"]["writers"][0]["state"] == "thawed"
+
+
+def test_a_reply_left_in_the_port_by_an_earlier_host_is_skipped(chardev, disk_dir) -> None:
+    bridge, _ = chardev
+    with socket.socket(socket.AF_UNIX) as early:  # asks, then leaves before the answer
+        early.connect(str(bridge.path))
+        early.sendall(b'{"execute": "status", "id": "someone-else"}\n')
+    target = open_target(disk_dir)
+    try:
+        out = take(target, "after-a-stale-reply", f"unix:{bridge.path}")
+    finally:
+        target.close()
+    assert out.confirmed and out.consistency == "filesystem"

@@ -182,14 +182,14 @@ def _wait_for_signal() -> int:
         stop.set()
 
     previous: dict[int, Callable[..., Any] | int | None] = {}
-    for sig in STOP_SIGNALS:
-        previous[sig] = signal.signal(sig, handler)
+    for stop_signal in STOP_SIGNALS:
+        previous[stop_signal] = signal.signal(stop_signal, handler)
     try:
         while not stop.wait(0.5):
             pass
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
     logger.info("serve: stopping on %s", signal.Signals(received[0]).name)
     return 0
 

@@ -25,7 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from host.lab import Lab, LabError, create_tables, missing_requirements, present_ids, start_loads
+from host.lab import Lab, create_tables, missing_requirements, present_ids, start_loads
+from host.labdb import LabError
 from host.quiesce import QuiesceHostError
 from host.serve_control import ServeError
 from host.snapshot_cycle import Outcome, take

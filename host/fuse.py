@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import mfusepy
+import mfusepy  # type: ignore[import-untyped]
 
 from host.nbd import BlockDevice
 
@@ -61,7 +61,7 @@ def _as_oserror(what: str) -> Iterator[None]:
         raise
     except Exception as err:
         logger.warning("FUSE: %s failed: %s", what, err)
-        code = getattr(err, "code", None)
+        code = str(getattr(err, "code", ""))
         raise mfusepy.FuseOSError(ENGINE_ERRNO.get(code, errno.EIO)) from err
 
 

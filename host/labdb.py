@@ -77,7 +77,7 @@ def _run(cmd: list[str], owner: tuple[int, int] | None, timeout: float = 120) ->
     if proc.returncode != 0:
         raise LabError(f"{' '.join(cmd[:2])} failed ({proc.returncode}):\n"
                        f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return proc.stdout
+    return str(proc.stdout)
 
 
 class LabPostgres:
@@ -136,7 +136,7 @@ class LabPostgres:
 
     def sql(self, query: str) -> list[tuple[Any, ...]]:
         with self.connect() as conn:
-            cur = conn.execute(query)  # type: ignore[arg-type]
+            cur = conn.execute(query)
             return cur.fetchall() if cur.description else []
 
     def log_tail(self) -> str:

@@ -203,7 +203,7 @@ def resolve_bind(host: str, port: int, allow_remote: bool) -> tuple[int, tuple[s
             "authentication, so anyone who reaches the port can write the disk. Use 127.0.0.1, "
             "or pass --allow-remote if you really mean it"
         )
-    return family, (sockaddr[0], sockaddr[1])
+    return int(family), (str(sockaddr[0]), int(sockaddr[1]))
 
 
 ENGINE_ERRNO = {"NoSpace": ENOSPC, "ReadOnly": EPERM}  # the engine's error codes (durable.py)

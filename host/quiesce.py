@@ -202,9 +202,9 @@ class AgentClient:
                                    f"{command!r} ({err.strerror or err}); did the agent "
                                    "die? (journalctl -u quiesce-agent)") from err
         if "error" in reply:
-            err = reply["error"]
-            data = err.get("data") if isinstance(err.get("data"), dict) else None
-            raise AgentRefused(command, err["class"], str(err.get("desc", "")), data)
+            failure = reply["error"]
+            data = failure.get("data") if isinstance(failure.get("data"), dict) else None
+            raise AgentRefused(command, failure["class"], str(failure.get("desc", "")), data)
         return reply["return"]
 
     def _reply(self, command: str, deadline: float, timeout: float) -> dict[str, Any]:

@@ -186,25 +186,30 @@ class Cycle:
             self.client.ping()
             self.ceiling = ceiling_of(self.client.status())
         except QuiesceHostError as err:
-            return self._failed(f"the agent at {self.client.endpoint} is unreachable: {err}")
+            self._failed(f"the agent at {self.client.endpoint} is unreachable: {err}")
+            return None
         self.tl.mark("freeze_sent")
         try:
             frozen = self.client.freeze(self.name, freeze_budget(self.ceiling))
         except AgentRefused as err:
             if err.error_class == protocol.STATE_ERROR:
-                return self._failed(f"the agent is busy: {err.desc}")
-            return self._failed(f"the freeze failed and was rolled back: {err.desc}", err.report)
+                self._failed(f"the agent is busy: {err.desc}")
+                return None
+            self._failed(f"the freeze failed and was rolled back: {err.desc}", err.report)
+            return None
         except QuiesceHostError as err:
             self._abort_quietly()
-            return self._failed(f"the freeze did not complete: {err}")
+            self._failed(f"the freeze did not complete: {err}")
+            return None
         self.tl.mark("frozen")
         self.out.agent = frozen
         self.faults.after_freeze()
         left = self.ceiling - self.tl.since("freeze_sent")
         if left < SWITCH_RESERVE:
             self._abort_quietly()
-            return self._failed(f"the freeze took {self.tl.since('freeze_sent'):.1f} s of the "
-                                f"{self.ceiling:g} s ceiling; too little was left to switch")
+            self._failed(f"the freeze took {self.tl.since('freeze_sent'):.1f} s of the "
+                         f"{self.ceiling:g} s ceiling; too little was left to switch")
+            return None
         return frozen
 
     def _switch(self, frozen: dict[str, Any]) -> None:
@@ -280,7 +285,6 @@ class Cycle:
         self.out.warnings.append(f"QUIESCE FAILED, falling back to a crash-consistent snapshot: "
                                  f"{reason}")
         self.fallback = reason
-        return None
 
     def _crash_snapshot(self) -> Outcome:
         self.out.host = self._host_section(fallback=self.fallback)

@@ -8,6 +8,7 @@ import re
 import sys
 from typing import Any
 
+from host.check import check_folder
 from host.cli_progress import Progress, human_bytes
 from host.disk import Disk, DiskError
 
@@ -37,7 +38,8 @@ def add_parser(verbs: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_info)
 
-    p = sub.add_parser("check", help="verify every file and link (exit 1 if problems)")
+    p = sub.add_parser("check", help="verify every file and link, report every problem "
+                       "(exit 1 if the disk still opens, else the code of what stops it)")
     p.add_argument("disk", metavar="DISK")
     p.add_argument("--relink", action="store_true",
                    help="first re-point every delta at its parent from tree.json (hint and "
@@ -89,12 +91,13 @@ def run_check(args: argparse.Namespace) -> int:
     if args.relink:
         for line in Disk.relink(args.disk):
             print(f"fixed: {line}")
-    try:
-        with Disk.open(args.disk, readonly=True) as disk:
-            problems = disk.check()
-        code = 1 if problems else 0
-    except DiskError as err:
-        problems, code = [str(err)], err.exit_code
+    problems = check_folder(args.disk)  # DiskError only when there is nothing to check
+    code = 1 if problems else 0
+    if problems:  # unusable as it is? then the code of the error an open meets first
+        try:
+            Disk.open(args.disk, readonly=True).close()
+        except DiskError as err:
+            code = err.exit_code
     if args.json:
         print(json.dumps({"ok": not problems, "problems": problems}, indent=2))
     elif problems:

@@ -312,7 +312,7 @@ class FlatBase:
             )
         return data
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         try:
             pwrite_all(self.fd, data, offset)
         except OSError as err:
@@ -648,7 +648,7 @@ class SparseExtent:
             )
         return data
 
-    def overwrite(self, g: int, offset: int, data: bytes | memoryview) -> None:
+    def overwrite(self, g: int, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write inside grain ``g``, which must already be allocated in this file."""
         pos = self.gt[g] * SECTOR + offset
         try:
@@ -658,7 +658,7 @@ class SparseExtent:
         except OSError as err:
             raise space_error(err, self.path, "writing a grain") from err
 
-    def append_grains(self, grains: list[tuple[int, bytes | memoryview]],
+    def append_grains(self, grains: list[tuple[int, bytes | bytearray | memoryview]],
                       durable: bool = True) -> None:
         """Allocate whole grains at the end of the file.
 
@@ -744,18 +744,24 @@ class SparseExtent:
             if t not in busy and disk != self.gt[t * GTES:(t + 1) * GTES]:
                 out.append(f"grain table {t} on disk differs from the one in memory")
             if self.rgde and self.read_table(self.rgde[t]) != self.read_table(sector):
-                out.append(f"redundant grain table {t} differs from the primary")
+                out.append(f"redundant grain table {t} differs from the primary (damaged, "
+                           "or a crash cut a table update short)")
         if self.rgde and self.rgde == self.gde:
             out.append("the redundant grain directory is the primary one")
-        used = sorted(s for s in self.gt if s > 1)
-        misaligned = [s for s in used if s % GRAIN_SECTORS]
+        used = sorted((s, g) for g, s in enumerate(self.gt) if s > 1)
+        misaligned = [(s, g) for s, g in used if s % GRAIN_SECTORS]
         if misaligned:
-            out.append(f"{len(misaligned)} grains are not grain-aligned (first at sector "
-                       f"{misaligned[0]})")
-        shared = [a for a, b in zip(used, used[1:], strict=False) if a + GRAIN_SECTORS > b]
+            s, g = misaligned[0]
+            out.append(f"grain {g} (disk offset {g * GRAIN}) points to sector {s}, not a "
+                       f"multiple of {GRAIN_SECTORS}: not grain-aligned"
+                       + _more(len(misaligned)))
+        shared = [(a, b) for a, b in zip(used, used[1:], strict=False)
+                  if a[0] + GRAIN_SECTORS > b[0]]
         if shared:
-            out.append(f"{len(shared)} grains overlap another grain (first at sector "
-                       f"{shared[0]})")
+            (sa, ga), (sb, gb) = shared[0]
+            out.append(f"grains {ga} and {gb} (disk offsets {ga * GRAIN} and {gb * GRAIN}) "
+                       f"overlap in the file (sectors {sa} and {sb}): writing one changes "
+                       "the other" + _more(len(shared)))
         if 1 in self.gt and not self.zeroed:
             out.append("a grain table entry is 1 but the file has no zeroed-grain flag "
                        "(qemu reads the descriptor as data)")
@@ -776,6 +782,10 @@ class SparseExtent:
             os.close(self.fd)
             self.fd = -1
         self.log.close(remove=self.writable and not self.pending)
+
+
+def _more(count: int) -> str:
+    return f" ({count - 1} more like it)" if count > 1 else ""
 
 
 Layer = FlatBase | SparseExtent

@@ -124,14 +124,14 @@ class Chain:
         top.overwrite(g, goff, data)  # type: ignore[union-attr]
         return True
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         top = self.top
         if isinstance(top, FlatBase):
             top.write(offset, data)
             return
         t = len(self.layers) - 1
         mv = memoryview(data)
-        new: list[tuple[int, bytes | memoryview]] = []
+        new: list[tuple[int, bytes | bytearray | memoryview]] = []
         pos, end = offset, offset + len(mv)
         while pos < end:
             g, goff = divmod(pos, GRAIN)
@@ -199,7 +199,7 @@ def merge_up(src: SparseExtent, dst: Layer, progress: Progress | None = None) ->
     """Copy every grain ``src`` holds into ``dst`` (its parent), overwriting, then sync."""
     grains = allocated(src)
     total, done = len(grains) * GRAIN, 0
-    pending: list[tuple[int, bytes | memoryview]] = []
+    pending: list[tuple[int, bytes | bytearray | memoryview]] = []
     for g, s, n in _contiguous(src.gt, grains):
         data = bytes(n * GRAIN) if s == 1 else src.read_at(s, 0, n * GRAIN)
         if isinstance(dst, FlatBase):

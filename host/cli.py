@@ -7,13 +7,16 @@ One module per verb group (borg's way): ``cli_disk`` (create, info, check, expor
 its parser and sets ``func``; a verb returns its exit code. The engine never sees argparse.
 
 Exit codes (borg's): 0 ok, 1 warning (``disk check`` found problems), 2 error, the specific
-codes of ``host.durable`` above that (10 ForeignFile ... 19 NoSpace), 130 on Ctrl-C.
+codes of ``host.durable`` above that (10 ForeignFile ... 19 NoSpace), 130 on Ctrl-C, 141 when
+the reader of the output went away (``| head``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -59,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("quiesce-host: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # 'disk info --json | head': the reader left, as with SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -267,7 +267,7 @@ class PendingLog:
             return [], True
         body = raw[self.HEADER:]
         body = body[:len(body) - len(body) % self.RECORD.size]
-        return [tuple(r) for r in self.RECORD.iter_unpack(body)], False  # type: ignore[misc]
+        return [tuple(r) for r in self.RECORD.iter_unpack(body)], False
 
     def append(self, records: list[tuple[int, int]]) -> None:
         if self.fd is None:

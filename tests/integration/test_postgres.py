@@ -57,6 +57,26 @@ def test_wal_names_match_the_server(pg: PgServer) -> None:
 # -- the cycle ----------------------------------------------------------------------------------
 
 
+def test_a_tablespace_is_named_in_the_tablespace_map_and_written_beside_the_label(
+        pg: PgServer, tmp_path: Path) -> None:
+    if pg.external:
+        pytest.skip("the tablespace folder must be on the server's machine")
+    location = pg.base / "ts_fast"
+    location.mkdir()
+    if pg.owner:
+        os.chown(location, *pg.owner)
+    pg.sql(f"CREATE TABLESPACE ts_fast LOCATION '{location}'")
+    try:
+        oid = pg.sql("SELECT oid::text FROM pg_tablespace WHERE spcname = 'ts_fast'")[0][0]
+        art = Play(writer(pg, artifacts_dir=str(tmp_path)), label="with-ts").freeze().thaw()
+        assert art["tablespace_map"].strip() == f"{oid} {location}"
+        written = tmp_path / "with-ts" / "tablespace_map"
+        assert written.read_text() == art["tablespace_map"]
+    finally:
+        pg.sql("DROP TABLESPACE ts_fast")
+
+
+
 def test_cycle_returns_label_wal_files_and_writes_artifacts(pg: PgServer, tmp_path: Path) -> None:
     label = f"snap-{uuid.uuid4().hex[:6]}"
     play = Play(writer(pg, artifacts_dir=str(tmp_path)), label=label).freeze()

@@ -14,10 +14,12 @@ Raises DiskError (CorruptFile, NoSpace) from the layer files.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from host.vmdk import GRAIN, GRAIN_SECTORS, ZERO_GRAIN, FlatBase, Layer, SparseExtent
+from host.durable import space_error
+from host.vmdk import GRAIN, GRAIN_SECTORS, SECTOR, ZERO_GRAIN, FlatBase, Layer, SparseExtent
 
 Progress = Callable[[int, int], Any]  # (bytes done, bytes total)
 RUN = 64  # grains per copy run (4 MiB)
@@ -35,6 +37,7 @@ class Chain:
         if not isinstance(layers[0], FlatBase):
             raise TypeError("a chain starts at the flat base")
         self.layers = layers
+        self.top: Layer = layers[-1]  # an attribute, not a property: read on every write
         self.base: FlatBase = layers[0]
         self.size = self.base.size
         self.num_grains = self.size // GRAIN
@@ -45,13 +48,10 @@ class Chain:
             for g in allocated(layer):
                 owner[g] = i
 
-    @property
-    def top(self) -> Layer:
-        return self.layers[-1]
-
     def push(self, layer: SparseExtent) -> None:
         """A new empty delta on top (a snapshot was taken): the map stays as it is."""
         self.layers.append(layer)
+        self.top = layer
 
     # -- reading --------------------------------------------------------------------------
 
@@ -114,14 +114,24 @@ class Chain:
     # -- writing --------------------------------------------------------------------------
 
     def overwrite(self, offset: int, data: bytes | bytearray | memoryview) -> bool:
-        """The fast path: ``data`` lies inside one grain the top already holds. False if not."""
-        top = self.layers[-1]
+        """The fast path: ``data`` lies inside one grain the top already holds. False if not.
+
+        Inlined down to the ``pwrite`` (it runs once per small write, where a Python call
+        costs as much as the system call)."""
+        top = self.top
+        if top.kind != "sparse":
+            return False
         g, goff = divmod(offset, GRAIN)
-        if goff + len(data) > GRAIN or top.kind != "sparse":
+        s = top.gt[g]  # type: ignore[union-attr]
+        if s <= 1 or goff + len(data) > GRAIN:
             return False
-        if top.gt[g] <= 1:  # type: ignore[union-attr]
-            return False
-        top.overwrite(g, goff, data)  # type: ignore[union-attr]
+        pos = s * SECTOR + goff
+        try:
+            if os.pwrite(top.fd, data, pos) == len(data):
+                return True
+        except OSError as err:
+            raise space_error(err, top.path, "writing a grain") from err
+        top.overwrite(g, goff, data)  # type: ignore[union-attr]  # a short write: finish it
         return True
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:

@@ -33,12 +33,13 @@ def check_folder(folder: str | Path) -> list[str]:
         raise DiskError(f"{folder}: no such disk folder", folder)
     lock = FolderLock(folder, shared=True)
     try:
-        return _check(folder)
+        return examine(folder)
     finally:
         lock.release()
 
 
-def _check(folder: Path) -> list[str]:
+def examine(folder: Path) -> list[str]:
+    """The check itself; the caller holds the folder's lock (shared or its own writer lock)."""
     problems: list[str] = []
     pending = False
     try:

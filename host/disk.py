@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from host.chain import Chain, Progress, flatten, merge_up
+from host.check import examine
 from host.durable import (
     INTENT,
     ChainBroken,
@@ -685,23 +686,8 @@ class Disk:
         would misparse), stray files, a pending intent.
         """
         with self._lock:
-            self.flush()
-            problems = []
-            for name in self.tree.layers:
-                layer = self._layers[name]
-                problems += [f"{layer.path}: {p}" for p in layer.problems()]
-            try:
-                self._verify_links()
-            except DiskError as err:
-                problems.append(str(err))
-            for p in sorted(self.folder.iterdir()):
-                if DELTA_NAME.match(p.name) and p.name not in self.tree.layers:
-                    problems.append(f"{p}: a delta file that no snapshot or layer uses")
-                elif p.name.startswith(".") and ".tmp-" in p.name:
-                    problems.append(f"{p}: a temporary file left by an interrupted write")
-            if (self.folder / INTENT).exists():
-                problems.append(f"{self.folder / INTENT}: an interrupted operation is pending")
-            return problems
+            self.flush()  # the tables on disk are what is examined
+            return examine(self.folder)
 
     def info(self) -> dict[str, Any]:
         with self._lock:

@@ -61,7 +61,7 @@ def examine(folder: Path) -> list[str]:
             try:
                 layers[name] = _open(folder, tree, name)
             except DiskError as err:
-                problems.append(f"{err} ({_role(tree, name)})")
+                problems.append(f"{err} ({role(tree, name)})")
         for layer in layers.values():
             problems += [f"{layer.path}: {p}" for p in layer.problems()]
         if not pending:  # a merge in progress has links half re-pointed, legitimately
@@ -87,7 +87,7 @@ def _open(folder: Path, tree: Tree, name: str) -> Layer:
                         False, tree.size)
 
 
-def _role(tree: Tree, name: str) -> str:
+def role(tree: Tree, name: str) -> str:
     """What ``name`` is for, e.g. "this file holds snapshot 'a' and is the parent of X"."""
     parts = []
     if name == tree.current:

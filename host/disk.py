@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from host.chain import Chain, Progress, flatten, merge_up
-from host.check import examine
+from host.check import examine, role
 from host.durable import (
     INTENT,
     ChainBroken,
@@ -63,6 +63,7 @@ from host.vmdk import (
     BASE_NAME,
     GRAIN,
     MAX_CAPACITY,
+    ChainFileMissing,
     FlatBase,
     Layer,
     SparseExtent,
@@ -210,7 +211,13 @@ class Disk:
             else:
                 path = inside(self.folder, safe_name(self.folder, name, "layer",
                                                      self.folder / TREE), self.folder / TREE)
-                layer = SparseExtent(path, writable, self.tree.size)
+                try:
+                    layer = SparseExtent(path, writable, self.tree.size)
+                except ChainFileMissing as err:
+                    raise ChainFileMissing(
+                        f"{err} ({role(self.tree, name)}); restore the file, or see "
+                        f"'quiesce-host disk check {self.folder}' for everything that is wrong",
+                        path) from err
             self._layers[name] = layer
         return layer
 

@@ -144,8 +144,10 @@ def test_a_layer_that_is_a_symlink_out_of_the_folder(chain: Path, tmp_path: Path
 
 def test_missing_parent_file(chain: Path) -> None:
     os.unlink(chain / "disk-000001.vmdk")
-    with pytest.raises(ChainBroken, match="disk-000001.vmdk: cannot open"):
+    with pytest.raises(ChainBroken, match="disk-000001.vmdk: cannot open") as err:
         Disk.open(chain)
+    assert "is the parent of disk-000002.vmdk" in str(err.value)  # what the file was for
+    assert "quiesce-host disk check" in str(err.value)
 
 
 @pytest.mark.qemu

@@ -10,7 +10,8 @@ from typing import Any
 
 from host.check import check_folder
 from host.cli_progress import Progress, human_bytes
-from host.disk import Disk, DiskError
+from host.cli_snapshot import ask_server
+from host.disk import Disk, DiskBusy, DiskError
 
 UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
@@ -61,8 +62,11 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    with Disk.open(args.disk, readonly=True) as disk:
-        info = disk.info()
+    try:
+        with Disk.open(args.disk, readonly=True) as disk:
+            info = disk.info()
+    except DiskBusy as busy:
+        info = ask_server(args.disk, "info", {}, busy)
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         print()

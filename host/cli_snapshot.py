@@ -13,6 +13,7 @@ from typing import Any
 
 from host.cli_progress import Progress
 from host.disk import CONSISTENCY, Disk, DiskBusy, DiskError
+from host.serve_control import ServeError, request, socket_path
 
 
 def add_parser(verbs: Any) -> None:
@@ -45,19 +46,14 @@ def add_parser(verbs: Any) -> None:
     p.set_defaults(func=run_delete)
 
 
-def _served(args: argparse.Namespace, command: str, arguments: dict[str, Any],
-            busy: DiskBusy) -> Any:
-    """Ask the server holding the disk; re-raise ``busy`` if nothing serves it."""
-    try:
-        from host.serve_control import ServeError, request, socket_path
-    except ImportError:
-        raise busy from None
-    if not socket_path(args.disk).exists():
+def ask_server(disk: str, command: str, arguments: dict[str, Any], busy: DiskBusy) -> Any:
+    """Ask the ``quiesce-host serve`` holding ``disk``; re-raise ``busy`` if none serves it."""
+    if not socket_path(disk).exists():
         raise busy
     try:
-        return request(args.disk, command, arguments)
+        return request(disk, command, arguments)
     except ServeError as err:
-        raise DiskError(f"{args.disk}: the server refused {command}: {err}", args.disk) from err
+        raise DiskError(f"{disk}: the server refused {command}: {err}", disk) from err
 
 
 def run_create(args: argparse.Namespace) -> int:
@@ -65,7 +61,7 @@ def run_create(args: argparse.Namespace) -> int:
         with Disk.open(args.disk) as disk:
             snap = disk.snapshot_create(args.name, args.description, args.consistency)
     except DiskBusy as busy:
-        reply = _served(args, "snapshot-create", {"name": args.name,
+        reply = ask_server(args.disk, "snapshot-create", {"name": args.name,
                                                   "description": args.description,
                                                   "consistency": args.consistency}, busy)
         snap = reply.get("snapshot", reply) if isinstance(reply, dict) else reply
@@ -81,7 +77,7 @@ def run_list(args: argparse.Namespace) -> int:
         with Disk.open(args.disk, readonly=True) as disk:
             snaps = disk.snapshot_list()
     except DiskBusy as busy:
-        snaps = _served(args, "snapshot-list", {}, busy)
+        snaps = ask_server(args.disk, "snapshot-list", {}, busy)
     if args.json:
         print(json.dumps(snaps, indent=2))
         return 0
@@ -108,8 +104,11 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_revert(args: argparse.Namespace) -> int:
-    with Disk.open(args.disk) as disk:
-        disk.snapshot_revert(args.name)
+    try:
+        with Disk.open(args.disk) as disk:
+            disk.snapshot_revert(args.name)
+    except DiskBusy as busy:  # the server says why not (and what to do)
+        ask_server(args.disk, "snapshot-revert", {"name": args.name}, busy)
     print(f"reverted to {args.name!r}; the previous current state was discarded")
     return 0
 
@@ -126,7 +125,8 @@ def run_delete(args: argparse.Namespace) -> int:
                 disk.snapshot_delete(args.name, progress=Progress(f"merging {args.name}"))
     except DiskBusy as busy:
         if args.all:
-            raise
-        _served(args, "snapshot-delete", {"name": args.name}, busy)
+            raise DiskBusy(f"{busy}; 'delete --all' merges every delta into the base, which "
+                           "cannot be done under a running server", busy.path) from busy
+        ask_server(args.disk, "snapshot-delete", {"name": args.name}, busy)
     print("deleted all snapshots" if args.all else f"snapshot {args.name!r} deleted")
     return 0

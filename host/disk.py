@@ -504,18 +504,23 @@ class Disk:
             self.tree = tree
             return dict(snap)
 
-    def undo_cost(self, name: str) -> int | None:
-        """Bytes that deleting ``name`` would merge if it is the snapshot just taken: its
-        layer's one child is the writable layer, so the delete merges only what was written
-        since (a quiesce that failed after the switch undoes its snapshot this way, even
-        while the disk is served). None when ``name`` is anything else."""
+    def delete_cost(self, name: str) -> int:
+        """Bytes that deleting ``name`` would copy, over every merge the delete sets off (a
+        layer no snapshot names any more takes in its one child delta). For the snapshot just
+        taken that is only what was written since: that is how a quiesce that failed after
+        the switch takes it back, even while the disk is served. 0 when no data moves."""
         with self._lock:
-            layer = self.tree.snapshot(name)["layer"]
-            current = self.tree.current
-            if self.tree.layers.get(current) != layer or self.tree.children(layer) != [current]:
-                return None
-            top = self._layers[current]
-            return sum(1 for s in top.gt if s) * GRAIN if isinstance(top, SparseExtent) else None
+            tree = self.tree.copy()
+            tree.snapshot(name)  # SnapshotNotFound
+            tree.snapshots = [s for s in tree.snapshots if s["name"] != name]
+            cost = 0
+            while (step := _tidy_step(tree)) is not None:
+                _, child, tree = step
+                if child is not None:
+                    layer = self._layer(child)
+                    if isinstance(layer, SparseExtent):
+                        cost += sum(1 for s in layer.gt if s) * GRAIN
+            return cost
 
     def snapshot_list(self) -> list[dict[str, Any]]:
         """Every snapshot (oldest first) with parent, children and ``is_current_position``."""
@@ -586,36 +591,22 @@ class Disk:
     def _normalize(self, tree: Tree, progress: Progress | None) -> None:
         """Merge or remove unnamed layers until every read-only layer is needed."""
         while True:
-            named = {s["layer"] for s in tree.snapshots}
-            todo = [n for n in tree.layers if n not in named and n != tree.current
-                    and len(tree.children(n)) <= 1]
-            if not todo:
+            step = _tidy_step(tree)
+            if step is None:
                 if tree.to_json() != self.tree.to_json():
                     tree.save()
                     self.tree = tree
                 return
-            layer = todo[0]
-            kids = tree.children(layer)
-            if not kids:
-                del tree.layers[layer]
+            layer, child, after = step
+            if child is None:
                 write_intent(self.folder, {"op": "drop", "files": [layer],
-                                           "tree": tree.to_json()})
-                self._finish_drop([layer], tree)
+                                           "tree": after.to_json()})
+                self._finish_drop([layer], after)
             else:
-                child = kids[0]
-                for n, p in list(tree.layers.items()):
-                    if p == child:
-                        tree.layers[n] = layer
-                del tree.layers[child]
-                if tree.current == child:
-                    tree.current = layer
-                for s in tree.snapshots:
-                    if s["layer"] == child:
-                        s["layer"] = layer
                 write_intent(self.folder, {"op": "merge", "src": child, "dst": layer,
-                                           "tree": tree.to_json()})
+                                           "tree": after.to_json()})
                 try:
-                    self._finish_merge(child, layer, tree, progress)
+                    self._finish_merge(child, layer, after, progress)
                 except DiskError:
                     self._hide_doomed()
                     raise
@@ -720,3 +711,31 @@ class Disk:
                     "readonly": self.readonly, "layers": layers,
                     "orphans": sorted(p.name for p in self.folder.iterdir()
                                       if DELTA_NAME.match(p.name) and p.name not in tree.layers)}
+
+
+def _tidy_step(tree: Tree) -> tuple[str, str | None, Tree] | None:
+    """The next step that makes every read-only layer needed again: (layer, None, after)
+    drops an unnamed layer nothing descends from; (layer, child, after) merges the one child
+    of an unnamed layer into it, the merged layer taking the child's place. None: tidy."""
+    named = {s["layer"] for s in tree.snapshots}
+    todo = [n for n in tree.layers if n not in named and n != tree.current
+            and len(tree.children(n)) <= 1]
+    if not todo:
+        return None
+    layer = todo[0]
+    after = tree.copy()
+    kids = after.children(layer)
+    if not kids:
+        del after.layers[layer]
+        return layer, None, after
+    child = kids[0]
+    for n, p in list(after.layers.items()):
+        if p == child:
+            after.layers[n] = layer
+    del after.layers[child]
+    if after.current == child:
+        after.current = layer
+    for snap in after.snapshots:
+        if snap["layer"] == child:
+            snap["layer"] = layer
+    return layer, child, after

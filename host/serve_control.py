@@ -8,11 +8,11 @@ the agent's wire format (``agent/protocol.py``): one JSON object per line,
     {"execute": "snapshot-create", "arguments": {"name": "before-upgrade"}, "id": 1}
     {"return": {...}, "id": 1}   or   {"error": {"class": "...", "desc": "..."}, "id": 1}
 
-Commands: ``ping``, ``status``, ``flush``, ``snapshot-create`` (name, description, consistency,
+Commands: ``ping``, ``status``, ``info`` (the engine's ``Disk.info``), ``flush``, ``snapshot-create`` (name, description, consistency,
 report, artifacts), ``snapshot-update`` (the same record fields, after a quiesce's thaw),
-``snapshot-list``, ``snapshot-delete`` (snapshots the live state does not depend on, and the
-one just taken while what was written since is at most ``UNDO_LIMIT``: that is how a failed
-quiesce takes its snapshot back), ``snapshot-revert`` (always refused while serving: the
+``snapshot-list``, ``snapshot-delete`` (when the merges it sets off copy at most
+``LIVE_MERGE_LIMIT``, client I/O held meanwhile: the snapshot just taken, say, which is how a
+failed quiesce takes it back), ``snapshot-revert`` (always refused while serving: the
 clients would see the disk change under them). ``request()`` is the client.
 
 Every client I/O passes through an ``IOGate``: a snapshot waits until the requests in flight
@@ -51,7 +51,7 @@ MAX_LINE = 1024 * 1024  # reports and artifacts from the agent can be a few hund
 PAUSE_TIMEOUT = 30.0  # seconds to wait for in-flight client I/O before a snapshot gives up
 CONSISTENCY = ("application", "filesystem", "crash")
 RECORD_FIELDS = ("description", "consistency", "report", "artifacts")
-UNDO_LIMIT = 64 * 1024 * 1024  # bytes a live delete may merge while client I/O waits
+LIVE_MERGE_LIMIT = 64 * 1024 * 1024  # bytes a live delete may merge while client I/O waits
 
 # error classes of the control protocol (beyond agent/protocol.py's BadRequest, ...)
 REFUSED = "Refused"  # the operation is not safe while the disk is served
@@ -390,6 +390,7 @@ class ControlServer:
         handler = {
             "ping": lambda a: {},
             "status": self.cmd_status,
+            "info": lambda a: self._engine("info")(),
             "flush": self.cmd_flush,
             "snapshot-create": self.cmd_snapshot_create,
             "snapshot-update": self.cmd_snapshot_update,
@@ -500,9 +501,7 @@ class ControlServer:
             raise _CommandError(protocol.BAD_REQUEST, "snapshot-delete needs a string 'name'")
         delete = self._engine("snapshot_delete")
         with self._lock:
-            live = live_chain(self._engine("snapshot_list")())
-            if live is None or name in live:
-                self._check_undo(name)
+            self._check_merge(name)
             t0 = time.monotonic()
             try:
                 with self.gate.paused():
@@ -513,20 +512,26 @@ class ControlServer:
         logger.info("control: snapshot %r deleted; I/O paused %.1f ms", name, paused_ms)
         return {"deleted": name, "paused_ms": paused_ms}
 
-    def _check_undo(self, name: str) -> None:
-        """The live state reads through ``name``: only the snapshot just taken, with little
-        written since, may go (a short merge of the writable delta into it)."""
-        undo_cost = getattr(self.disk, "undo_cost", None)
-        cost = undo_cost(name) if undo_cost is not None else None
-        if cost is not None and cost <= UNDO_LIMIT:
+    def _check_merge(self, name: str) -> None:
+        """A delete merges under the engine's lock, so client I/O waits for the whole merge:
+        only short merges are done while serving. A device without ``delete_cost`` may
+        drop snapshots the live state does not read through (no merge touches it)."""
+        delete_cost = getattr(self.disk, "delete_cost", None)
+        if delete_cost is None:
+            live = live_chain(self._engine("snapshot_list")())
+            if live is not None and name not in live:
+                return
+            raise _CommandError(
+                REFUSED, f"snapshot {name!r}: the served state depends on it; stop "
+                "'quiesce-host serve', then delete it")
+        cost = delete_cost(name)  # the engine's SnapshotNotFound goes back as it is
+        if cost <= LIVE_MERGE_LIMIT:
             return
-        why = ("" if cost is None else
-               f" (the {cost / 2**20:.0f} MiB written since it was taken would have to be "
-               f"merged, more than the {UNDO_LIMIT // 2**20} MiB allowed while serving)")
         raise _CommandError(
             REFUSED,
-            f"snapshot {name!r}: the served state depends on it{why}, and merging it would "
-            "stall every client for the whole merge; stop 'quiesce-host serve', then delete it",
+            f"snapshot {name!r}: deleting it merges {cost / 2**20:.1f} MiB, more than the "
+            f"{LIVE_MERGE_LIMIT // 2**20} MiB done while serving (every client waits for the "
+            "merge); stop 'quiesce-host serve', then delete it",
         )
 
 

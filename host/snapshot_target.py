@@ -12,7 +12,7 @@ known only after the thaw. So a target can ``create`` (flush + switch to a new d
 
 The final record goes in with ``Disk.snapshot_update`` (the server's ``snapshot-update``); a
 failed quiesce takes its snapshot back with ``snapshot_delete``, which merges only what was
-written since the switch (the server allows that one live delete, see ``UNDO_LIMIT``).
+written since the switch (the server allows such short live merges, see ``LIVE_MERGE_LIMIT``).
 
 Raises: DiskError (engine), ServeError (server), SnapshotNotFound.
 """

@@ -79,7 +79,7 @@ def test_a_snapshot_with_much_written_since_is_not_merged_while_serving(
         ext4, start_agent, disk_dir, served, monkeypatch) -> None:
     need_root()
     agent = start_agent({"filesystems": {"mounts": [ext4.path]}})
-    monkeypatch.setattr("host.serve_control.UNDO_LIMIT", 0)  # any write since is too much
+    monkeypatch.setattr("host.serve_control.LIVE_MERGE_LIMIT", 0)  # any write since is too much
 
     class KillAndWrite(KillAgentAfterFreeze):
         def before_thaw(self) -> None:

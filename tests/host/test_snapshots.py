@@ -225,3 +225,38 @@ def test_size_is_rounded_up_to_a_grain_and_bounds_are_checked(tmp_path: Path) ->
         Disk.create(tmp_path / "d", GRAIN)
     with pytest.raises(DiskError, match="2 TiB"):
         Disk.create(tmp_path / "huge", 3 * 1024**4)
+
+
+def test_delete_cost_counts_every_merge_a_delete_sets_off(disk: Disk) -> None:
+    disk.write(0, b"A" * GRAIN)
+    disk.snapshot_create("a")
+    disk.write(0, b"B" * GRAIN)
+    disk.snapshot_create("b")
+    disk.snapshot_revert("a")  # the base holds 'a' and has two children: 'b' and the current
+    disk.write(0, b"C" * 2 * GRAIN)
+    assert disk.delete_cost("a") == 0  # the base stays for both branches; nothing moves
+    disk.snapshot_delete("a")
+    # dropping 'b' leaves the unnamed base with one child, the current delta: it merges down
+    assert disk.delete_cost("b") == 2 * GRAIN
+    disk.snapshot_delete("b")
+    assert disk.info()["chain"] == ["disk.vmdk"]
+    assert disk.read(0, 2 * GRAIN) == b"C" * 2 * GRAIN
+    with pytest.raises(SnapshotNotFound):
+        disk.delete_cost("b")
+
+
+def test_an_update_replaces_the_record_not_the_data(disk: Disk) -> None:
+    disk.write(0, b"A" * GRAIN)
+    disk.snapshot_create("q", consistency="crash", report={"step": "inside the window"})
+    disk.snapshot_update("q", consistency="application", artifacts={"postgres:main": {"x": 1}})
+    snap = disk.snapshot_get("q")
+    assert (snap["consistency"], snap["report"], snap["artifacts"]) == (
+        "application", {"step": "inside the window"}, {"postgres:main": {"x": 1}})
+    assert json.loads((disk.folder / "tree.json").read_text())["snapshots"][0]["consistency"] \
+        == "application"
+    with pytest.raises(DiskError, match="consistency 'perfect'"):
+        disk.snapshot_update("q", consistency="perfect")
+    with pytest.raises(SnapshotNotFound):
+        disk.snapshot_update("nope", consistency="crash")
+    disk.snapshot_revert("q")
+    assert disk.read(0, GRAIN) == b"A" * GRAIN

@@ -145,7 +145,7 @@ def test_snapshot_under_continuous_writes_holds_every_acknowledged_write(disk, l
         assert current[last : last + 8] == struct.pack(">II", r + 1, n)
 
 
-def test_revert_and_delete_while_serving(short_tmp, serve):
+def test_revert_and_delete_while_serving(short_tmp, serve, monkeypatch):
     folder = short_tmp / "branchy"
     d = Disk.create(folder, 4 * MiB)
     d.write(0, b"A" * 4096)
@@ -160,14 +160,21 @@ def test_revert_and_delete_while_serving(short_tmp, serve):
     try:
         client = Client(server.port).connect()
         assert client.read(0, 4) == (0, b"AAAA")
-        for command in ("snapshot-revert", "snapshot-delete"):
-            with pytest.raises(ServeRequestFailed) as err:
-                request(folder, command, {"name": "a"})
-            assert err.value.error_class == "Refused"
-        request(folder, "snapshot-delete", {"name": "b"})
+        with pytest.raises(ServeRequestFailed) as err:
+            request(folder, "snapshot-revert", {"name": "a"})
+        assert err.value.error_class == "Refused"
+        request(folder, "snapshot-delete", {"name": "b"})  # its branch goes, nothing merges
         assert [s["name"] for s in d.snapshot_list()] == ["a"]
         assert client.read(0, 4) == (0, b"AAAA")
         assert client.write(0, b"C" * 4096) == 0
+        with monkeypatch.context() as m:  # as if much had been written since 'a'
+            m.setattr("host.serve_control.LIVE_MERGE_LIMIT", 0)
+            with pytest.raises(ServeRequestFailed) as err:
+                request(folder, "snapshot-delete", {"name": "a"})
+            assert err.value.error_class == "Refused" and "merges 0.1 MiB" in err.value.desc
+        request(folder, "snapshot-delete", {"name": "a"})  # 64 KiB to merge: done live
+        assert d.snapshot_list() == [] and d.info()["chain"] == ["disk.vmdk"]
+        assert client.read(0, 4) == (0, b"CCCC")
         client.disconnect()
     finally:
         control.shutdown()

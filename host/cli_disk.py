@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
+import threading
+import time
 from typing import Any
 
 from host.check import check_folder
 from host.cli_progress import Progress, human_bytes
 from host.cli_snapshot import ask_server
 from host.disk import Disk, DiskBusy, DiskError
+from host.serve_control import ServeError, request
 
 UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
@@ -113,7 +117,52 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    with Disk.open(args.disk, readonly=True) as disk:
-        disk.export_raw(args.out, snapshot=args.snapshot, progress=Progress("export"))
-    print(f"exported {args.snapshot or 'the current state'} to {args.out}")
+    t0 = time.monotonic()
+    how = ""
+    try:
+        with Disk.open(args.disk, readonly=True) as disk:
+            disk.export_raw(args.out, snapshot=args.snapshot, progress=Progress("export"))
+    except DiskBusy as busy:
+        if not args.snapshot:
+            raise DiskBusy(f"{busy}; a served disk's current state changes while it is read: "
+                           "take a snapshot and export it with --snapshot NAME",
+                           busy.path) from busy
+        _export_through_server(args, busy)
+        how = " by the server holding the disk"
+    print(f"exported {args.snapshot or 'the current state'} to {args.out}{how} in "
+          f"{time.monotonic() - t0:.1f} s")
     return 0
+
+
+EXPORT_TIMEOUT = 24 * 3600.0  # seconds; the server reports progress in the meantime
+
+
+def _export_through_server(args: argparse.Namespace, busy: DiskBusy) -> None:
+    """The server holding the disk writes the file; its ``status`` gives the progress."""
+    result: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            result["reply"] = ask_server(args.disk, "export", {
+                "snapshot": args.snapshot, "out": os.path.abspath(args.out)}, busy,
+                timeout=EXPORT_TIMEOUT)
+        except BaseException as err:  # re-raised in the main thread
+            result["error"] = err
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    progress = Progress(f"export (by the server of {args.disk})")
+    total = 0
+    while worker.is_alive():
+        worker.join(timeout=0.5)
+        try:
+            export = request(args.disk, "status", timeout=5.0).get("export")
+        except ServeError:
+            continue
+        if export and export.get("snapshot") == args.snapshot:
+            total = int(export["total"])
+            progress(int(export["done"]), total)
+    if "error" in result:
+        raise result["error"]
+    if total:  # a long export: finish the progress line
+        progress(total, total)

@@ -46,12 +46,13 @@ def add_parser(verbs: Any) -> None:
     p.set_defaults(func=run_delete)
 
 
-def ask_server(disk: str, command: str, arguments: dict[str, Any], busy: DiskBusy) -> Any:
+def ask_server(disk: str, command: str, arguments: dict[str, Any], busy: DiskBusy,
+               timeout: float = 60.0) -> Any:
     """Ask the ``quiesce-host serve`` holding ``disk``; re-raise ``busy`` if none serves it."""
     if not socket_path(disk).exists():
         raise busy
     try:
-        return request(disk, command, arguments)
+        return request(disk, command, arguments, timeout=timeout)
     except ServeError as err:
         raise DiskError(f"{disk}: the server refused {command}: {err}", disk) from err
 

@@ -619,34 +619,44 @@ class Disk:
         """Flatten the current state (or ``snapshot``'s) into a raw image file ``out``.
 
         Written to ``out.part``, fsync-ed (unless ``sync`` is False) and renamed; zero runs
-        are left as holes.
+        are left as holes. The lock is taken per chunk, so a server's clients go on writing
+        during the export of a snapshot (its layers are read-only; the server keeps deletes
+        out meanwhile). The current state is a point in time only when nothing writes.
         """
         out = Path(out)
         part = out.with_name(out.name + ".part")
         with self._lock:
-            if self._flock is None:
-                raise DiskError(f"{self.folder}: the disk is closed", self.folder)
+            self._check_open()
             top = self.tree.current if snapshot is None else self.tree.snapshot(snapshot)["layer"]
             chain = self._chain if top == self.tree.current else self._build_chain(top)
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                try:
-                    for pos in range(0, self.size, EXPORT_CHUNK):
-                        n = min(EXPORT_CHUNK, self.size - pos)
+                for pos in range(0, self.size, EXPORT_CHUNK):
+                    n = min(EXPORT_CHUNK, self.size - pos)
+                    with self._lock:
+                        self._check_open()
                         data = chain.read(pos, n)
-                        if data != ZERO_CHUNK[:n]:
-                            pwrite_all(fd, data, pos)
-                        if progress:
-                            progress(pos + n, self.size)
-                    os.ftruncate(fd, self.size)
-                    if sync:
-                        os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.rename(part, out)
-            except OSError as err:
-                part.unlink(missing_ok=True)
-                raise space_error(err, out, "exporting") from err
+                    if data != ZERO_CHUNK[:n]:
+                        pwrite_all(fd, data, pos)
+                    if progress:
+                        progress(pos + n, self.size)
+                os.ftruncate(fd, self.size)
+                if sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(part, out)
+        except OSError as err:
+            part.unlink(missing_ok=True)
+            raise space_error(err, out, "exporting") from err
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+
+    def _check_open(self) -> None:
+        if self._flock is None:
+            raise DiskError(f"{self.folder}: the disk is closed", self.folder)
 
     @classmethod
     def relink(cls, folder: str | Path) -> list[str]:

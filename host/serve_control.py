@@ -10,7 +10,8 @@ the agent's wire format (``agent/protocol.py``): one JSON object per line,
 
 Commands: ``ping``, ``status``, ``info`` (the engine's ``Disk.info``), ``flush``, ``snapshot-create`` (name, description, consistency,
 report, artifacts), ``snapshot-update`` (the same record fields, after a quiesce's thaw),
-``snapshot-list``, ``snapshot-delete`` (when the merges it sets off copy at most
+``snapshot-list``, ``export`` (a snapshot to a raw file, progress in ``status``; deletes wait
+for it), ``snapshot-delete`` (when the merges it sets off copy at most
 ``LIVE_MERGE_LIMIT``, client I/O held meanwhile: the snapshot just taken, say, which is how a
 failed quiesce takes it back), ``snapshot-revert`` (always refused while serving: the
 clients would see the disk change under them). ``request()`` is the client.
@@ -271,6 +272,7 @@ class ControlServer:
         self._sock = self._listen()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one disk-changing command at a time
+        self.export: dict[str, Any] | None = None  # the export running, with its progress
 
     def _listen(self) -> socket.socket:
         try:
@@ -397,6 +399,7 @@ class ControlServer:
             "snapshot-list": self.cmd_snapshot_list,
             "snapshot-revert": self.cmd_snapshot_revert,
             "snapshot-delete": self.cmd_snapshot_delete,
+            "export": self.cmd_export,
         }.get(command)
         if handler is None:
             raise _CommandError(protocol.UNKNOWN_COMMAND, f"unknown command {command!r}")
@@ -411,6 +414,7 @@ class ControlServer:
             "pauses": self.gate.pauses,
             "uptime_s": round(time.monotonic() - self.started, 3),
             "last_snapshot": self.last_snapshot,
+            "export": dict(self.export) if self.export else None,
         }
         if self.extra_status is not None:
             status.update(self.extra_status())
@@ -501,6 +505,11 @@ class ControlServer:
             raise _CommandError(protocol.BAD_REQUEST, "snapshot-delete needs a string 'name'")
         delete = self._engine("snapshot_delete")
         with self._lock:
+            if self.export is not None:
+                raise _CommandError(
+                    REFUSED, f"snapshot {name!r}: an export of snapshot "
+                    f"{self.export['snapshot']!r} is running and a delete may merge the layers "
+                    "it reads; delete after it")
             self._check_merge(name)
             t0 = time.monotonic()
             try:
@@ -511,6 +520,37 @@ class ControlServer:
         paused_ms = round((time.monotonic() - t0) * 1000, 3)
         logger.info("control: snapshot %r deleted; I/O paused %.1f ms", name, paused_ms)
         return {"deleted": name, "paused_ms": paused_ms}
+
+    def cmd_export(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Flatten a snapshot to a raw file while the clients go on (see Disk.export_raw);
+        progress in ``status``. The current state is refused: it changes under the export."""
+        snapshot, out = args.get("snapshot"), args.get("out")
+        if not isinstance(snapshot, str) or not snapshot:
+            raise _CommandError(
+                protocol.BAD_REQUEST, "export needs a 'snapshot': the served state changes "
+                "while it is read; take a snapshot ('quiesce-host snapshot create') and export that")
+        if not isinstance(out, str) or not os.path.isabs(out):
+            raise _CommandError(protocol.BAD_REQUEST, "export needs 'out', an absolute path")
+        export = self._engine("export_raw")
+        with self._lock:  # a delete may not start once this is set (see cmd_snapshot_delete)
+            if self.export is not None:
+                raise _CommandError(REFUSED, f"an export of {self.export['snapshot']!r} to "
+                                    f"{self.export['out']} is running already")
+            self.export = {"snapshot": snapshot, "out": out, "done": 0, "total": self.disk.size}
+        t0 = time.monotonic()
+        try:
+            export(out, snapshot, progress=self._export_progress)
+        finally:
+            with self._lock:
+                self.export = None
+        seconds = round(time.monotonic() - t0, 3)
+        logger.info("control: exported snapshot %r to %s in %.1f s", snapshot, out, seconds)
+        return {"exported": snapshot, "out": out, "seconds": seconds}
+
+    def _export_progress(self, done: int, total: int) -> None:
+        export = self.export
+        if export is not None:
+            export["done"], export["total"] = done, total
 
     def _check_merge(self, name: str) -> None:
         """A delete merges under the engine's lock, so client I/O waits for the whole merge:

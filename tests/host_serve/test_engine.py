@@ -202,3 +202,46 @@ def test_the_snapshot_just_taken_can_be_taken_back_while_serving(live, disk):
     client.disconnect()
     assert disk.check() == []
     assert disk.read(0, 3 * BLOCK) == b"A" * BLOCK + b"B" * BLOCK + b"C" * BLOCK
+
+
+def test_a_snapshot_exports_while_clients_write_and_deletes_wait_for_it(live, disk, short_tmp):
+    client = Client(live.port).connect()
+    assert client.write(0, b"S" * BLOCK) == 0
+    request(disk.folder, "snapshot-create", {"name": "backup"})
+    started, release = threading.Event(), threading.Event()
+    export_raw = disk.export_raw
+
+    def held_export(out, snapshot, progress=None):  # the export stops after its first chunk
+        def step(done, total):
+            progress(done, total)
+            started.set()
+            release.wait(10)
+        export_raw(out, snapshot, progress=step)
+
+    disk.export_raw = held_export
+    out = short_tmp / "backup.raw"
+    reply = {}
+    worker = threading.Thread(target=lambda: reply.update(request(
+        disk.folder, "export", {"snapshot": "backup", "out": str(out)})))
+    worker.start()
+    try:
+        assert started.wait(10)
+        status = request(disk.folder, "status")
+        assert status["export"]["snapshot"] == "backup" and status["export"]["done"] > 0
+        assert client.write(0, b"L" * BLOCK) == 0  # clients go on while it runs
+        with pytest.raises(ServeRequestFailed) as err:
+            request(disk.folder, "snapshot-delete", {"name": "backup"})
+        assert err.value.error_class == "Refused" and "export" in err.value.desc
+    finally:
+        release.set()
+        worker.join(10)
+    assert reply["exported"] == "backup"
+    image = out.read_bytes()
+    assert image[:BLOCK] == b"S" * BLOCK and len(image) == disk.size  # the snapshot, not later
+    assert client.read(0, BLOCK) == (0, b"L" * BLOCK)
+    assert request(disk.folder, "status")["export"] is None
+    request(disk.folder, "snapshot-delete", {"name": "backup"})  # once it is done
+    with pytest.raises(ServeRequestFailed) as err:
+        request(disk.folder, "export", {"out": str(out)})  # the live state is not a point
+    assert err.value.error_class == "BadRequest"
+    client.disconnect()

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,29 @@ def test_fuse_on_a_missing_mountpoint_is_a_clear_error(served, image, short_tmp)
     s = served(str(image), "--fuse", str(short_tmp / "absent"))
     assert s.proc.wait(20) == 2
     assert "not a directory" in s.stderr
+
+
+def test_the_cli_exports_a_snapshot_of_a_served_disk_through_the_server(served, short_tmp):
+    need(shutil.which("qemu-io") is not None, "qemu-io is not installed (qemu-utils)")
+    cli = [sys.executable, "-m", "host.cli"]
+    disk = short_tmp / "vm"
+    subprocess.run([*cli, "disk", "create", str(disk), "--size", "64M"], check=True, timeout=60)
+    s = served(str(disk), "--nbd", "127.0.0.1:0")
+    qemu = ["qemu-io", "-f", "raw"]
+    subprocess.run([*qemu, "-c", "write -P 0x11 0 8M", s.uri], check=True, capture_output=True,
+                   timeout=60)
+    subprocess.run([*cli, "snapshot", "create", str(disk), "nightly"], check=True, timeout=60)
+    subprocess.run([*qemu, "-c", "write -P 0x22 0 1M", s.uri], check=True, capture_output=True,
+                   timeout=60)
+    out = short_tmp / "nightly.raw"
+    done = subprocess.run([*cli, "disk", "export", str(disk), str(out), "--snapshot", "nightly"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "by the server holding the disk" in done.stdout
+    check = subprocess.run([*qemu, "-c", "read -P 0x11 0 8M", str(out)], capture_output=True,
+                           text=True, timeout=60)
+    assert "Pattern verification failed" not in check.stdout and check.returncode == 0
+    live = subprocess.run([*cli, "disk", "export", str(disk), str(short_tmp / "live.raw")],
+                          capture_output=True, text=True, timeout=60)
+    assert live.returncode == 17 and "--snapshot NAME" in live.stderr
+    assert s.stop(signal.SIGTERM) == 0

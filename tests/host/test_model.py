@@ -1,5 +1,6 @@
-"""Model-based: random writes (engine and qemu-io), snapshots, reverts, deletes, reopens,
-held after every step against a plain byte array; qemu-img check/compare judge the files."""
+"""Model-based: random writes (the engine, qemu-io on the delta file, qemu-io as an NBD client of
+the live server), snapshots, reverts, deletes, reopens, held after every step against a plain
+byte array; qemu-img check/compare judge the files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,18 @@ from pathlib import Path
 import pytest
 
 from host.disk import Disk
-from tests.host.conftest import GRAIN, QEMU_IMG, MiB, need_qemu, qemu_io, qemu_judge, run
+from host.nbd import NBDServer
+from host.serve_control import GatedDevice, IOGate
+from tests.host.conftest import (
+    GRAIN,
+    QEMU_IMG,
+    QEMU_IO,
+    MiB,
+    need_qemu,
+    qemu_io,
+    qemu_judge,
+    run,
+)
 
 SIZE = 34 * MiB  # two grain tables
 HOT = [0, 5 * GRAIN, 31 * MiB + 7, 32 * MiB - 100, SIZE - 3 * GRAIN]  # GT boundaries
@@ -45,6 +57,28 @@ def check_snapshots(disk: Disk, model: Model, tmp: Path) -> None:
     out.unlink(missing_ok=True)
 
 
+def nbd_writes(rng: random.Random, disk: Disk, model: Model, n: int) -> None:
+    """qemu-io as an NBD client of the live disk, through the server's gate as ``quiesce-host
+    serve`` has it: a pattern write, a zero write, a discard (advisory in our server: the data
+    stays what it was, which NBD allows)."""
+    server = NBDServer(GatedDevice(disk, IOGate()), "127.0.0.1", 0)
+    server.start()
+    try:
+        cmds, spans = [], []
+        for kind in ("write -P {p}", "write -z", "discard"):
+            off = rng.randrange(0, SIZE - 200_000)
+            length = rng.randint(1, 200_000)
+            cmds += ["-c", f"{kind.format(p=(n * 7) % 256)} {off} {length}"]
+            if kind != "discard":
+                spans.append((off, length, (n * 7) % 256 if kind.startswith("write -P") else 0))
+        out = run(QEMU_IO or "qemu-io", "-f", "raw", *cmds, f"nbd://127.0.0.1:{server.port}/")
+        assert "error" not in out.stdout.lower() and "failed" not in out.stdout.lower(), out.stdout
+    finally:
+        server.shutdown()
+    for off, length, byte in spans:
+        model.current[off:off + length] = bytes([byte]) * length
+
+
 def step(rng: random.Random, disk: Disk, model: Model, n: int, tmp: Path,
          use_qemu: bool) -> Disk:
     op = rng.random()
@@ -57,6 +91,8 @@ def step(rng: random.Random, disk: Disk, model: Model, n: int, tmp: Path,
         off, data = random_write(rng)
         disk.write_zeroes(off, len(data))
         model.current[off:off + len(data)] = bytes(len(data))
+    elif op < 0.55 and use_qemu:
+        nbd_writes(rng, disk, model, n)
     elif op < 0.6 and use_qemu:
         folder, current = disk.folder, disk.current_file()
         disk.close()

@@ -27,7 +27,7 @@ class State:
 class Op:
     kind: str  # write | zero | create | revert | delete | delete_all
     args: tuple[Any, ...] = ()
-    grains_only: bool = False  # a multi-grain write: each grain is old or new after a kill
+    grains_only: bool = False  # a write: after a kill, each sector is old or new
 
 
 def plan(seed: int, steps: int = STEPS) -> list[tuple[Op, State]]:

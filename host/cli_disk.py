@@ -13,7 +13,7 @@ from typing import Any
 
 from host.check import check_folder
 from host.cli_progress import Progress, human_bytes
-from host.cli_snapshot import ask_server
+from host.cli_snapshot import DISK_HELP, ask_server
 from host.disk import Disk, DiskBusy, DiskError
 from host.serve_control import ServeError, request
 
@@ -39,13 +39,13 @@ def add_parser(verbs: Any) -> None:
     p.set_defaults(func=run_create)
 
     p = sub.add_parser("info", help="the chain, the current writable file, the layers")
-    p.add_argument("disk", metavar="DISK")
+    p.add_argument("disk", metavar="DISK", help=DISK_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_info)
 
     p = sub.add_parser("check", help="verify every file and link, report every problem "
                        "(exit 1 if the disk still opens, else the code of what stops it)")
-    p.add_argument("disk", metavar="DISK")
+    p.add_argument("disk", metavar="DISK", help=DISK_HELP)
     p.add_argument("--relink", action="store_true",
                    help="first re-point every delta at its parent from tree.json (hint and "
                    "parentCID), e.g. after 'qemu-img commit' changed a parent's CID")
@@ -53,9 +53,13 @@ def add_parser(verbs: Any) -> None:
     p.set_defaults(func=run_check)
 
     p = sub.add_parser("export", help="flatten the current state or a snapshot to a raw image")
-    p.add_argument("disk", metavar="DISK")
-    p.add_argument("out", metavar="OUT.raw")
-    p.add_argument("--snapshot", metavar="NAME", help="export this snapshot's state instead")
+    p.add_argument("disk", metavar="DISK", help=DISK_HELP)
+    p.add_argument("out", metavar="OUT.raw",
+                   help="the raw image to write (OUT.raw.part until it is complete; zero runs "
+                        "left as holes)")
+    p.add_argument("--snapshot", metavar="NAME",
+                   help="export this snapshot's state instead of the current one (on a served "
+                        "disk, the server does it while its clients go on)")
     p.set_defaults(func=run_export)
 
 

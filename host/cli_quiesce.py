@@ -45,16 +45,16 @@ def install(verbs: Any) -> None:
     create.set_defaults(func=lambda args: run_create(args, plain))
 
     p = sub.add_parser("show", help="a snapshot's record: consistency, timeline, writers")
-    p.add_argument("disk", metavar="DISK")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("disk", metavar="DISK", help="the disk folder")
+    p.add_argument("name", metavar="NAME", help="the snapshot")
+    p.add_argument("--json", action="store_true", help="the whole record as JSON")
     p.set_defaults(func=run_show)
 
     p = sub.add_parser("restore-artifacts",
                        help="write a snapshot's backup_label / tablespace_map into a "
                             "PostgreSQL data directory (the WAL-archive restore path)")
-    p.add_argument("disk", metavar="DISK")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("disk", metavar="DISK", help="the disk folder")
+    p.add_argument("name", metavar="NAME", help="the snapshot whose backup_label to write")
     p.add_argument("datadir", metavar="DATADIR", help="the restored, mounted data directory")
     p.add_argument("--writer", help="the PostgreSQL writer's name when there are several")
     p.add_argument("--force", action="store_true", help="replace an existing backup_label")

@@ -15,32 +15,50 @@ from host.cli_progress import Progress
 from host.disk import CONSISTENCY, Disk, DiskBusy, DiskError
 from host.serve_control import ServeError, request, socket_path
 
+DISK_HELP = "the disk folder (made by 'quiesce-host disk create'); may be served"
+
 
 def add_parser(verbs: Any) -> None:
     snap = verbs.add_parser("snapshot", help="create, list, revert and delete snapshots")
     sub = snap.add_subparsers(dest="snapshot_verb", metavar="VERB", required=True)
 
-    p = sub.add_parser("create", help="freeze the current state under NAME")
-    p.add_argument("disk", metavar="DISK")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("-d", "--description", default="")
-    p.add_argument("--consistency", choices=CONSISTENCY, default="crash")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "create", help="freeze the current state under NAME",
+        description="Keep the current state under NAME: the writable layer becomes read-only "
+                    "and a new delta takes the writes. On a served disk the server cuts "
+                    "between client writes. With --quiesce the guest's agent freezes its "
+                    "applications and filesystems around the cut.")
+    p.add_argument("disk", metavar="DISK", help=DISK_HELP)
+    p.add_argument("name", metavar="NAME", help="1-128 printable characters, no '/'")
+    p.add_argument("-d", "--description", default="", help="free text kept with it")
+    p.add_argument("--consistency", choices=CONSISTENCY, default="crash",
+                   help="the level to record without --quiesce (default crash); with "
+                        "--quiesce the agent's report decides")
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
     p.set_defaults(func=run_create)
 
     p = sub.add_parser("list", help="the snapshot tree, the current position marked")
-    p.add_argument("disk", metavar="DISK")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("disk", metavar="DISK", help=DISK_HELP)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_list)
 
-    p = sub.add_parser("revert", help="discard the current state and go back to NAME")
-    p.add_argument("disk", metavar="DISK")
-    p.add_argument("name", metavar="NAME")
+    p = sub.add_parser(
+        "revert", help="discard the current state and go back to NAME",
+        description="Discard the current state (everything written since the position it "
+                    "started from) and start a new empty delta on NAME's state; other branches "
+                    "of the tree stay. Refused while the disk is served: stop the server (and "
+                    "the VM or mount using it) first.")
+    p.add_argument("disk", metavar="DISK", help=DISK_HELP)
+    p.add_argument("name", metavar="NAME", help="the snapshot to go back to")
     p.set_defaults(func=run_revert)
 
-    p = sub.add_parser("delete", help="delete NAME (merging its delta), or --all")
-    p.add_argument("disk", metavar="DISK")
-    p.add_argument("name", metavar="NAME", nargs="?")
+    p = sub.add_parser(
+        "delete", help="delete NAME (merging its delta), or --all",
+        description="Drop NAME; a delta no snapshot needs any more is merged into its parent "
+                    "(progress on stderr). On a served disk the server does it when the merge "
+                    "copies at most 64 MiB (clients wait for it) and refuses otherwise.")
+    p.add_argument("disk", metavar="DISK", help=DISK_HELP)
+    p.add_argument("name", metavar="NAME", nargs="?", help="the snapshot to delete")
     p.add_argument("--all", action="store_true",
                    help="delete every snapshot: merge the current state into the base")
     p.set_defaults(func=run_delete)

@@ -82,14 +82,18 @@ def chardev(short_tmp: Path, start_agent, ext4) -> Iterator[tuple[Chardev, objec
     os.close(guest_end)
 
 
+def quiesced_snapshot(disk_dir: Path, name: str, bridge: Chardev):  # type: ignore[no-untyped-def]
+    target = open_target(disk_dir)
+    try:
+        return take(target, name, f"unix:{bridge.path}")
+    finally:
+        target.close()
+
+
 def test_a_quiesced_snapshot_through_a_chardev_and_a_virtio_serial_port(
         chardev, disk_dir, ext4) -> None:
     bridge, _ = chardev
-    target = open_target(disk_dir)
-    try:
-        out = take(target, "over-serial", f"unix:{bridge.path}")
-    finally:
-        target.close()
+    out = quiesced_snapshot(disk_dir, "over-serial", bridge)
     assert out.confirmed and out.consistency == "filesystem"
     assert not frozen_now(ext4.path)
     snap = load_snapshot(disk_dir, "over-serial")
@@ -102,9 +106,5 @@ def test_a_reply_left_in_the_port_by_an_earlier_host_is_skipped(chardev, disk_di
     with socket.socket(socket.AF_UNIX) as early:  # asks, then leaves before the answer
         early.connect(str(bridge.path))
         early.sendall(b'{"execute": "status", "id": "someone-else"}\n')
-    target = open_target(disk_dir)
-    try:
-        out = take(target, "after-a-stale-reply", f"unix:{bridge.path}")
-    finally:
-        target.close()
+    out = quiesced_snapshot(disk_dir, "after-a-stale-reply", bridge)
     assert out.confirmed and out.consistency == "filesystem"

@@ -78,6 +78,21 @@ class MemDisk:
         out.append({"name": "(current)", "parent": self.current_parent, "current": True})
         return out
 
+    def live_chain(self) -> set[str]:
+        """The snapshots the current state reads through."""
+        chain, name = {"(current)"}, self.current_parent
+        while name is not None:
+            chain.add(name)
+            name = self.snapshots[name]["parent"]
+        return chain
+
+    def delete_cost(self, name: str) -> int:
+        """As the engine's: what a delete would merge. A memory disk keeps whole copies, so
+        dropping one off the live chain moves nothing; one on it counts as a huge merge."""
+        if name not in self.snapshots:
+            raise KeyError(name)
+        return 1 << 40 if name in self.live_chain() else 0
+
     def snapshot_delete(self, name: str, progress: Any = None) -> dict[str, Any]:
         snap = self.snapshots.pop(name)
         for other in self.snapshots.values():

@@ -21,7 +21,6 @@ from host.serve_control import (
     ServeError,
     ServeRequestFailed,
     ServeUnreachable,
-    live_chain,
     request,
 )
 from tests.host_serve.conftest import MemDisk
@@ -219,7 +218,7 @@ def test_delete_of_a_snapshot_off_the_live_chain_is_done_under_pause(control, sh
     request(short_tmp, "snapshot-create", {"name": "a"})
     request(short_tmp, "snapshot-create", {"name": "b"})
     disk.current_parent = "a"  # as after a revert to 'a': 'b' is another branch now
-    assert live_chain(disk.snapshot_list()) == {"(current)", "a"}
+    assert disk.live_chain() == {"(current)", "a"}
     assert request(short_tmp, "snapshot-delete", {"name": "b"})["deleted"] == "b"
     assert "b" not in disk.snapshots
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from host.chain import Chain, Progress, flatten, merge_up
+from host.chain import Chain, Progress, allocated, flatten, merge_up
 from host.check import examine, role
 from host.durable import (
     INTENT,
@@ -247,8 +247,7 @@ class Disk:
         return Chain([self._layer(n) for n in self.tree.chain(top)])
 
     def _writable(self) -> None:
-        if self._flock is None:
-            raise DiskError(f"{self.folder}: the disk is closed", self.folder)
+        self._check_open()
         if self.readonly:
             raise ReadOnly(f"{self.folder}: opened read-only", self.folder)
 
@@ -381,8 +380,7 @@ class Disk:
         """``length`` bytes at ``offset``; zeros where nothing was ever written."""
         with self._lock:
             self._bounds(offset, length)
-            if self._flock is None:
-                raise DiskError(f"{self.folder}: the disk is closed", self.folder)
+            self._check_open()
             return self._chain.read(offset, length)
 
     def _before_write(self) -> None:
@@ -519,7 +517,7 @@ class Disk:
                 if child is not None:
                     layer = self._layer(child)
                     if isinstance(layer, SparseExtent):
-                        cost += sum(1 for s in layer.gt if s) * GRAIN
+                        cost += len(allocated(layer)) * GRAIN
             return cost
 
     def snapshot_list(self) -> list[dict[str, Any]]:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from host.durable import (
     INTENT,
+    ChainBroken,
+    CidMismatch,
     DiskError,
     FolderLock,
     read_intent,
@@ -67,7 +69,9 @@ def examine(folder: Path) -> list[str]:
         if not pending:  # a merge in progress has links half re-pointed, legitimately
             for name, parent in tree.layers.items():
                 if parent is not None and name in layers and parent in layers:
-                    problems += _link_problems(layers[name], layers[parent], parent)
+                    broken = link_error(layers[name], layers[parent], parent)
+                    if broken is not None:
+                        problems.append(str(broken))
     finally:
         for layer in layers.values():
             layer.close()
@@ -104,23 +108,25 @@ def role(tree: Tree, name: str) -> str:
                            else parts[0])
 
 
-def _link_problems(child: Layer, parent: Layer, parent_name: str) -> list[str]:
-    """The ways ``child``'s descriptor fails to name ``parent`` as tree.json says it should."""
+def link_error(child: Layer, parent: Layer, parent_name: str) -> DiskError | None:
+    """How ``child``'s descriptor fails to name ``parent`` as tree.json says it should, as
+    the error ``Disk.open`` raises (and ``disk check`` reports); None when the link holds."""
     desc = child.read_descriptor()
     if desc.parent_hint is None:
-        return [f"{child.path}: no parentFileNameHint, but tree.json says its parent is "
-                f"{parent_name}"]
+        return ChainBroken(f"{child.path}: no parentFileNameHint, but tree.json says its "
+                           f"parent is {parent_name}", child.path)
     try:
         safe_name(child.path.parent, desc.parent_hint, "parentFileNameHint", child.path)
     except DiskError as err:
-        return [str(err)]
+        return err
     if desc.parent_hint != parent_name:
-        return [f"{child.path}: parentFileNameHint is {desc.parent_hint!r} but tree.json "
-                f"says its parent is {parent_name}"]
+        return ChainBroken(f"{child.path}: parentFileNameHint is {desc.parent_hint!r} but "
+                           f"tree.json says its parent is {parent_name}", child.path)
     cid = parent.read_cid()
     if desc.parent_cid != cid:
-        return [f"{child.path}: parentCID={desc.parent_cid:08x} but its parent {parent_name} "
-                f"has CID={cid:08x}: the parent was modified after the child was made "
-                "(written by another tool?); qemu would fail every read through it. If "
-                "'qemu-img commit' made the change, 'disk check --relink' repairs the link"]
-    return []
+        return CidMismatch(
+            f"{child.path}: parentCID={desc.parent_cid:08x} but its parent {parent_name} has "
+            f"CID={cid:08x}: the parent was modified after the child was made (written by "
+            "another tool?); qemu would fail every read through it. If 'qemu-img commit' made "
+            "the change, 'disk check --relink' repairs the link", child.path)
+    return None

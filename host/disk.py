@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from host.chain import Chain, Progress, allocated, flatten, merge_up
-from host.check import examine, role
+from host.check import examine, link_error, role
 from host.durable import (
     INTENT,
     ChainBroken,
@@ -223,25 +223,10 @@ class Disk:
 
     def _verify_links(self) -> None:
         for name, parent in self.tree.layers.items():
-            if parent is None:
-                continue
-            child = self._layers[name]
-            desc = child.read_descriptor()
-            if desc.parent_hint is None:
-                raise ChainBroken(f"{child.path}: no parentFileNameHint, but tree.json says "
-                                  f"its parent is {parent}", child.path)
-            safe_name(self.folder, desc.parent_hint, "parentFileNameHint", child.path)
-            if desc.parent_hint != parent:
-                raise ChainBroken(f"{child.path}: parentFileNameHint is "
-                                  f"{desc.parent_hint!r} but tree.json says its parent is "
-                                  f"{parent}", child.path)
-            cid = self._layers[parent].read_cid()
-            if desc.parent_cid != cid:
-                raise CidMismatch(
-                    f"{child.path}: parentCID={desc.parent_cid:08x} but its parent {parent} "
-                    f"has CID={cid:08x}: the parent was modified after the child was made "
-                    "(written by another tool?); qemu would fail every read through it",
-                    child.path)
+            if parent is not None:
+                err = link_error(self._layers[name], self._layers[parent], parent)
+                if err is not None:
+                    raise err
 
     def _build_chain(self, top: str) -> Chain:
         return Chain([self._layer(n) for n in self.tree.chain(top)])

@@ -250,6 +250,25 @@ def request(
     return reply["return"]
 
 
+def _record_request(command: str, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The ``name`` and record fields of a snapshot-create / -update request, checked."""
+    name = args.get("name")
+    if not isinstance(name, str) or not name:
+        raise _CommandError(protocol.BAD_REQUEST, f"{command} needs a string 'name'")
+    unknown = set(args) - {"name", *RECORD_FIELDS}
+    if unknown:
+        raise _CommandError(protocol.BAD_REQUEST, f"unknown argument(s): {sorted(unknown)}")
+    fields = {k: args[k] for k in RECORD_FIELDS if k in args}
+    if "consistency" in fields and fields["consistency"] not in CONSISTENCY:
+        raise _CommandError(
+            protocol.BAD_REQUEST, f"consistency must be one of {', '.join(CONSISTENCY)}"
+        )
+    for key in ("report", "artifacts"):
+        if fields.get(key) is not None and not isinstance(fields[key], dict):
+            raise _CommandError(protocol.BAD_REQUEST, f"{key} must be an object")
+    return name, fields
+
+
 # --- server --------------------------------------------------------------------------------------
 class ControlServer:
     """Answers control requests for one served disk until ``shutdown()``."""
@@ -433,17 +452,7 @@ class ControlServer:
         return method  # type: ignore[no-any-return]
 
     def cmd_snapshot_create(self, args: dict[str, Any]) -> dict[str, Any]:
-        name = args.get("name")
-        if not isinstance(name, str) or not name:
-            raise _CommandError(protocol.BAD_REQUEST, "snapshot-create needs a string 'name'")
-        unknown = set(args) - {"name", "description", "consistency", "report", "artifacts"}
-        if unknown:
-            raise _CommandError(protocol.BAD_REQUEST, f"unknown argument(s): {sorted(unknown)}")
-        consistency = args.get("consistency", "crash")
-        if consistency not in CONSISTENCY:
-            raise _CommandError(
-                protocol.BAD_REQUEST, f"consistency must be one of {', '.join(CONSISTENCY)}"
-            )
+        name, fields = _record_request("snapshot-create", args)
         create = self._engine("snapshot_create")
         with self._lock:
             t0 = time.monotonic()
@@ -452,10 +461,10 @@ class ControlServer:
                     t1 = time.monotonic()
                     result = create(
                         name,
-                        description=str(args.get("description", "")),
-                        consistency=consistency,
-                        report=args.get("report"),
-                        artifacts=args.get("artifacts"),
+                        description=str(fields.get("description", "")),
+                        consistency=fields.get("consistency", "crash"),
+                        report=fields.get("report"),
+                        artifacts=fields.get("artifacts"),
                     )
                     t2 = time.monotonic()
             except TimeoutError as err:
@@ -481,20 +490,7 @@ class ControlServer:
         )
 
     def cmd_snapshot_update(self, args: dict[str, Any]) -> dict[str, Any]:
-        name = args.get("name")
-        if not isinstance(name, str) or not name:
-            raise _CommandError(protocol.BAD_REQUEST, "snapshot-update needs a string 'name'")
-        unknown = set(args) - {"name", *RECORD_FIELDS}
-        if unknown:
-            raise _CommandError(protocol.BAD_REQUEST, f"unknown argument(s): {sorted(unknown)}")
-        fields = {k: args[k] for k in RECORD_FIELDS if k in args}
-        if "consistency" in fields and fields["consistency"] not in CONSISTENCY:
-            raise _CommandError(
-                protocol.BAD_REQUEST, f"consistency must be one of {', '.join(CONSISTENCY)}"
-            )
-        for key in ("report", "artifacts"):
-            if key in fields and not isinstance(fields[key], dict):
-                raise _CommandError(protocol.BAD_REQUEST, f"{key} must be an object")
+        name, fields = _record_request("snapshot-update", args)
         update = self._engine("snapshot_update")
         with self._lock:  # metadata only: client I/O goes on
             return {"snapshot": update(name, **fields)}

@@ -4,8 +4,9 @@
 For 1, 4 and 16 loop-mounted ext4 filesystems and 0 and 8 backupScripts.d scripts, it times
 N cycles of `freeze` + `thaw` through the daemon and the same work done by hand (fsfreeze -f
 on each filesystem, children first, then -u; each script run with freeze then thaw) as the
-floor, the two in turn; "added" is the median of the per-pair differences, and reports the daemon's resident memory idle and after 100 cycles. Needs root; it
-makes, freezes and removes only its own loop-mounted images under a temp dir.
+floor, the two in turn ("added" is the median of the per-pair differences), and reports the
+daemon's resident memory idle and after 100 cycles. Needs root; it makes, freezes and removes
+only its own loop-mounted images under a temp dir.
 
     sudo .venv/bin/python benchmarks/freeze_cycle.py [--cycles 20]
 """

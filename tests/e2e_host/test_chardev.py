@@ -10,10 +10,14 @@ host is connected stay in the port, as they do in QEMU, for the next host to ski
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import socket
+import struct
+import termios
 import threading
+import time
 import tty
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,6 +86,20 @@ def chardev(short_tmp: Path, start_agent, ext4) -> Iterator[tuple[Chardev, objec
     os.close(guest_end)
 
 
+def waiting_in_port(bridge: Chardev) -> int:
+    """Bytes the guest wrote that no host has read yet (FIONREAD on the port's host end)."""
+    return struct.unpack("i", fcntl.ioctl(bridge.port_fd, termios.FIONREAD, b"\0" * 4))[0]
+
+
+def wait_for(cond, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def quiesced_snapshot(disk_dir: Path, name: str, bridge: Chardev):  # type: ignore[no-untyped-def]
     target = open_target(disk_dir)
     try:
@@ -106,5 +124,6 @@ def test_a_reply_left_in_the_port_by_an_earlier_host_is_skipped(chardev, disk_di
     with socket.socket(socket.AF_UNIX) as early:  # asks, then leaves before the answer
         early.connect(str(bridge.path))
         early.sendall(b'{"execute": "status", "id": "someone-else"}\n')
+    assert wait_for(lambda: waiting_in_port(bridge) > 0)  # the answer nobody read is there
     out = quiesced_snapshot(disk_dir, "after-a-stale-reply", bridge)
     assert out.confirmed and out.consistency == "filesystem"

@@ -24,8 +24,15 @@ from agent.client import Client
 from agent.writers import build_all
 from hooks.errors import QuiesceError, WriterError
 
-EXIT_BY_CLASS = {"ConfigError": 3, "WriterFailed": 4, "WriterTimeout": 4, "WriterUnavailable": 4,
-                 "UnsafeFreezeTarget": 4, "StateError": 5, "NotConsistent": 6}
+EXIT_BY_CLASS = {
+    "ConfigError": 3,
+    "WriterFailed": 4,
+    "WriterTimeout": 4,
+    "WriterUnavailable": 4,
+    "UnsafeFreezeTarget": 4,
+    "StateError": 5,
+    "NotConsistent": 6,
+}
 
 DESCRIPTION = """\
 Freeze applications and filesystems for an application-consistent VM snapshot, hold them
@@ -41,31 +48,50 @@ for seconds (never more than freeze.ceiling_seconds, at most 60), and always tha
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="quiesce-agent", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=config_mod.DEFAULT_PATH,
-                   help="configuration file (default: %(default)s)")
+    p = argparse.ArgumentParser(
+        prog="quiesce-agent",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        default=config_mod.DEFAULT_PATH,
+        help="configuration file (default: %(default)s)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("serve", help="run the daemon in the foreground")
     sub.add_parser("check", help="validate the config and every writer without freezing")
     sub.add_parser("recover", help="thaw whatever a dead daemon left frozen (ExecStopPost)")
-    for name, text in (("ping", "is the daemon alive?"),
-                       ("freeze", "freeze the writers (prepare, then lock in order)"),
-                       ("thaw", "thaw after the snapshot"),
-                       ("abort", "undo a freeze whose snapshot failed (freezeFail)"),
-                       ("status", "state, seconds left to the ceiling, last report"),
-                       ("writers", "each writer and its state")):
+    for name, text in (
+        ("ping", "is the daemon alive?"),
+        ("freeze", "freeze the writers (prepare, then lock in order)"),
+        ("thaw", "thaw after the snapshot"),
+        ("abort", "undo a freeze whose snapshot failed (freezeFail)"),
+        ("status", "state, seconds left to the ceiling, last report"),
+        ("writers", "each writer and its state"),
+    ):
         c = sub.add_parser(name, help=text)
-        c.add_argument("--socket", help="the daemon's socket (default: listen.unix of the config, "
-                       f"else {protocol.DEFAULT_SOCKET})")
+        c.add_argument(
+            "--socket",
+            help="the daemon's socket (default: listen.unix of the config, "
+            f"else {protocol.DEFAULT_SOCKET})",
+        )
         c.add_argument("--json", action="store_true", help="print the raw reply as JSON")
-        c.add_argument("--wait", type=float, default=90.0, metavar="SECONDS",
-                       help="how long to wait for the reply (default: %(default)s)")
+        c.add_argument(
+            "--wait",
+            type=float,
+            default=90.0,
+            metavar="SECONDS",
+            help="how long to wait for the reply (default: %(default)s)",
+        )
         if name == "freeze":
             c.add_argument("--label", default="snapshot", help="the snapshot's name")
             c.add_argument("--writers", help="comma-separated subset, e.g. postgres,scripts")
-            c.add_argument("--timeout", type=float, help="freeze budget in seconds "
-                           "(at most freeze.timeout_seconds)")
+            c.add_argument(
+                "--timeout",
+                type=float,
+                help="freeze budget in seconds (at most freeze.timeout_seconds)",
+            )
     return p
 
 
@@ -113,25 +139,48 @@ def _print_human(command: str, reply: dict[str, Any]) -> None:
         print(f"pong (pid {ret['pid']})")
     elif command == "status":
         left = ret["seconds_left"]
-        print(f"state: {ret['state']}" + (f" ({ret['label']}, {left:.1f} s to the ceiling)"
-                                          if left is not None else ""))
+        print(
+            f"state: {ret['state']}"
+            + (f" ({ret['label']}, {left:.1f} s to the ceiling)" if left is not None else "")
+        )
         if ret.get("last_report"):
             _print_report(ret["last_report"])
     elif command == "writers":
-        _table(["WRITER", "STATE", "DETAIL"],
-               [[w["name"], w.get("state", ""), w.get("note") or w.get("path")
-                 or w.get("mounts") or w.get("last_error") or ""] for w in ret])
+        _table(
+            ["WRITER", "STATE", "DETAIL"],
+            [
+                [
+                    w["name"],
+                    w.get("state", ""),
+                    w.get("note") or w.get("path") or w.get("mounts") or w.get("last_error") or "",
+                ]
+                for w in ret
+            ],
+        )
     else:
         _print_report(ret)
 
 
 def _print_report(r: dict[str, Any]) -> None:
     t = r["timings"]
-    print(f"{r['label']}: {r['outcome']}, consistency {r['consistency']}, held "
-          f"{_ms(t['held_ms'])} (prepare {_ms(t['prepare_ms'])}, freeze {_ms(t['freeze_ms'])})")
-    _table(["WRITER", "STATE", "PREPARE", "FREEZE", "THAW", "ERROR"],
-           [[w["name"], w["state"], _ms(w.get("prepare_ms")), _ms(w.get("freeze_ms")),
-             _ms(w.get("thaw_ms") or w.get("abort_ms")), w["error"] or ""] for w in r["writers"]])
+    print(
+        f"{r['label']}: {r['outcome']}, consistency {r['consistency']}, held "
+        f"{_ms(t['held_ms'])} (prepare {_ms(t['prepare_ms'])}, freeze {_ms(t['freeze_ms'])})"
+    )
+    _table(
+        ["WRITER", "STATE", "PREPARE", "FREEZE", "THAW", "ERROR"],
+        [
+            [
+                w["name"],
+                w["state"],
+                _ms(w.get("prepare_ms")),
+                _ms(w.get("freeze_ms")),
+                _ms(w.get("thaw_ms") or w.get("abort_ms")),
+                w["error"] or "",
+            ]
+            for w in r["writers"]
+        ],
+    )
     for note in r.get("notes", []):
         print(f"  note: {note}")
 

@@ -22,8 +22,10 @@ class Client:
             self.sock.connect(path)
         except OSError as err:
             self.sock.close()
-            raise AgentUnreachable(f"cannot connect to the agent at {path}: {err.strerror or err}; "
-                                   "is quiesce-agent running (systemctl status quiesce-agent)?") from err
+            raise AgentUnreachable(
+                f"cannot connect to the agent at {path}: {err.strerror or err}; "
+                "is quiesce-agent running (systemctl status quiesce-agent)?"
+            ) from err
         self.buf = b""
         self.next_id = 1
 
@@ -35,12 +37,17 @@ class Client:
             self.sock.sendall(protocol.request(execute, arguments, rid))
             return protocol.parse_reply(self._line())
         except TimeoutError as err:
-            raise AgentUnreachable(f"the agent did not answer '{execute}' within "
-                                   f"{self.timeout:g} s") from err
+            raise AgentUnreachable(
+                f"the agent did not answer '{execute}' within {self.timeout:g} s"
+            ) from err
         except OSError as err:
-            raise AgentUnreachable(f"lost the connection to the agent during '{execute}': {err}") from err
+            raise AgentUnreachable(
+                f"lost the connection to the agent during '{execute}': {err}"
+            ) from err
         except protocol.ProtocolError as err:
-            raise AgentUnreachable(f"the agent answered garbage to '{execute}': {err.desc}") from err
+            raise AgentUnreachable(
+                f"the agent answered garbage to '{execute}': {err.desc}"
+            ) from err
 
     def _line(self) -> bytes:
         deadline = time.monotonic() + self.timeout

@@ -107,7 +107,10 @@ def _section(raw: Any, path: str, errors: _Errors) -> dict[str, Any]:
 
 
 def _take(
-    raw: dict[str, Any], path: str, errors: _Errors, spec: dict[str, tuple[type | tuple[type, ...], Any]]
+    raw: dict[str, Any],
+    path: str,
+    errors: _Errors,
+    spec: dict[str, tuple[type | tuple[type, ...], Any]],
 ) -> dict[str, Any]:
     """Pick the keys of ``spec`` from ``raw``, type-checked; unknown keys are errors."""
     out: dict[str, Any] = {}
@@ -137,8 +140,15 @@ def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
 
 
 def _type_names(types: type | tuple[type, ...]) -> str:
-    names = {int: "a number", float: "a number", str: "a string", bool: "true or false",
-             list: "a list", dict: "a mapping", type(None): "null"}
+    names = {
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        list: "a list",
+        dict: "a mapping",
+        type(None): "null",
+    }
     return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in _as_tuple(types)))
 
 
@@ -153,10 +163,17 @@ def _positive(values: dict[str, Any], key: str, path: str, errors: _Errors) -> N
 
 def _listen(raw: Any, errors: _Errors) -> ListenConfig:
     sec = _section(raw, "listen", errors)
-    vals = _take(sec, "listen", errors, {
-        "unix": ((str, type(None)), None), "vsock": (dict, None),
-        "virtio_serial": (str, None), "group": (str, None),
-    })
+    vals = _take(
+        sec,
+        "listen",
+        errors,
+        {
+            "unix": ((str, type(None)), None),
+            "vsock": (dict, None),
+            "virtio_serial": (str, None),
+            "group": (str, None),
+        },
+    )
     vsock_port = None
     if "vsock" in vals:
         v = _take(vals.pop("vsock"), "listen.vsock", errors, {"port": (int, _REQUIRED)})
@@ -174,24 +191,38 @@ def _listen(raw: Any, errors: _Errors) -> ListenConfig:
 
 def _freeze(raw: Any, errors: _Errors) -> FreezeConfig:
     sec = _section(raw, "freeze", errors)
-    vals = _take(sec, "freeze", errors, {"ceiling_seconds": (NUM, None), "timeout_seconds": (NUM, None)})
+    vals = _take(
+        sec, "freeze", errors, {"ceiling_seconds": (NUM, None), "timeout_seconds": (NUM, None)}
+    )
     ceiling = vals.get("ceiling_seconds", 60.0)
     if not 1 <= ceiling <= 60:
-        errors.add("freeze.ceiling_seconds", f"must be 1..60 (the hold is never longer than 60 s), got {ceiling}")
+        errors.add(
+            "freeze.ceiling_seconds",
+            f"must be 1..60 (the hold is never longer than 60 s), got {ceiling}",
+        )
         vals.pop("ceiling_seconds")
     _positive(vals, "timeout_seconds", "freeze", errors)
     timeout = vals.get("timeout_seconds", 30.0)
     if timeout > vals.get("ceiling_seconds", 60.0):
-        errors.add("freeze.timeout_seconds", f"must not exceed freeze.ceiling_seconds, got {timeout}")
+        errors.add(
+            "freeze.timeout_seconds", f"must not exceed freeze.ceiling_seconds, got {timeout}"
+        )
     return FreezeConfig(**{k: float(v) for k, v in vals.items()})
 
 
 def _scripts(raw: Any, errors: _Errors) -> ScriptsConfig:
     sec = _section(raw, "scripts", errors)
-    vals = _take(sec, "scripts", errors, {
-        "dir": (str, None), "timeout_seconds": (NUM, None),
-        "legacy_dir": ((str, type(None)), None), "require_root_owner": (bool, None),
-    })
+    vals = _take(
+        sec,
+        "scripts",
+        errors,
+        {
+            "dir": (str, None),
+            "timeout_seconds": (NUM, None),
+            "legacy_dir": ((str, type(None)), None),
+            "require_root_owner": (bool, None),
+        },
+    )
     _positive(vals, "timeout_seconds", "scripts", errors)
     if "legacy_dir" in sec and sec["legacy_dir"] is None:
         vals["legacy_dir"] = None
@@ -200,12 +231,16 @@ def _scripts(raw: Any, errors: _Errors) -> ScriptsConfig:
 
 def _filesystems(raw: Any, errors: _Errors) -> FilesystemsConfig:
     sec = _section(raw, "filesystems", errors)
-    vals = _take(sec, "filesystems", errors, {"mounts": ((str, list), None), "exclude": (list, None)})
+    vals = _take(
+        sec, "filesystems", errors, {"mounts": ((str, list), None), "exclude": (list, None)}
+    )
     mounts = vals.get("mounts", "auto")
     resolved: tuple[str, ...] | None = None
     if isinstance(mounts, str):
         if mounts != "auto":
-            errors.add("filesystems.mounts", f"must be 'auto' or a list of mount points, got {mounts!r}")
+            errors.add(
+                "filesystems.mounts", f"must be 'auto' or a list of mount points, got {mounts!r}"
+            )
     else:
         resolved = tuple(_abs_paths(mounts, "filesystems.mounts", errors))
     exclude = tuple(_abs_paths(vals.get("exclude", []), "filesystems.exclude", errors))
@@ -247,21 +282,33 @@ def _entries(raw: Any, key: str, errors: _Errors) -> list[tuple[str, dict[str, A
 def _postgres(raw: Any, errors: _Errors) -> tuple[PostgresConfig, ...]:
     out = []
     for path, entry in _entries(raw, "postgres", errors):
-        vals = _take(entry, path, errors, {
-            "name": (str, _REQUIRED), "dsn": (str, _REQUIRED),
-            "connect_timeout": (NUM, None), "statement_timeout": (NUM, None),
-            "wait_for_archive": (bool, None), "archive_timeout": (NUM, None),
-            "artifacts_dir": (str, None),
-        })
+        vals = _take(
+            entry,
+            path,
+            errors,
+            {
+                "name": (str, _REQUIRED),
+                "dsn": (str, _REQUIRED),
+                "connect_timeout": (NUM, None),
+                "statement_timeout": (NUM, None),
+                "wait_for_archive": (bool, None),
+                "archive_timeout": (NUM, None),
+                "artifacts_dir": (str, None),
+            },
+        )
         for key in ("connect_timeout", "statement_timeout", "archive_timeout"):
             _positive(vals, key, path, errors)
         # the thaw runs pg_backup_stop (statement_timeout) then the archive wait; the agent
         # gives each writer's thaw 30 s (agent/session.py THAW_STEP_SECONDS), keep 3 s spare
-        thaw = (vals.get("statement_timeout", PostgresConfig.statement_timeout)
-                + vals.get("archive_timeout", PostgresConfig.archive_timeout))
+        thaw = vals.get("statement_timeout", PostgresConfig.statement_timeout) + vals.get(
+            "archive_timeout", PostgresConfig.archive_timeout
+        )
         if thaw > PG_THAW_SECONDS:
-            errors.add(f"{path}.archive_timeout", f"with statement_timeout must not exceed "
-                       f"{PG_THAW_SECONDS:g} s (the thaw bound), got {thaw:g}")
+            errors.add(
+                f"{path}.archive_timeout",
+                f"with statement_timeout must not exceed "
+                f"{PG_THAW_SECONDS:g} s (the thaw bound), got {thaw:g}",
+            )
             vals.pop("archive_timeout", None)
         if "name" in vals and "dsn" in vals:
             out.append(PostgresConfig(**vals))
@@ -271,16 +318,29 @@ def _postgres(raw: Any, errors: _Errors) -> tuple[PostgresConfig, ...]:
 def _mysql(raw: Any, errors: _Errors) -> tuple[MysqlConfig, ...]:
     out = []
     for path, entry in _entries(raw, "mysql", errors):
-        vals = _take(entry, path, errors, {
-            "name": (str, _REQUIRED), "unix_socket": ((str, type(None)), None),
-            "host": (str, None), "port": (int, None), "user": (str, None),
-            "password_file": (str, None), "lock": (str, None),
-            "connect_timeout": (NUM, None), "lock_wait_timeout": (NUM, None),
-            "long_query_wait": (NUM, None), "long_query_threshold": (NUM, None),
-            "kill_long_queries": (bool, None),
-        })
+        vals = _take(
+            entry,
+            path,
+            errors,
+            {
+                "name": (str, _REQUIRED),
+                "unix_socket": ((str, type(None)), None),
+                "host": (str, None),
+                "port": (int, None),
+                "user": (str, None),
+                "password_file": (str, None),
+                "lock": (str, None),
+                "connect_timeout": (NUM, None),
+                "lock_wait_timeout": (NUM, None),
+                "long_query_wait": (NUM, None),
+                "long_query_threshold": (NUM, None),
+                "kill_long_queries": (bool, None),
+            },
+        )
         if vals.get("lock", "auto") not in MYSQL_LOCKS:
-            errors.add(f"{path}.lock", f"must be one of {', '.join(MYSQL_LOCKS)}, got {vals['lock']!r}")
+            errors.add(
+                f"{path}.lock", f"must be one of {', '.join(MYSQL_LOCKS)}, got {vals['lock']!r}"
+            )
             vals.pop("lock")
         for key in ("connect_timeout", "lock_wait_timeout", "long_query_threshold"):
             _positive(vals, key, path, errors)
@@ -319,7 +379,9 @@ def parse(raw: Any, source: str = "<string>") -> Config:
     )
     if errors.items:
         listing = "\n  ".join(errors.items)
-        raise ConfigError(f"{source}: {len(errors.items)} problem(s):\n  {listing}", problems=errors.items)
+        raise ConfigError(
+            f"{source}: {len(errors.items)} problem(s):\n  {listing}", problems=errors.items
+        )
     return config
 
 

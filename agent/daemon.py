@@ -40,8 +40,9 @@ class Daemon:
         self.log = log
         self.guard = GuardClient()
         self.marker = marker.Marker(config.state_dir)
-        self.session = Session(factory(config), self, config.freeze.ceiling_seconds,
-                               config.freeze.timeout_seconds)
+        self.session = Session(
+            factory(config), self, config.freeze.ceiling_seconds, config.freeze.timeout_seconds
+        )
         self.stop = asyncio.Event()
 
     # Session hooks --------------------------------------------------------------------------
@@ -79,10 +80,16 @@ class Daemon:
             servers, channels = await self._listen()
         except OSError as err:
             self.guard.stop()
-            raise QuiesceError(f"cannot listen: {err}; check listen.* in {self.config.source}") from err
+            raise QuiesceError(
+                f"cannot listen: {err}; check listen.* in {self.config.source}"
+            ) from err
         systemd.notify("READY=1")
-        logger.info("quiesce-agent %d ready (ceiling %g s, budget %g s)", os.getpid(),
-                    self.config.freeze.ceiling_seconds, self.config.freeze.timeout_seconds)
+        logger.info(
+            "quiesce-agent %d ready (ceiling %g s, budget %g s)",
+            os.getpid(),
+            self.config.freeze.ceiling_seconds,
+            self.config.freeze.timeout_seconds,
+        )
         watchdog = asyncio.create_task(self._watchdog())
         await self.stop.wait()
         systemd.notify("STOPPING=1")

@@ -1,9 +1,9 @@
 """Agent-side errors, added to the tree rooted in hooks/errors.py.
 
-    QuiesceError
-     ├── StateError        the command does not fit the current state (freeze while frozen, ...)
-     ├── NotConsistent     the ceiling thawed before the thaw came: the snapshot is not consistent
-     └── AgentUnreachable  the CLI could not talk to the daemon
+QuiesceError
+ ├── StateError        the command does not fit the current state (freeze while frozen, ...)
+ ├── NotConsistent     the ceiling thawed before the thaw came: the snapshot is not consistent
+ └── AgentUnreachable  the CLI could not talk to the daemon
 """
 
 from __future__ import annotations

@@ -128,7 +128,10 @@ class GuardClient:
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
         self.proc = subprocess.Popen(
             [sys.executable, "-B", "-m", "agent.guard", str(os.getpid())],
-            stdin=subprocess.PIPE, start_new_session=True, env=env, close_fds=True,
+            stdin=subprocess.PIPE,
+            start_new_session=True,
+            env=env,
+            close_fds=True,
         )
 
     def alive(self) -> bool:

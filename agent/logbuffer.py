@@ -16,8 +16,13 @@ from collections import deque
 from typing import TextIO
 
 MAX_HELD = 10000
-PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-            logging.CRITICAL: 2}
+PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
 
 
 class HoldingHandler(logging.Handler):
@@ -31,8 +36,11 @@ class HoldingHandler(logging.Handler):
         self.dropped = 0
         self.holding = False
         self._mu = threading.Lock()
-        fmt = "%(name)s: %(message)s" if self.journal else \
-            "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        fmt = (
+            "%(name)s: %(message)s"
+            if self.journal
+            else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         self.setFormatter(logging.Formatter(fmt))
 
     def _line(self, record: logging.LogRecord) -> str:

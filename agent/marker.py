@@ -56,8 +56,11 @@ def recover(state_dir: str) -> list[str]:
         try:
             ensure_allowed(mount)
             was = thaw_path(mount)
-            notes.append(f"recovery: thawed {mount} left frozen by pid {data.get('pid')}" if was
-                         else f"recovery: {mount} was not frozen any more")
+            notes.append(
+                f"recovery: thawed {mount} left frozen by pid {data.get('pid')}"
+                if was
+                else f"recovery: {mount} was not frozen any more"
+            )
         except Exception as err:  # noqa: BLE001 - report and go on with the rest
             notes.append(f"recovery: could not thaw {mount}: {err}")
     path.unlink(missing_ok=True)

@@ -73,11 +73,13 @@ def _freeze_args(args: dict[str, Any]) -> tuple[str, list[str] | None, float | N
     timeout = args.get("timeout")
     if not isinstance(label, str) or len(label) > 200:
         raise BadArguments("freeze: 'label' must be a string of at most 200 characters")
-    if writers is not None and (not isinstance(writers, list)
-                                or not all(isinstance(w, str) for w in writers)):
+    if writers is not None and (
+        not isinstance(writers, list) or not all(isinstance(w, str) for w in writers)
+    ):
         raise BadArguments("freeze: 'writers' must be a list of writer names")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
-                                or timeout <= 0):
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
         raise BadArguments("freeze: 'timeout' must be a positive number of seconds")
     return label, writers, timeout
 
@@ -91,8 +93,12 @@ def _jsonable(data: dict[str, object]) -> dict[str, Any]:
 
 
 # -- stream connections (unix, vsock) ------------------------------------------------------
-async def serve_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       dispatch: Dispatch, authorize: Callable[[socket.socket], str | None]) -> None:
+async def serve_stream(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    dispatch: Dispatch,
+    authorize: Callable[[socket.socket], str | None],
+) -> None:
     sock = writer.get_extra_info("socket")
     refusal = authorize(sock) if sock is not None else None
     try:
@@ -105,9 +111,15 @@ async def serve_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
             try:
                 line = await reader.readuntil(b"\n")
             except asyncio.LimitOverrunError:
-                writer.write(protocol.encode(protocol.failure(
-                    protocol.LINE_TOO_LONG, f"request line longer than {protocol.MAX_LINE} bytes; "
-                    "closing the connection")))
+                writer.write(
+                    protocol.encode(
+                        protocol.failure(
+                            protocol.LINE_TOO_LONG,
+                            f"request line longer than {protocol.MAX_LINE} bytes; "
+                            "closing the connection",
+                        )
+                    )
+                )
                 await writer.drain()
                 return
             except asyncio.IncompleteReadError as err:
@@ -185,8 +197,11 @@ def vsock_listener(port: int) -> socket.socket:
         sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
         sock.bind((socket.VMADDR_CID_ANY, port))
     except OSError as err:
-        raise OSError(err.errno, f"vsock port {port}: {err.strerror} (is this a VM with a "
-                      "vsock device, and is the port free?)") from err
+        raise OSError(
+            err.errno,
+            f"vsock port {port}: {err.strerror} (is this a VM with a "
+            "vsock device, and is the port free?)",
+        ) from err
     sock.listen(16)
     return sock
 
@@ -246,8 +261,12 @@ class SerialChannel:
                         await self._reply(fd, await self.dispatch(line))
                 if len(buf) > protocol.MAX_LINE:
                     buf = b""
-                    await self._reply(fd, protocol.failure(protocol.LINE_TOO_LONG,
-                                                           "request line too long; discarded"))
+                    await self._reply(
+                        fd,
+                        protocol.failure(
+                            protocol.LINE_TOO_LONG, "request line too long; discarded"
+                        ),
+                    )
         finally:
             loop.remove_reader(fd)
             os.close(fd)
@@ -256,6 +275,6 @@ class SerialChannel:
         data = protocol.encode(reply)
         while data:
             try:
-                data = data[os.write(fd, data):]
+                data = data[os.write(fd, data) :]
             except BlockingIOError:
                 await asyncio.sleep(0.01)

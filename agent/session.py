@@ -64,9 +64,15 @@ class Entry:
     artifacts: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.writer.qualified_name, "kind": self.writer.kind,
-                "state": self.state, **{f"{k}_ms": round(v, 1) for k, v in self.ms.items()},
-                "messages": self.messages, "error": self.error, "artifacts": self.artifacts}
+        return {
+            "name": self.writer.qualified_name,
+            "kind": self.writer.kind,
+            "state": self.state,
+            **{f"{k}_ms": round(v, 1) for k, v in self.ms.items()},
+            "messages": self.messages,
+            "error": self.error,
+            "artifacts": self.artifacts,
+        }
 
 
 @dataclass
@@ -98,13 +104,19 @@ class Cycle:
             return round((b - a) * 1000, 1) if a is not None and b is not None else None
 
         return {
-            "label": self.label, "outcome": self.outcome, "consistency": self.consistency(),
-            "started": self.started, "ceiling_seconds": self.ceiling,
+            "label": self.label,
+            "outcome": self.outcome,
+            "consistency": self.consistency(),
+            "started": self.started,
+            "ceiling_seconds": self.ceiling,
             "ceiling_hit": self.ceiling_hit,
-            "timings": {"prepare_ms": ms(self.t0, self.first_lock),
-                        "freeze_ms": ms(self.first_lock, self.all_frozen),
-                        "held_ms": ms(self.first_lock, self.released)},
-            "writers": [e.as_dict() for e in self.entries], "notes": self.notes,
+            "timings": {
+                "prepare_ms": ms(self.t0, self.first_lock),
+                "freeze_ms": ms(self.first_lock, self.all_frozen),
+                "held_ms": ms(self.first_lock, self.released),
+            },
+            "writers": [e.as_dict() for e in self.entries],
+            "notes": self.notes,
         }
 
 
@@ -114,8 +126,9 @@ WriterFactory = Callable[[list[str] | None], tuple[list[Writer], list[str]]]
 class Session:
     """The one freeze session of a daemon."""
 
-    def __init__(self, factory: WriterFactory, hooks: Hooks, ceiling: float,
-                 timeout: float) -> None:
+    def __init__(
+        self, factory: WriterFactory, hooks: Hooks, ceiling: float, timeout: float
+    ) -> None:
         self.factory = factory
         self.hooks = hooks
         self.ceiling = ceiling
@@ -130,7 +143,9 @@ class Session:
     # -- helpers ---------------------------------------------------------------------------
     def _set(self, state: State) -> None:
         elapsed = (time.monotonic() - self.cycle.t0) * 1000 if self.cycle else 0.0
-        logger.info("state %s -> %s (%.1f ms into the cycle)", self.state.value, state.value, elapsed)
+        logger.info(
+            "state %s -> %s (%.1f ms into the cycle)", self.state.value, state.value, elapsed
+        )
         self.state = state
 
     def _operation(self, cycle: Cycle, deadline: Deadline) -> Operation:
@@ -152,18 +167,22 @@ class Session:
                 await asyncio.to_thread(getattr(entry.writer, step), op)
         except TimeoutError as err:
             await asyncio.to_thread(entry.writer.emergency_release)
-            raise WriterTimeout(entry.writer.qualified_name,
-                                f"{step} did not finish within {budget:.1f} s") from err
+            raise WriterTimeout(
+                entry.writer.qualified_name, f"{step} did not finish within {budget:.1f} s"
+            ) from err
         finally:
             entry.ms[step] = (time.monotonic() - start) * 1000
 
     # -- commands --------------------------------------------------------------------------
-    async def freeze(self, label: str, names: list[str] | None = None,
-                     timeout: float | None = None) -> dict[str, Any]:
+    async def freeze(
+        self, label: str, names: list[str] | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
         async with self._op:
             if self.state is not State.IDLE:
-                raise StateError(f"a freeze ({self.cycle.label if self.cycle else '?'}) is "
-                                 f"already {self.state.value}; thaw or abort it first")
+                raise StateError(
+                    f"a freeze ({self.cycle.label if self.cycle else '?'}) is "
+                    f"already {self.state.value}; thaw or abort it first"
+                )
             budget = min(timeout or self.timeout, self.timeout, self.ceiling)
             writers, notes = self.factory(names)
             writers.sort(key=lambda w: int(w.stage))  # stable: scripts keep byte-wise order
@@ -185,7 +204,8 @@ class Session:
     async def _prepare(self, cycle: Cycle, op: Operation, deadline: Deadline) -> None:
         results = await asyncio.gather(
             *(self._call(e, "prepare", op, deadline.remaining()) for e in cycle.entries),
-            return_exceptions=True)
+            return_exceptions=True,
+        )
         failed = None
         for entry, result in zip(cycle.entries, results, strict=True):
             if isinstance(result, BaseException):
@@ -212,17 +232,25 @@ class Session:
                 raise
             except Exception as err:  # noqa: BLE001 - a writer bug still rolls back
                 entry.state, entry.error = "failed", repr(err)
-                raise WriterError(entry.writer.qualified_name, f"unexpected error: {err!r}") from err
+                raise WriterError(
+                    entry.writer.qualified_name, f"unexpected error: {err!r}"
+                ) from err
             with self._mu:
                 if cycle.ceiling_hit:
-                    raise WriterTimeout(entry.writer.qualified_name, "the ceiling was reached while freezing")
+                    raise WriterTimeout(
+                        entry.writer.qualified_name, "the ceiling was reached while freezing"
+                    )
                 entry.state = "frozen"
         with self._mu:
             cycle.all_frozen = time.monotonic()
             cycle.outcome = "frozen"
             self._set(State.FROZEN)
-        logger.info("frozen '%s': %d writer(s) in %.1f ms", cycle.label, len(cycle.entries),
-                    (cycle.all_frozen - cycle.first_lock) * 1000)
+        logger.info(
+            "frozen '%s': %d writer(s) in %.1f ms",
+            cycle.label,
+            len(cycle.entries),
+            (cycle.all_frozen - cycle.first_lock) * 1000,
+        )
 
     async def _rollback(self, cycle: Cycle, op: Operation, outcome: str) -> None:
         """freezeFail: undo every writer that prepared or (partly) froze, in reverse."""
@@ -261,16 +289,23 @@ class Session:
     async def _release(self, step: str, entry_state: str, outcome: str) -> dict[str, Any]:
         cycle = self.cycle
         with self._mu:
-            if self.state is State.IDLE and cycle is not None and cycle.ceiling_hit \
-                    and cycle.outcome == "ceiling":
+            if (
+                self.state is State.IDLE
+                and cycle is not None
+                and cycle.ceiling_hit
+                and cycle.outcome == "ceiling"
+            ):
                 cycle.outcome = "ceiling, late " + step
                 raise NotConsistent(
                     f"the {cycle.ceiling:g} s ceiling thawed '{cycle.label}' before the {step} "
                     "came: the snapshot is NOT consistent; take it again",
-                    report=cycle.as_dict())
+                    report=cycle.as_dict(),
+                )
             if self.state is not State.FROZEN or cycle is None:
-                raise StateError(f"nothing is frozen (state {self.state.value}); "
-                                 f"{step} needs a successful freeze first")
+                raise StateError(
+                    f"nothing is frozen (state {self.state.value}); "
+                    f"{step} needs a successful freeze first"
+                )
             self._set(State.THAWING if step == "thaw" else State.ABORTING)
         op = self._operation(cycle, Deadline(THAW_STEP_SECONDS))
         failures = []
@@ -288,11 +323,16 @@ class Session:
         self._finish(cycle, outcome if not failures else f"{outcome} with errors")
         report = cycle.as_dict()
         if cycle.ceiling_hit:
-            raise NotConsistent(f"the ceiling was reached during {step}: the snapshot is NOT "
-                                "consistent", report=report)
+            raise NotConsistent(
+                f"the ceiling was reached during {step}: the snapshot is NOT consistent",
+                report=report,
+            )
         if failures:
-            raise WriterError(failures[0].split(":")[0], f"{step} finished with errors: "
-                              + "; ".join(failures), report=report)
+            raise WriterError(
+                failures[0].split(":")[0],
+                f"{step} finished with errors: " + "; ".join(failures),
+                report=report,
+            )
         return report
 
     # -- the ceiling -----------------------------------------------------------------------
@@ -315,8 +355,9 @@ class Session:
             if cycle is None or self.state is State.IDLE:
                 return
             cycle.ceiling_hit, cycle.outcome = True, "ceiling"
-            logger.warning("ceiling of %g s reached for '%s': releasing everything",
-                           cycle.ceiling, cycle.label)
+            logger.warning(
+                "ceiling of %g s reached for '%s': releasing everything", cycle.ceiling, cycle.label
+            )
             for entry in reversed(cycle.entries):
                 if entry.state in ("frozen", "freezing", "failed"):
                     held = entry.writer.held_filesystems()
@@ -341,9 +382,13 @@ class Session:
             left = None
             if self._ceiling_at is not None and self.state is not State.IDLE:
                 left = round(max(0.0, self._ceiling_at - time.monotonic()), 3)
-            return {"state": self.state.value, "label": self.cycle.label if self.cycle else None,
-                    "ceiling_seconds": self.ceiling, "seconds_left": left,
-                    "last_report": self.cycle.as_dict() if self.cycle else None}
+            return {
+                "state": self.state.value,
+                "label": self.cycle.label if self.cycle else None,
+                "ceiling_seconds": self.ceiling,
+                "seconds_left": left,
+                "last_report": self.cycle.as_dict() if self.cycle else None,
+            }
 
     def writers(self) -> list[dict[str, Any]]:
         writers, notes = self.factory(None)
@@ -351,9 +396,16 @@ class Session:
         out = []
         for w in sorted(writers, key=lambda w: int(w.stage)):
             entry = last.get(w.qualified_name)
-            out.append({"name": w.qualified_name, "kind": w.kind, "stage": int(w.stage),
-                        "state": entry.state if entry else "stable",
-                        "last_error": entry.error if entry else None, **w.describe()})
+            out.append(
+                {
+                    "name": w.qualified_name,
+                    "kind": w.kind,
+                    "stage": int(w.stage),
+                    "state": entry.state if entry else "stable",
+                    "last_error": entry.error if entry else None,
+                    **w.describe(),
+                }
+            )
         return out + [{"name": "note", "kind": "note", "note": n} for n in notes]
 
     async def shutdown(self) -> None:

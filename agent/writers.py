@@ -25,7 +25,9 @@ def build_all(config: Config, notes: list[str]) -> list[Writer]:
     writers: list[Writer] = []
     if config.scripts is not None:
         s = config.scripts
-        writers += scripts.build(s.dir, s.timeout_seconds, s.legacy_dir, s.require_root_owner, notes)
+        writers += scripts.build(
+            s.dir, s.timeout_seconds, s.legacy_dir, s.require_root_owner, notes
+        )
     writers += [MysqlWriter(**dataclasses.asdict(m)) for m in config.mysql]
     writers += [PostgresWriter(**dataclasses.asdict(p)) for p in config.postgres]
     if config.filesystems is not None and config.filesystems.mounts == ():

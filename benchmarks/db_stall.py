@@ -96,14 +96,34 @@ def cycles(writer: object, n: int, hold: float, gap: float, result: Result) -> l
 # -- PostgreSQL: pgbench ------------------------------------------------------------------------
 
 
-def pgbench(server: PgServer, seconds: float, rate: int, clients: int, logdir: Path,
-            tag: str) -> subprocess.Popen[bytes]:
+def pgbench(
+    server: PgServer, seconds: float, rate: int, clients: int, logdir: Path, tag: str
+) -> subprocess.Popen[bytes]:
     prefix = logdir / tag
     return subprocess.Popen(
-        [str(server.bindir / "pgbench"), "-h", str(server.sockdir), "-U", "postgres",
-         "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(int(seconds + 0.999)),
-         "-R", str(rate), "-l", f"--log-prefix={prefix}", "-n", "postgres"],
-        cwd=str(logdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            str(server.bindir / "pgbench"),
+            "-h",
+            str(server.sockdir),
+            "-U",
+            "postgres",
+            "-c",
+            str(clients),
+            "-j",
+            str(min(clients, 2)),
+            "-T",
+            str(int(seconds + 0.999)),
+            "-R",
+            str(rate),
+            "-l",
+            f"--log-prefix={prefix}",
+            "-n",
+            "postgres",
+        ],
+        cwd=str(logdir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def pgbench_spans(logdir: Path, tag: str) -> list[Span]:
@@ -124,9 +144,23 @@ def bench_postgres(args: argparse.Namespace) -> Result:
     os.chmod(logdir, 0o777)
     result = Result("postgres (backup mode)")
     try:
-        subprocess.run([str(server.bindir / "pgbench"), "-h", str(server.sockdir), "-U",
-                        "postgres", "-i", "-q", "-s", "2", "postgres"], check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                str(server.bindir / "pgbench"),
+                "-h",
+                str(server.sockdir),
+                "-U",
+                "postgres",
+                "-i",
+                "-q",
+                "-s",
+                "2",
+                "postgres",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         proc = pgbench(server, args.baseline, args.pg_rate, args.clients, logdir, "base")
         proc.wait()
         result.base["pgbench tx"] = [lat for _, lat in pgbench_spans(logdir, "base")]
@@ -183,12 +217,24 @@ json.dump(out, sys.stdout)
 """
 
 
-def maria_load(server: MariaServer, seconds: float, args: argparse.Namespace,
-               box: dict[str, list[Span]]) -> threading.Thread:
+def maria_load(
+    server: MariaServer, seconds: float, args: argparse.Namespace, box: dict[str, list[Span]]
+) -> threading.Thread:
     def run() -> None:
-        proc = subprocess.run([sys.executable, "-c", LOAD, server.socket, str(seconds),
-                               str(args.my_rate), str(args.clients)],
-                              capture_output=True, text=True, timeout=seconds + 120)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                LOAD,
+                server.socket,
+                str(seconds),
+                str(args.my_rate),
+                str(args.clients),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 120,
+        )
         box.update({k: [tuple(x) for x in v] for k, v in json.loads(proc.stdout).items()})
 
     t = threading.Thread(target=run)
@@ -201,8 +247,10 @@ def bench_mysql(args: argparse.Namespace, lock: str) -> Result:
     result = Result(f"mariadb {lock}")
     try:
         server.sql("CREATE DATABASE bench")
-        server.sql("CREATE TABLE bench.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, w INT, v INT) "
-                   "ENGINE=InnoDB")
+        server.sql(
+            "CREATE TABLE bench.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, w INT, v INT) "
+            "ENGINE=InnoDB"
+        )
         server.sql("INSERT INTO bench.t (w, v) SELECT 0, seq FROM bench.seq_1_to_1000")
         server.sql("CREATE TABLE bench.b (id INT PRIMARY KEY, v INT) ENGINE=InnoDB")
         server.sql("INSERT INTO bench.b SELECT seq, 0 FROM bench.seq_1_to_200")
@@ -226,39 +274,61 @@ def bench_mysql(args: argparse.Namespace, lock: str) -> Result:
 
 
 def table(results: list[Result], hold: float) -> str:
-    head = ("strategy", "load", "window mean/max ms", "over hold max ms", "lock call max ms",
-            "baseline p99/max ms", "during p99/max ms", "n during")
+    head = (
+        "strategy",
+        "load",
+        "window mean/max ms",
+        "over hold max ms",
+        "lock call max ms",
+        "baseline p99/max ms",
+        "during p99/max ms",
+        "n during",
+    )
     rows = []
     for r in results:
         for kind in r.base:
             base, during = r.base[kind], r.during.get(kind, [])
-            rows.append((
-                r.name, kind,
-                f"{statistics.mean(r.windows) * 1e3:.0f} / {max(r.windows) * 1e3:.0f}",
-                f"{(max(r.windows) - hold) * 1e3:.0f}",
-                f"{max(r.freeze_calls) * 1e3:.1f}",
-                f"{pct(base, 99) * 1e3:.1f} / {max(base) * 1e3:.1f}",
-                f"{pct(during, 99) * 1e3:.1f} / {max(during, default=float('nan')) * 1e3:.1f}",
-                str(len(during))))
+            rows.append(
+                (
+                    r.name,
+                    kind,
+                    f"{statistics.mean(r.windows) * 1e3:.0f} / {max(r.windows) * 1e3:.0f}",
+                    f"{(max(r.windows) - hold) * 1e3:.0f}",
+                    f"{max(r.freeze_calls) * 1e3:.1f}",
+                    f"{pct(base, 99) * 1e3:.1f} / {max(base) * 1e3:.1f}",
+                    f"{pct(during, 99) * 1e3:.1f} / {max(during, default=float('nan')) * 1e3:.1f}",
+                    str(len(during)),
+                )
+            )
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + " |"
-             for row in [head, *rows]]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + " |"
+        for row in [head, *rows]
+    ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cycles", type=int, default=10, help="freeze cycles per strategy "
-                   "(default %(default)s; the issue's full run is 20)")
+    p.add_argument(
+        "--cycles",
+        type=int,
+        default=10,
+        help="freeze cycles per strategy (default %(default)s; the issue's full run is 20)",
+    )
     p.add_argument("--hold", type=float, default=1.0, help="seconds held per cycle")
     p.add_argument("--gap", type=float, default=0.5, help="seconds between cycles")
     p.add_argument("--baseline", type=float, default=8.0, help="seconds of load without freezes")
     p.add_argument("--clients", type=int, default=2, help="writer clients per database")
     p.add_argument("--pg-rate", type=int, default=200, help="pgbench transactions/s in total")
     p.add_argument("--my-rate", type=int, default=100, help="transactions/s per MariaDB client")
-    p.add_argument("--only", choices=["postgres", "ftwrl", "backup_stage"], action="append",
-                   help="run only these strategies")
+    p.add_argument(
+        "--only",
+        choices=["postgres", "ftwrl", "backup_stage"],
+        action="append",
+        help="run only these strategies",
+    )
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     chosen = args.only or ["postgres", "ftwrl", "backup_stage"]

@@ -100,14 +100,20 @@ def bench_writes(work: Path, disk_mib: int, write_mib: int, repeat: int) -> None
             offs = offsets(pattern, block, total, size)
             data = os.urandom(block)
             runs = [one_write_run(work, size, offs, data) for _ in range(repeat)]
-            raw_first, raw_again, ours_first, ours_again = (min(r[i] for r in runs)
-                                                            for i in range(4))
+            raw_first, raw_again, ours_first, ours_again = (
+                min(r[i] for r in runs) for i in range(4)
+            )
             label = f"{pattern} {block // 1024} KiB writes"
-            for when, ours, theirs in (("new grains", ours_first, raw_first),
-                                       ("allocated grains", ours_again, raw_again)):
-                row(f"{label}, {when} (MiB/s, delta vs raw file)",
-                    f"{write_mib / ours:.0f}", f"{write_mib / theirs:.0f}",
-                    f"{theirs / ours * 100:.0f} %")
+            for when, ours, theirs in (
+                ("new grains", ours_first, raw_first),
+                ("allocated grains", ours_again, raw_again),
+            ):
+                row(
+                    f"{label}, {when} (MiB/s, delta vs raw file)",
+                    f"{write_mib / ours:.0f}",
+                    f"{write_mib / theirs:.0f}",
+                    f"{theirs / ours * 100:.0f} %",
+                )
 
 
 def build_chain(folder: Path, size: int, depth: int, per_layer_mib: int) -> Path:
@@ -142,14 +148,19 @@ def bench_flatten(work: Path, flat_mib: int, qemu: bool, repeat: int) -> None:
             durable = timed(disk.export_raw, ours_out)
         label = f"flatten {depth}-deep chain, {flat_mib} MiB (s, engine vs qemu-img convert)"
         if qemu:
-            theirs = min(timed(qemu_img, "convert", "-O", "raw", top, qemu_out)
-                         for _ in range(repeat))
+            theirs = min(
+                timed(qemu_img, "convert", "-O", "raw", top, qemu_out) for _ in range(repeat)
+            )
             assert digest(ours_out) == digest(qemu_out), "flatten differs from qemu's"
             row(label, f"{ours:.2f}", f"{theirs:.2f}", f"{theirs / ours:.2f}x qemu's speed")
         else:
             row(label, f"{ours:.2f}", "-", "-")
-        row("... the same flatten with the export fsync-ed (s; qemu-img convert does not "
-            "fsync)", f"{durable:.2f}", "-", "-")
+        row(
+            "... the same flatten with the export fsync-ed (s; qemu-img convert does not fsync)",
+            f"{durable:.2f}",
+            "-",
+            "-",
+        )
         for p in (ours_out, qemu_out):
             p.unlink(missing_ok=True)
         shutil.rmtree(folder)
@@ -216,11 +227,19 @@ def bench_memory(work: Path, mem_gib: int) -> None:
                 disk.write(rng.randrange(size // GRAIN) * GRAIN, b"x" * 512)
             if i < 31:
                 disk.snapshot_create(f"s{i}")
-    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(folder), str(mem_gib),
-                          str(ROOT)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(folder), str(mem_gib), str(ROOT)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     kib, gib = (int(x) for x in out.stdout.split())
-    row(f"peak memory, {gib} GiB disk, 32-deep chain (MiB per GiB of disk)",
-        f"{kib / 1024 / gib:.2f}", "-", f"{kib / 1024:.0f} MiB in all")
+    row(
+        f"peak memory, {gib} GiB disk, 32-deep chain (MiB per GiB of disk)",
+        f"{kib / 1024 / gib:.2f}",
+        "-",
+        f"{kib / 1024:.0f} MiB in all",
+    )
     shutil.rmtree(folder)
 
 
@@ -232,8 +251,7 @@ def main() -> int:
     parser.add_argument("--flat-mib", type=int, default=256, help="disk size for flatten")
     parser.add_argument("--merge-mib", type=int, default=256, help="delta size to merge")
     parser.add_argument("--mem-gib", type=int, default=16, help="disk size for memory")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best "
-                        "is kept)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best is kept)")
     parser.add_argument("--no-qemu", action="store_true", help="skip the qemu-img baselines")
     args = parser.parse_args()
     qemu = not args.no_qemu and shutil.which("qemu-img") is not None
@@ -254,8 +272,10 @@ def main() -> int:
     print("|---|---:|---:|---:|")
     for r in ROWS:
         print("| " + " | ".join(r) + " |")
-    print(f"\n{sys.platform}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
-          f"{time.perf_counter() - started:.0f} s in all")
+    print(
+        f"\n{sys.platform}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+        f"{time.perf_counter() - started:.0f} s in all"
+    )
     return 0
 
 

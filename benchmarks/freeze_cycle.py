@@ -78,8 +78,9 @@ def daemon_cycle(agent: AgentProcess) -> float:
     return elapsed
 
 
-def interleaved(agent: AgentProcess, mounts: list[str], scripts: str,
-                cycles: int) -> tuple[list[float], list[float]]:
+def interleaved(
+    agent: AgentProcess, mounts: list[str], scripts: str, cycles: int
+) -> tuple[list[float], list[float]]:
     """Daemon and floor cycles taken in turn, so that both see the same kernel state
     (FIFREEZE's cost swings with RCU grace periods from one moment to the next)."""
     names = sorted(Path(scripts).iterdir())
@@ -95,7 +96,9 @@ def rss_mb(pid: int) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--cycles", type=int, default=20)
     ap.add_argument("--filesystems", default="1,4,16")
     args = ap.parse_args()
@@ -111,8 +114,13 @@ def main() -> int:
             for n_scripts in (0, 8):
                 mounts, scripts = all_mounts[:n_fs], make_scripts(n_scripts)
                 wd = Path(tempfile.mkdtemp(prefix="qb", dir="/tmp"))
-                agent = AgentProcess(wd, {"filesystems": {"mounts": mounts},
-                                          "scripts": {"dir": scripts, "legacy_dir": None}}).start()
+                agent = AgentProcess(
+                    wd,
+                    {
+                        "filesystems": {"mounts": mounts},
+                        "scripts": {"dir": scripts, "legacy_dir": None},
+                    },
+                ).start()
                 try:
                     interleaved(agent, mounts, scripts, 3)  # warm up
                     d, f = interleaved(agent, mounts, scripts, args.cycles)
@@ -131,12 +139,16 @@ def main() -> int:
             subprocess.run(["umount", m], check=False)
         subprocess.run(["rm", "-rf", WORK], check=False)
     print(f"freeze -> thaw round trip, {args.cycles} cycles each (ms)")
-    print(f"{'filesystems':>11} {'scripts':>7} {'daemon p50':>10} {'daemon p95':>10} "
-          f"{'floor p50':>12} {'added p50':>9}")
+    print(
+        f"{'filesystems':>11} {'scripts':>7} {'daemon p50':>10} {'daemon p95':>10} "
+        f"{'floor p50':>12} {'added p50':>9}"
+    )
     for r in rows:
         print(f"{r[0]:>11} {r[1]:>7} {r[2]:>10.1f} {r[3]:>10.1f} {r[4]:>12.1f} {r[5]:>9.1f}")
     if memory:
-        print(f"daemon resident memory: {memory[0]:.1f} MB idle, {memory[1]:.1f} MB after 100 cycles")
+        print(
+            f"daemon resident memory: {memory[0]:.1f} MB idle, {memory[1]:.1f} MB after 100 cycles"
+        )
     return 0
 
 

@@ -47,22 +47,23 @@ def overlapping(load: InsertLoad, spans: list[tuple[float, float]]) -> list[floa
     return out
 
 
-def quiesced(lab: Lab, cycles: int, interval: float) -> tuple[list[dict[str, Any]],
-                                                              list[tuple[float, float]]]:
+def quiesced(
+    lab: Lab, cycles: int, interval: float
+) -> tuple[list[dict[str, Any]], list[tuple[float, float]]]:
     rows, spans = [], []
     for i in range(cycles):
         time.sleep(interval)
         out = take(ServedTarget(lab.disk), f"q{i:02d}", f"unix:{lab.agent_socket}")
         assert out.confirmed and out.consistency == "application", out.warnings
         host = out.host
-        rows.append({"window": host["window_ms"], **host["split"],
-                     "locked": host["agent_held_ms"]})
+        rows.append({"window": host["window_ms"], **host["split"], "locked": host["agent_held_ms"]})
         spans.append((out.moments["freeze_sent"], out.moments["thawed"]))
     return rows, spans
 
 
-def crash(lab: Lab, cycles: int, interval: float) -> tuple[list[dict[str, Any]],
-                                                           list[tuple[float, float]]]:
+def crash(
+    lab: Lab, cycles: int, interval: float
+) -> tuple[list[dict[str, Any]], list[tuple[float, float]]]:
     rows, spans = [], []
     target = ServedTarget(lab.disk)
     for i in range(cycles):
@@ -71,8 +72,16 @@ def crash(lab: Lab, cycles: int, interval: float) -> tuple[list[dict[str, Any]],
         target.create(f"c{i:02d}", "", "crash", {}, {}, timeout=30)
         t1 = time.monotonic()
         ms = round((t1 - t0) * 1000, 1)
-        rows.append({"window": ms, "prepare_ms": 0.0, "lock_ms": 0.0, "switch_ms": ms,
-                     "release_ms": 0.0, "locked": 0.0})
+        rows.append(
+            {
+                "window": ms,
+                "prepare_ms": 0.0,
+                "lock_ms": 0.0,
+                "switch_ms": ms,
+                "release_ms": 0.0,
+                "locked": 0.0,
+            }
+        )
         spans.append((t0, t1))
     return rows, spans
 
@@ -92,14 +101,21 @@ def table(results: dict[str, Any]) -> str:
         r = results[kind]
         cols = [med_max([c[k] for c in r["cycles"]]) for k in keys]
         lines.append(f"{kind:18} {len(r['cycles']):>3}  " + "  ".join(f"{c:>15}" for c in cols))
-    lines += ["", f"{'client latency, ms':18} {'PostgreSQL worst':>17} {'p99':>7} "
-                  f"{'MariaDB worst':>14} {'p99':>7}"]
-    for kind, label in (("baseline", "no snapshot"), ("quiesced", "quiesced"),
-                        ("crash-consistent", "crash-consistent")):
+    lines += [
+        "",
+        f"{'client latency, ms':18} {'PostgreSQL worst':>17} {'p99':>7} "
+        f"{'MariaDB worst':>14} {'p99':>7}",
+    ]
+    for kind, label in (
+        ("baseline", "no snapshot"),
+        ("quiesced", "quiesced"),
+        ("crash-consistent", "crash-consistent"),
+    ):
         lat = results[kind]["latency"]
         pg, my = lat["PostgreSQL"], lat["MariaDB"]
-        lines.append(f"{label:18} {pg['worst']:17.1f} {pg['p99']:7.1f} {my['worst']:14.1f} "
-                     f"{my['p99']:7.1f}")
+        lines.append(
+            f"{label:18} {pg['worst']:17.1f} {pg['p99']:7.1f} {my['worst']:14.1f} {my['p99']:7.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -107,8 +123,11 @@ def summary(values: list[float]) -> dict[str, float]:
     if not values:
         return {"worst": 0.0, "p99": 0.0, "n": 0}
     ordered = sorted(values)
-    return {"worst": ordered[-1], "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
-            "n": len(ordered)}
+    return {
+        "worst": ordered[-1],
+        "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "n": len(ordered),
+    }
 
 
 def main() -> int:
@@ -148,18 +167,25 @@ def main() -> int:
         def latency(spans: list[tuple[float, float]]) -> dict[str, dict[str, float]]:
             return {ld.name: summary(overlapping(ld, spans)) for ld in loads}
 
-        results = {"baseline": {"latency": latency(base_span)},
-                   "quiesced": {"cycles": q_rows, "latency": latency(q_spans)},
-                   "crash-consistent": {"cycles": c_rows, "latency": latency(c_spans)},
-                   "rate": args.rate, "kernel": os.uname().release}
+        results = {
+            "baseline": {"latency": latency(base_span)},
+            "quiesced": {"cycles": q_rows, "latency": latency(q_spans)},
+            "crash-consistent": {"cycles": c_rows, "latency": latency(c_spans)},
+            "rate": args.rate,
+            "kernel": os.uname().release,
+        }
     finally:
         lab.close()
-    print(f"\nquiesced snapshot under load ({args.rate:g} inserts/s into each of PostgreSQL "
-          "and MariaDB; one ext4 filesystem; disk served through FUSE)\n")
+    print(
+        f"\nquiesced snapshot under load ({args.rate:g} inserts/s into each of PostgreSQL "
+        "and MariaDB; one ext4 filesystem; disk served through FUSE)\n"
+    )
     print(table(results))
     worst_window = max(c["window"] for c in results["quiesced"]["cycles"])
-    print(f"\ntarget: held window under 1 s: worst {worst_window:.1f} ms -> "
-          + ("met" if worst_window < 1000 else "NOT met"))
+    print(
+        f"\ntarget: held window under 1 s: worst {worst_window:.1f} ms -> "
+        + ("met" if worst_window < 1000 else "NOT met")
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

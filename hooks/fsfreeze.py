@@ -31,16 +31,59 @@ FITHAW = 0xC0045878
 ALLOW_ENV = "QUIESCE_FREEZE_ONLY_UNDER"
 _libc = ctypes.CDLL(None, use_errno=True)
 
-PSEUDO = frozenset({
-    "proc", "sysfs", "devtmpfs", "devpts", "tmpfs", "ramfs", "cgroup", "cgroup2", "pstore",
-    "securityfs", "debugfs", "tracefs", "configfs", "fusectl", "mqueue", "hugetlbfs", "bpf",
-    "binfmt_misc", "autofs", "rpc_pipefs", "nsfs", "efivarfs", "selinuxfs", "squashfs",
-    "iso9660", "overlay", "aufs", "devfs", "rootfs", "zfs",
-})
-NETWORK = frozenset({
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "virtiofs", "afs",
-    "lustre", "gfs2", "ocfs2", "sshfs", "davfs",
-})
+PSEUDO = frozenset(
+    {
+        "proc",
+        "sysfs",
+        "devtmpfs",
+        "devpts",
+        "tmpfs",
+        "ramfs",
+        "cgroup",
+        "cgroup2",
+        "pstore",
+        "securityfs",
+        "debugfs",
+        "tracefs",
+        "configfs",
+        "fusectl",
+        "mqueue",
+        "hugetlbfs",
+        "bpf",
+        "binfmt_misc",
+        "autofs",
+        "rpc_pipefs",
+        "nsfs",
+        "efivarfs",
+        "selinuxfs",
+        "squashfs",
+        "iso9660",
+        "overlay",
+        "aufs",
+        "devfs",
+        "rootfs",
+        "zfs",
+    }
+)
+NETWORK = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "ceph",
+        "glusterfs",
+        "9p",
+        "virtiofs",
+        "afs",
+        "lustre",
+        "gfs2",
+        "ocfs2",
+        "sshfs",
+        "davfs",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -80,10 +123,17 @@ def read_mounts(text: str | None = None) -> list[Mount]:
         a, b = left.split(), right.split()
         if len(a) < 6 or len(b) < 1:
             continue
-        mounts.append(Mount(
-            mount_id=int(a[0]), parent_id=int(a[1]), device=a[2], root=_unescape(a[3]),
-            path=_unescape(a[4]), fstype=b[0], options=frozenset(a[5].split(",")),
-        ))
+        mounts.append(
+            Mount(
+                mount_id=int(a[0]),
+                parent_id=int(a[1]),
+                device=a[2],
+                root=_unescape(a[3]),
+                path=_unescape(a[4]),
+                fstype=b[0],
+                options=frozenset(a[5].split(",")),
+            )
+        )
     return mounts
 
 
@@ -101,7 +151,9 @@ def skip_reason(m: Mount) -> str | None:
     return None
 
 
-def plan(mounts: list[Mount], explicit: list[str] | None, exclude: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+def plan(
+    mounts: list[Mount], explicit: list[str] | None, exclude: list[str]
+) -> tuple[list[str], list[tuple[str, str]]]:
     """Choose what to freeze: (paths in freeze order, [(path, skip reason)])."""
     skipped: list[tuple[str, str]] = []
     by_path = {m.path: m for m in mounts}  # the last mount on a path is the visible one
@@ -110,7 +162,9 @@ def plan(mounts: list[Mount], explicit: list[str] | None, exclude: list[str]) ->
         for path in explicit:
             m = by_path.get(path)
             if m is None:
-                raise WriterError("filesystems", f"{path} is not a mount point; fix filesystems.mounts")
+                raise WriterError(
+                    "filesystems", f"{path} is not a mount point; fix filesystems.mounts"
+                )
             chosen[path] = m
     else:
         for m in by_path.values():
@@ -198,8 +252,12 @@ class FilesystemsWriter(Writer):
     kind = "filesystems"
     stage = Stage.FILESYSTEMS
 
-    def __init__(self, mounts: tuple[str, ...] | None, exclude: tuple[str, ...] = (),
-                 protect: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        mounts: tuple[str, ...] | None,
+        exclude: tuple[str, ...] = (),
+        protect: tuple[str, ...] = (),
+    ) -> None:
         super().__init__("local" if mounts is None else "listed")
         self.mounts = mounts
         self.exclude = exclude
@@ -211,8 +269,10 @@ class FilesystemsWriter(Writer):
         self._aborted = False
 
     def describe(self) -> dict[str, Any]:
-        return {"mounts": "auto" if self.mounts is None else list(self.mounts),
-                "exclude": list(self.exclude)}
+        return {
+            "mounts": "auto" if self.mounts is None else list(self.mounts),
+            "exclude": list(self.exclude),
+        }
 
     def _plan(self) -> tuple[list[str], list[tuple[str, str]]]:
         if self.mounts is None and allowed_roots() is not None:
@@ -232,10 +292,12 @@ class FilesystemsWriter(Writer):
         devs = {os.stat(t).st_dev: t for t in targets}
         for p in self.protect:
             if os.path.exists(p) and os.stat(p).st_dev in devs:
-                raise WriterError(self.qualified_name,
-                                  f"{p} lies on {devs[os.stat(p).st_dev]}, which would be frozen; "
-                                  "the agent's state_dir must be on a filesystem that is not frozen "
-                                  "(/run), or exclude that mount")
+                raise WriterError(
+                    self.qualified_name,
+                    f"{p} lies on {devs[os.stat(p).st_dev]}, which would be frozen; "
+                    "the agent's state_dir must be on a filesystem that is not frozen "
+                    "(/run), or exclude that mount",
+                )
 
     def check(self) -> list[str]:
         targets, skipped = self._plan()
@@ -260,18 +322,28 @@ class FilesystemsWriter(Writer):
                 op.hold(path, False)
                 if err.errno == errno.EBUSY:
                     self.foreign.append(path)
-                    op.log(self.qualified_name, f"{path} was already frozen by someone else; "
-                                                "left as it is and not thawed by us")
+                    op.log(
+                        self.qualified_name,
+                        f"{path} was already frozen by someone else; "
+                        "left as it is and not thawed by us",
+                    )
                     continue
                 if err.errno in (errno.EOPNOTSUPP, errno.ENOTTY):
-                    op.log(self.qualified_name, f"skip {path}: filesystem does not support freezing")
+                    op.log(
+                        self.qualified_name, f"skip {path}: filesystem does not support freezing"
+                    )
                     continue
-                raise WriterError(self.qualified_name, f"FIFREEZE {path} failed: {err.strerror}") from err
+                raise WriterError(
+                    self.qualified_name, f"FIFREEZE {path} failed: {err.strerror}"
+                ) from err
             with self._lock:
                 if self._aborted:  # the budget ran out while this ioctl was blocked: undo it
                     thaw_path(path)
                     op.hold(path, False)
-                    raise WriterError(self.qualified_name, f"FIFREEZE {path} returned after the freeze was abandoned; thawed it")
+                    raise WriterError(
+                        self.qualified_name,
+                        f"FIFREEZE {path} returned after the freeze was abandoned; thawed it",
+                    )
                 self.frozen.append(path)
             op.log(self.qualified_name, f"froze {path}")
 
@@ -294,7 +366,10 @@ class FilesystemsWriter(Writer):
                 was = thaw_path(path)
                 if op:
                     op.hold(path, False)
-                    op.log(self.qualified_name, f"thawed {path}" if was else f"{path} was already thawed")
+                    op.log(
+                        self.qualified_name,
+                        f"thawed {path}" if was else f"{path} was already thawed",
+                    )
             except OSError as err:
                 errors.append(f"FITHAW {path} failed: {err.strerror}")
         return errors

@@ -42,8 +42,11 @@ NON_TRANSACTIONAL = ("MyISAM", "Aria", "MRG_MyISAM", "MRG_MYISAM", "CSV", "ARCHI
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 STAGES = ("START", "FLUSH", "BLOCK_DDL", "BLOCK_COMMIT")
 LOCK_STEPS = ("FLUSH", "BACKUP STAGE", "LOCK INSTANCE")  # statements that wait for a lock
-UNLOCK = {"ftwrl": "UNLOCK TABLES", "backup_stage": "BACKUP STAGE END",
-          "instance_lock": "UNLOCK INSTANCE"}
+UNLOCK = {
+    "ftwrl": "UNLOCK TABLES",
+    "backup_stage": "BACKUP STAGE END",
+    "instance_lock": "UNLOCK INSTANCE",
+}
 # server error codes
 ER_ACCESS_DENIED, ER_SPECIFIC_ACCESS = 1045, 1227
 ER_LOCK_WAIT_TIMEOUT, ER_QUERY_INTERRUPTED, ER_STATEMENT_TIMEOUT = 1205, 1317, 1969
@@ -57,8 +60,9 @@ def parse_version(text: str) -> tuple[str, tuple[int, int, int]]:
     return ("mariadb" if "mariadb" in text.lower() else "mysql"), numbers
 
 
-def choose_lock(flavor: str, version: tuple[int, int, int],
-                non_transactional: dict[str, int]) -> tuple[str, str]:
+def choose_lock(
+    flavor: str, version: tuple[int, int, int], non_transactional: dict[str, int]
+) -> tuple[str, str]:
     """The ``auto`` decision: (strategy, reason)."""
     if non_transactional:
         tables = ", ".join(f"{n} {e}" for e, n in sorted(non_transactional.items()))
@@ -74,12 +78,16 @@ def refuse_lock(lock: str, flavor: str, version: tuple[int, int, int]) -> str | 
     """Why ``lock`` cannot work on this server, or None."""
     shown = f"{'MariaDB' if flavor == 'mariadb' else 'MySQL'} {'.'.join(map(str, version))}"
     if lock == "backup_stage" and not (flavor == "mariadb" and version >= (10, 4, 0)):
-        return (f"lock: backup_stage needs MariaDB 10.4 or later, this is {shown}; "
-                "use lock: instance_lock (MySQL 8.0+) or ftwrl")
+        return (
+            f"lock: backup_stage needs MariaDB 10.4 or later, this is {shown}; "
+            "use lock: instance_lock (MySQL 8.0+) or ftwrl"
+        )
     if lock == "instance_lock" and not (flavor == "mysql" and version >= (8, 0, 0)):
         hint = "backup_stage" if flavor == "mariadb" and version >= (10, 4, 0) else "ftwrl"
-        return (f"lock: instance_lock (LOCK INSTANCE FOR BACKUP) needs MySQL 8.0 or later, "
-                f"this is {shown}; use lock: {hint}")
+        return (
+            f"lock: instance_lock (LOCK INSTANCE FOR BACKUP) needs MySQL 8.0 or later, "
+            f"this is {shown}; use lock: {hint}"
+        )
     return None
 
 
@@ -96,12 +104,21 @@ class MysqlWriter(Writer):
     kind = "mysql"
     stage = Stage.MYSQL
 
-    def __init__(self, name: str, unix_socket: str | None = "/run/mysqld/mysqld.sock",
-                 host: str | None = None, port: int = 3306, user: str = "root",
-                 password_file: str | None = None, lock: str = "auto",
-                 connect_timeout: float = 5.0, lock_wait_timeout: float = 5.0,
-                 long_query_wait: float = 5.0, long_query_threshold: float = 1.0,
-                 kill_long_queries: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        unix_socket: str | None = "/run/mysqld/mysqld.sock",
+        host: str | None = None,
+        port: int = 3306,
+        user: str = "root",
+        password_file: str | None = None,
+        lock: str = "auto",
+        connect_timeout: float = 5.0,
+        lock_wait_timeout: float = 5.0,
+        long_query_wait: float = 5.0,
+        long_query_threshold: float = 1.0,
+        kill_long_queries: bool = False,
+    ) -> None:
         super().__init__(name)
         self.unix_socket, self.host, self.port = unix_socket, host, port
         self.user, self.password_file, self.lock = user, password_file, lock
@@ -130,8 +147,12 @@ class MysqlWriter(Writer):
         return self.unix_socket if self.unix_socket else f"{self.host}:{self.port}"
 
     def describe(self) -> dict[str, Any]:
-        return {"where": self.where, "user": self.user, "lock": self.lock,
-                "kill_long_queries": self.kill_long_queries}
+        return {
+            "where": self.where,
+            "user": self.user,
+            "lock": self.lock,
+            "kill_long_queries": self.kill_long_queries,
+        }
 
     def _password(self) -> str:
         if not self.password_file:
@@ -140,30 +161,45 @@ class MysqlWriter(Writer):
             with open(self.password_file) as f:
                 return f.read().rstrip("\r\n")
         except OSError as err:
-            raise WriterUnavailable(self.qualified_name, f"cannot read mysql[].password_file "
-                                    f"{self.password_file}: {err.strerror}") from err
+            raise WriterUnavailable(
+                self.qualified_name,
+                f"cannot read mysql[].password_file {self.password_file}: {err.strerror}",
+            ) from err
 
     def _connect(self, budget: float, read_timeout: float | None = None) -> Connection[Any]:
-        kw: dict[str, Any] = {"unix_socket": self.unix_socket} if self.unix_socket else {
-            "host": self.host, "port": self.port}
+        kw: dict[str, Any] = (
+            {"unix_socket": self.unix_socket}
+            if self.unix_socket
+            else {"host": self.host, "port": self.port}
+        )
         try:
-            return pymysql.connect(user=self.user, password=self._password(), autocommit=True,
-                                   connect_timeout=max(0.5, min(self.connect_timeout, budget)),
-                                   read_timeout=read_timeout, program_name="quiesce-agent",
-                                   **kw)
+            return pymysql.connect(
+                user=self.user,
+                password=self._password(),
+                autocommit=True,
+                connect_timeout=max(0.5, min(self.connect_timeout, budget)),
+                read_timeout=read_timeout,
+                program_name="quiesce-agent",
+                **kw,
+            )
         except pymysql.MySQLError as err:
             code = err.args[0] if err.args else 0
-            hint = ("check mysql[].user and password_file" if code == ER_ACCESS_DENIED
-                    else "check that the server is running and mysql[].unix_socket / host")
-            raise WriterUnavailable(self.qualified_name, f"cannot connect to {self.where}: "
-                                    f"{_msg(err)}; {hint}") from err
+            hint = (
+                "check mysql[].user and password_file"
+                if code == ER_ACCESS_DENIED
+                else "check that the server is running and mysql[].unix_socket / host"
+            )
+            raise WriterUnavailable(
+                self.qualified_name, f"cannot connect to {self.where}: {_msg(err)}; {hint}"
+            ) from err
 
     def _ctl_query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
         """A statement on the control session (processlist, KILL)."""
         with self._ctl_lock:
             if self._ctl is None:
-                self._ctl = self._connect(self.connect_timeout,
-                                          read_timeout=self.lock_wait_timeout + 10)
+                self._ctl = self._connect(
+                    self.connect_timeout, read_timeout=self.lock_wait_timeout + 10
+                )
             try:
                 with self._ctl.cursor() as cur:
                     cur.execute(sql, args)
@@ -212,26 +248,43 @@ class MysqlWriter(Writer):
     def _error(self, step: str, err: pymysql.MySQLError, timeout: float) -> WriterError:
         code = err.args[0] if err.args else 0
         timed_out = code in (ER_LOCK_WAIT_TIMEOUT, ER_STATEMENT_TIMEOUT) or (
-            code == ER_QUERY_INTERRUPTED and self._killed_by_watchdog)
+            code == ER_QUERY_INTERRUPTED and self._killed_by_watchdog
+        )
         if timed_out and not step.startswith(LOCK_STEPS):
-            return WriterTimeout(self.qualified_name, f"{step} did not finish within "
-                                 f"{timeout:.1f} s ({_msg(err)}); the server is overloaded or "
-                                 "stuck: check SHOW PROCESSLIST")
+            return WriterTimeout(
+                self.qualified_name,
+                f"{step} did not finish within "
+                f"{timeout:.1f} s ({_msg(err)}); the server is overloaded or "
+                "stuck: check SHOW PROCESSLIST",
+            )
         if timed_out:
-            return WriterTimeout(self.qualified_name, (
-                f"{step} did not get its lock within {timeout:.0f} s ({_msg(err)}); find the "
-                "blocker in SHOW PROCESSLIST (a long query, another backup holding BACKUP "
-                "STAGE, an open LOCK TABLES) or raise mysql[].lock_wait_timeout"))
+            return WriterTimeout(
+                self.qualified_name,
+                (
+                    f"{step} did not get its lock within {timeout:.0f} s ({_msg(err)}); find the "
+                    "blocker in SHOW PROCESSLIST (a long query, another backup holding BACKUP "
+                    "STAGE, an open LOCK TABLES) or raise mysql[].lock_wait_timeout"
+                ),
+            )
         if code == ER_SPECIFIC_ACCESS:
-            need = ("RELOAD, PROCESS, BINLOG MONITOR" if self.flavor == "mariadb" else
-                    "RELOAD, PROCESS, REPLICATION CLIENT, BACKUP_ADMIN")
-            return WriterUnavailable(self.qualified_name, f"{step}: {_msg(err)}; the agent's "
-                                     f"user {self.user} needs {need}")
+            need = (
+                "RELOAD, PROCESS, BINLOG MONITOR"
+                if self.flavor == "mariadb"
+                else "RELOAD, PROCESS, REPLICATION CLIENT, BACKUP_ADMIN"
+            )
+            return WriterUnavailable(
+                self.qualified_name,
+                f"{step}: {_msg(err)}; the agent's user {self.user} needs {need}",
+            )
         if self._cut or isinstance(err, pymysql.err.InterfaceError) or code in CR_LOST:
-            return WriterError(self.qualified_name, (
-                f"{step}: the session to {self.where} was lost ({_msg(err)}); the server "
-                "restarted, the session was killed, or the ceiling guard released it. The "
-                "lock went with the session"))
+            return WriterError(
+                self.qualified_name,
+                (
+                    f"{step}: the session to {self.where} was lost ({_msg(err)}); the server "
+                    "restarted, the session was killed, or the ceiling guard released it. The "
+                    "lock went with the session"
+                ),
+            )
         return WriterError(self.qualified_name, f"{step} failed: {_msg(err)}")
 
     def _close_held(self) -> None:
@@ -264,16 +317,23 @@ class MysqlWriter(Writer):
             if self.lock == "auto":
                 self.strategy, self.reason = choose_lock(self.flavor, self.version, engines)
             elif engines:
-                self.reason = (f"configured, although non-transactional user tables exist "
-                               f"({', '.join(sorted(engines))}): their writes are not held")
+                self.reason = (
+                    f"configured, although non-transactional user tables exist "
+                    f"({', '.join(sorted(engines))}): their writes are not held"
+                )
 
     def _non_transactional(self, timeout: float) -> dict[str, int]:
         engines = ", ".join(f"'{e}'" for e in NON_TRANSACTIONAL)
         schemas = ", ".join(f"'{s}'" for s in SYSTEM_SCHEMAS)
-        rows = self._exec("listing table engines", (
-            "SELECT ENGINE, COUNT(*) FROM information_schema.TABLES "
-            f"WHERE TABLE_TYPE = 'BASE TABLE' AND ENGINE IN ({engines}) "
-            f"AND TABLE_SCHEMA NOT IN ({schemas}) GROUP BY ENGINE"), timeout)
+        rows = self._exec(
+            "listing table engines",
+            (
+                "SELECT ENGINE, COUNT(*) FROM information_schema.TABLES "
+                f"WHERE TABLE_TYPE = 'BASE TABLE' AND ENGINE IN ({engines}) "
+                f"AND TABLE_SCHEMA NOT IN ({schemas}) GROUP BY ENGINE"
+            ),
+            timeout,
+        )
         return {str(e): int(n) for e, n in rows}
 
     # -- the Writer interface -------------------------------------------------------------------
@@ -284,10 +344,14 @@ class MysqlWriter(Writer):
             self._read_facts(self.lock_wait_timeout)
         finally:
             self._close()
-        shown = f"{'MariaDB' if self.flavor == 'mariadb' else 'MySQL'} " \
-                f"{'.'.join(map(str, self.version))}"
-        return [f"{self.where}: {shown}, lock {self.strategy} ({self.reason}), binary log "
-                f"{'on' if self.binlog else 'off'}"]
+        shown = (
+            f"{'MariaDB' if self.flavor == 'mariadb' else 'MySQL'} "
+            f"{'.'.join(map(str, self.version))}"
+        )
+        return [
+            f"{self.where}: {shown}, lock {self.strategy} ({self.reason}), binary log "
+            f"{'on' if self.binlog else 'off'}"
+        ]
 
     def _open(self, budget: float) -> None:
         self._close()
@@ -296,8 +360,11 @@ class MysqlWriter(Writer):
         self._held_id = int(self._held.thread_id())  # type: ignore[no-untyped-call]
         lwt = max(1, math.ceil(self.lock_wait_timeout))
         # the held session must survive an idle freeze window of up to the ceiling
-        self._exec("session settings", f"SET SESSION lock_wait_timeout = {lwt}, "
-                   "SESSION wait_timeout = 3600", self.lock_wait_timeout)
+        self._exec(
+            "session settings",
+            f"SET SESSION lock_wait_timeout = {lwt}, SESSION wait_timeout = 3600",
+            self.lock_wait_timeout,
+        )
 
     def prepare(self, op: Operation) -> None:
         self._artifacts, self._ms, self._locked = {}, {}, False
@@ -309,8 +376,9 @@ class MysqlWriter(Writer):
             if self.strategy == "ftwrl":
                 self._clear_long_queries(op, self.long_query_wait)
                 t0 = time.monotonic()
-                self._bounded(op, "FLUSH NO_WRITE_TO_BINLOG TABLES",
-                              "FLUSH NO_WRITE_TO_BINLOG TABLES")
+                self._bounded(
+                    op, "FLUSH NO_WRITE_TO_BINLOG TABLES", "FLUSH NO_WRITE_TO_BINLOG TABLES"
+                )
                 op.log(self.qualified_name, f"FLUSH TABLES in {time.monotonic() - t0:.3f} s")
         except WriterError:
             self._close()
@@ -321,8 +389,11 @@ class MysqlWriter(Writer):
         left = op.deadline.check(self.qualified_name, step)
         bound = min(self.lock_wait_timeout, left)
         if bound < self.lock_wait_timeout:
-            self._exec("lock_wait_timeout", "SET SESSION lock_wait_timeout = "
-                       f"{max(1, math.ceil(bound))}", bound)
+            self._exec(
+                "lock_wait_timeout",
+                f"SET SESSION lock_wait_timeout = {max(1, math.ceil(bound))}",
+                bound,
+            )
         return self._exec(step, sql, bound)
 
     def _long_queries(self) -> list[tuple[Any, ...]]:
@@ -334,7 +405,9 @@ class MysqlWriter(Writer):
             "WHERE COMMAND NOT IN ('Sleep', 'Daemon', 'Binlog Dump', 'Binlog Dump GTID', "
             "'Killed', 'Slave_IO', 'Slave_SQL', 'Slave_worker') AND INFO IS NOT NULL "
             f"AND USER NOT IN ('system user', 'event_scheduler') AND ID NOT IN ({mine}) "
-            f"AND {ms} >= %s", [self.long_query_threshold])
+            f"AND {ms} >= %s",
+            [self.long_query_threshold],
+        )
 
     def _clear_long_queries(self, op: Operation, wait: float) -> None:
         """Statements running longer than the threshold would make FTWRL stall every client
@@ -342,20 +415,28 @@ class MysqlWriter(Writer):
         end = time.monotonic() + max(0.0, min(wait, op.deadline.remaining()))
         long = self._long_queries()
         if long:
-            op.log(self.qualified_name, f"waiting up to {end - time.monotonic():.1f} s for "
-                   f"{len(long)} long statement(s) before FLUSH TABLES WITH READ LOCK")
+            op.log(
+                self.qualified_name,
+                f"waiting up to {end - time.monotonic():.1f} s for "
+                f"{len(long)} long statement(s) before FLUSH TABLES WITH READ LOCK",
+            )
         while long and time.monotonic() < end:
             time.sleep(POLL)
             long = self._long_queries()
         if not long:
             return
-        listing = "; ".join(f"id {i} user {u} running {float(t):.0f} s: {_mask(q)}"
-                            for i, u, t, q in long[:5])
+        listing = "; ".join(
+            f"id {i} user {u} running {float(t):.0f} s: {_mask(q)}" for i, u, t, q in long[:5]
+        )
         if not self.kill_long_queries:
-            raise WriterError(self.qualified_name, (
-                f"{len(long)} statement(s) still running after waiting {wait:.1f} s would "
-                f"make FLUSH TABLES WITH READ LOCK stall every client ({listing}); retry later, "
-                "set mysql[].kill_long_queries: true, or use lock: backup_stage / instance_lock"))
+            raise WriterError(
+                self.qualified_name,
+                (
+                    f"{len(long)} statement(s) still running after waiting {wait:.1f} s would "
+                    f"make FLUSH TABLES WITH READ LOCK stall every client ({listing}); retry later, "
+                    "set mysql[].kill_long_queries: true, or use lock: backup_stage / instance_lock"
+                ),
+            )
         for row in long:
             self._ctl_query(f"KILL QUERY {int(row[0])}")
         op.log(self.qualified_name, f"killed {len(long)} long statement(s): {listing}")
@@ -386,18 +467,28 @@ class MysqlWriter(Writer):
         except WriterError:
             self._release_by_kill()
             raise
-        self._artifacts.update(lock=self.strategy, lock_reason=self.reason,
-                               server=f"{self.flavor} {'.'.join(map(str, self.version))}")
-        op.log(self.qualified_name, f"{self.strategy} held after {locked_in:.3f} s; binlog "
-               f"{self._artifacts.get('binlog_file')}:{self._artifacts.get('binlog_position')}")
+        self._artifacts.update(
+            lock=self.strategy,
+            lock_reason=self.reason,
+            server=f"{self.flavor} {'.'.join(map(str, self.version))}",
+        )
+        op.log(
+            self.qualified_name,
+            f"{self.strategy} held after {locked_in:.3f} s; binlog "
+            f"{self._artifacts.get('binlog_file')}:{self._artifacts.get('binlog_position')}",
+        )
 
     def _coordinates(self, op: Operation) -> dict[str, Any]:
         """Binary log file / position and GTID set, read while the lock is held."""
         bound = max(1.0, min(self.lock_wait_timeout, op.deadline.remaining()))
         if self.strategy == "instance_lock":
             return self._log_status(bound)
-        out: dict[str, Any] = {"binlog_file": None, "binlog_position": None, "gtid": None,
-                               "coordinates_exact": True}
+        out: dict[str, Any] = {
+            "binlog_file": None,
+            "binlog_position": None,
+            "gtid": None,
+            "coordinates_exact": True,
+        }
         if self.flavor == "mysql" and self.version >= (8, 2, 0):
             status = self._exec("SHOW BINARY LOG STATUS", "SHOW BINARY LOG STATUS", bound)
         else:
@@ -414,14 +505,20 @@ class MysqlWriter(Writer):
     def _log_status(self, bound: float) -> dict[str, Any]:
         """MySQL 8: LOCK INSTANCE FOR BACKUP lets commits through, so the coordinates are a
         point inside the window, read atomically from performance_schema.log_status."""
-        rows = self._exec("reading performance_schema.log_status",
-                          "SELECT LOCAL FROM performance_schema.log_status", bound)
+        rows = self._exec(
+            "reading performance_schema.log_status",
+            "SELECT LOCAL FROM performance_schema.log_status",
+            bound,
+        )
         local = _parse_local(rows[0][0] if rows else None)
         pos = local.get("binary_log_position") or {}
-        return {"binlog_file": pos.get("binary_log_file"),
-                "binlog_position": pos.get("binary_log_position"),
-                "gtid": local.get("gtid_executed"), "gtid_variable": "@@gtid_executed",
-                "coordinates_exact": False}
+        return {
+            "binlog_file": pos.get("binary_log_file"),
+            "binlog_position": pos.get("binary_log_position"),
+            "gtid": local.get("gtid_executed"),
+            "gtid_variable": "@@gtid_executed",
+            "coordinates_exact": False,
+        }
 
     def _release_by_kill(self) -> None:
         """End the held session for sure: KILL it server-side, then close our end."""
@@ -441,8 +538,11 @@ class MysqlWriter(Writer):
             op.log(self.qualified_name, f"{sql}: released")
         except WriterError as err:
             self._release_by_kill()
-            raise WriterError(self.qualified_name, f"{err}; the session was closed, which "
-                              "released the lock, but the snapshot may not be consistent") from err
+            raise WriterError(
+                self.qualified_name,
+                f"{err}; the session was closed, which "
+                "released the lock, but the snapshot may not be consistent",
+            ) from err
         finally:
             self._close()
 
@@ -472,8 +572,12 @@ class MysqlWriter(Writer):
         except Exception:  # noqa: BLE001 - never raise from the ceiling path
             pass
         if held_id:
-            threading.Thread(target=self._kill_quietly, args=(held_id,), daemon=True,
-                             name=f"{self.qualified_name}-kill").start()
+            threading.Thread(
+                target=self._kill_quietly,
+                args=(held_id,),
+                daemon=True,
+                name=f"{self.qualified_name}-kill",
+            ).start()
 
     def _kill_quietly(self, held_id: int) -> None:
         try:

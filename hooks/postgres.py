@@ -42,8 +42,12 @@ from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
 
 CLIENT_GRACE = 2.0  # seconds the client waits past statement_timeout before cutting the socket
 ARCHIVE_POLL = 0.1
-KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-              "keepalives_count": 3}
+KEEPALIVES: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 
 
 def parse_lsn(text: str) -> int:
@@ -82,9 +86,16 @@ class PostgresWriter(Writer):
     kind = "postgres"
     stage = Stage.POSTGRES
 
-    def __init__(self, name: str, dsn: str, connect_timeout: float = 5.0,
-                 statement_timeout: float = 10.0, wait_for_archive: bool = True,
-                 archive_timeout: float = 15.0, artifacts_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        dsn: str,
+        connect_timeout: float = 5.0,
+        statement_timeout: float = 10.0,
+        wait_for_archive: bool = True,
+        archive_timeout: float = 15.0,
+        artifacts_dir: str | None = None,
+    ) -> None:
         super().__init__(name)
         self.dsn = dsn
         self.connect_timeout = connect_timeout
@@ -120,16 +131,24 @@ class PostgresWriter(Writer):
         return f"{host}:{info.get('port') or 5432}/{info.get('dbname') or info.get('user') or ''}"
 
     def describe(self) -> dict[str, Any]:
-        return {"where": self.where, "wait_for_archive": self.wait_for_archive,
-                "artifacts_dir": self.artifacts_dir}
+        return {
+            "where": self.where,
+            "wait_for_archive": self.wait_for_archive,
+            "artifacts_dir": self.artifacts_dir,
+        }
 
     # -- connection and bounded statements ----------------------------------------------------
 
     def _connect(self, budget: float) -> psycopg.Connection[Any]:
         timeout = max(2, int(min(self.connect_timeout, max(budget, 0.0)) + 0.999))
         try:
-            conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=timeout,
-                                   application_name="quiesce-agent", **KEEPALIVES)
+            conn = psycopg.connect(
+                self.dsn,
+                autocommit=True,
+                connect_timeout=timeout,
+                application_name="quiesce-agent",
+                **KEEPALIVES,
+            )
         except psycopg.Error as err:
             raise WriterUnavailable(
                 self.qualified_name,
@@ -171,19 +190,30 @@ class PostgresWriter(Writer):
             cur = conn.execute(sql, params)
             return cur.fetchall() if cur.description else []
         except pgerr.QueryCanceled as err:
-            raise WriterTimeout(self.qualified_name, f"{step} timed out after {timeout:.1f} s "
-                                f"(statement_timeout): {_first_line(err)}") from err
+            raise WriterTimeout(
+                self.qualified_name,
+                f"{step} timed out after {timeout:.1f} s (statement_timeout): {_first_line(err)}",
+            ) from err
         except pgerr.InsufficientPrivilege as err:
-            raise WriterUnavailable(self.qualified_name, f"{step}: {_first_line(err)}; the "
-                                    "role needs superuser, or REPLICATION plus EXECUTE on the "
-                                    "backup functions") from err
+            raise WriterUnavailable(
+                self.qualified_name,
+                f"{step}: {_first_line(err)}; the "
+                "role needs superuser, or REPLICATION plus EXECUTE on the "
+                "backup functions",
+            ) from err
         except psycopg.OperationalError as err:
             if self._cut:
-                raise WriterTimeout(self.qualified_name, f"{step}: no answer from {self.where} "
-                                    f"within {timeout + CLIENT_GRACE:.1f} s, or the session was "
-                                    "released by the ceiling guard; session closed") from err
-            raise WriterError(self.qualified_name, f"{step}: the session to {self.where} was "
-                              f"lost ({_first_line(err)}); the server may have restarted") from err
+                raise WriterTimeout(
+                    self.qualified_name,
+                    f"{step}: no answer from {self.where} "
+                    f"within {timeout + CLIENT_GRACE:.1f} s, or the session was "
+                    "released by the ceiling guard; session closed",
+                ) from err
+            raise WriterError(
+                self.qualified_name,
+                f"{step}: the session to {self.where} was "
+                f"lost ({_first_line(err)}); the server may have restarted",
+            ) from err
         except psycopg.Error as err:
             raise WriterError(self.qualified_name, f"{step} failed: {_first_line(err)}") from err
         finally:
@@ -207,12 +237,16 @@ class PostgresWriter(Writer):
             self._read_facts(self.statement_timeout)
         finally:
             self._close()
-        notes = [f"{self.where}: PostgreSQL {self.version // 10000}"
-                 f"{' standby' if self.standby else ''}, archiving "
-                 f"{'on' if self.archiving else 'off'}"]
+        notes = [
+            f"{self.where}: PostgreSQL {self.version // 10000}"
+            f"{' standby' if self.standby else ''}, archiving "
+            f"{'on' if self.archiving else 'off'}"
+        ]
         if self.wait_for_archive and not self.archiving:
-            notes.append("WAL archiving is off: backup_label restores need the WAL copied by "
-                         "other means; an atomic snapshot restores by crash recovery")
+            notes.append(
+                "WAL archiving is off: backup_label restores need the WAL copied by "
+                "other means; an atomic snapshot restores by crash recovery"
+            )
         return notes
 
     def _read_facts(self, timeout: float) -> None:
@@ -220,17 +254,27 @@ class PostgresWriter(Writer):
         assert conn is not None
         self.version = conn.info.server_version
         if self.version < 90600:
-            raise WriterUnavailable(self.qualified_name, f"PostgreSQL {self.version} is too old; "
-                                    "non-exclusive backups need 9.6 or later")
-        rows = self._exec("reading server settings", (
-            "SELECT pg_is_in_recovery(), current_setting('wal_level'), "
-            "current_setting('archive_mode'), current_setting('archive_command'), "
-            "current_setting('wal_segment_size')"), None, timeout)
+            raise WriterUnavailable(
+                self.qualified_name,
+                f"PostgreSQL {self.version} is too old; non-exclusive backups need 9.6 or later",
+            )
+        rows = self._exec(
+            "reading server settings",
+            (
+                "SELECT pg_is_in_recovery(), current_setting('wal_level'), "
+                "current_setting('archive_mode'), current_setting('archive_command'), "
+                "current_setting('wal_segment_size')"
+            ),
+            None,
+            timeout,
+        )
         recovery, wal_level, mode, command, seg = rows[0]
         self.standby = bool(recovery)
         if wal_level == "minimal":
-            raise WriterUnavailable(self.qualified_name, "wal_level is minimal; online backups "
-                                    "need wal_level = replica (restart required)")
+            raise WriterUnavailable(
+                self.qualified_name,
+                "wal_level is minimal; online backups need wal_level = replica (restart required)",
+            )
         active = mode == "always" or (mode == "on" and not self.standby)
         self.archiving = active and bool(command or self._archive_library(timeout))
         self.seg_size = parse_size(seg)
@@ -238,8 +282,9 @@ class PostgresWriter(Writer):
     def _archive_library(self, timeout: float) -> str:
         if self.version < 150000:
             return ""
-        rows = self._exec("reading archive_library", "SELECT current_setting('archive_library')",
-                          None, timeout)
+        rows = self._exec(
+            "reading archive_library", "SELECT current_setting('archive_library')", None, timeout
+        )
         return str(rows[0][0])
 
     def prepare(self, op: Operation) -> None:
@@ -257,8 +302,12 @@ class PostgresWriter(Writer):
             if self.version >= 140000:
                 off.append("idle_session_timeout")
             for name in off:
-                self._exec(f"SET {name}", "SELECT set_config(%s, '0', false)", [name],
-                           self.statement_timeout)
+                self._exec(
+                    f"SET {name}",
+                    "SELECT set_config(%s, '0', false)",
+                    [name],
+                    self.statement_timeout,
+                )
             self._checkpoint(op)
         except WriterError:
             self._close()
@@ -276,8 +325,11 @@ class PostgresWriter(Writer):
         except WriterTimeout as err:
             if self._cut:
                 raise
-            op.log(self.qualified_name, f"CHECKPOINT unfinished: {err}; the backup start will "
-                   "finish it inside the freeze window")
+            op.log(
+                self.qualified_name,
+                f"CHECKPOINT unfinished: {err}; the backup start will "
+                "finish it inside the freeze window",
+            )
 
     def freeze(self, op: Operation) -> None:
         left = op.deadline.check(self.qualified_name, "pg_backup_start")
@@ -287,16 +339,20 @@ class PostgresWriter(Writer):
             sql = "SELECT pg_start_backup(%s, true, false)::text"
         t0 = time.monotonic()
         try:
-            rows = self._exec("pg_backup_start", sql, [op.label[:1000]],
-                              min(self.statement_timeout, left))
+            rows = self._exec(
+                "pg_backup_start", sql, [op.label[:1000]], min(self.statement_timeout, left)
+            )
         except WriterError:
             self._close()
             raise
         self._started = True
         self._ms["lock_ms"] = round((time.monotonic() - t0) * 1000, 1)
         self.start_lsn = str(rows[0][0])
-        op.log(self.qualified_name, f"backup mode started at {self.start_lsn} in "
-               f"{time.monotonic() - t0:.3f} s{' (standby)' if self.standby else ''}")
+        op.log(
+            self.qualified_name,
+            f"backup mode started at {self.start_lsn} in "
+            f"{time.monotonic() - t0:.3f} s{' (standby)' if self.standby else ''}",
+        )
 
     def thaw(self, op: Operation) -> None:
         if not self._started:
@@ -306,17 +362,23 @@ class PostgresWriter(Writer):
         late: WriterError | None = None
         try:
             if self._cut:
-                raise WriterError(self.qualified_name, "the session holding backup mode was cut "
-                                  "by the ceiling guard; backup mode ended without "
-                                  "pg_backup_stop, so there is no backup_label (an atomic "
-                                  "snapshot still restores by crash recovery)")
+                raise WriterError(
+                    self.qualified_name,
+                    "the session holding backup mode was cut "
+                    "by the ceiling guard; backup mode ended without "
+                    "pg_backup_stop, so there is no backup_label (an atomic "
+                    "snapshot still restores by crash recovery)",
+                )
             t0 = time.monotonic()
             try:
                 lsn, label, spcmap = self._stop()
             except WriterError as err:
-                raise WriterError(self.qualified_name, f"{err}; backup mode has ended, no "
-                                  "backup_label was returned: the snapshot is usable only as an "
-                                  "atomic crash-consistent image") from err
+                raise WriterError(
+                    self.qualified_name,
+                    f"{err}; backup mode has ended, no "
+                    "backup_label was returned: the snapshot is usable only as an "
+                    "atomic crash-consistent image",
+                ) from err
             self._ms["release_ms"] = round((time.monotonic() - t0) * 1000, 1)
             self._record(op, lsn, label, spcmap)
             if self.wait_for_archive and self.archiving:
@@ -349,18 +411,30 @@ class PostgresWriter(Writer):
         timeline = int(start_file[:8], 16) if start_file else 1
         first = parse_lsn(m.group(1)) // self.seg_size if m else None
         last = max(parse_lsn(stop_lsn) - 1, 0) // self.seg_size
-        files = ([wal_file_name(timeline, s, self.seg_size) for s in range(first, last + 1)]
-                 if first is not None and last - first < 256 else [])
+        files = (
+            [wal_file_name(timeline, s, self.seg_size) for s in range(first, last + 1)]
+            if first is not None and last - first < 256
+            else []
+        )
         self._artifacts = {
-            "start_lsn": self.start_lsn, "stop_lsn": stop_lsn, "timeline": timeline,
-            "wal_file_start": start_file, "wal_file_stop": wal_file_name(timeline, last,
-                                                                         self.seg_size),
-            "wal_files": files, "backup_label": label, "tablespace_map": spcmap,
-            "standby": self.standby, "server_version": self.version,
-            "wal_archiving": self.archiving, "wal_archived": None,
+            "start_lsn": self.start_lsn,
+            "stop_lsn": stop_lsn,
+            "timeline": timeline,
+            "wal_file_start": start_file,
+            "wal_file_stop": wal_file_name(timeline, last, self.seg_size),
+            "wal_files": files,
+            "backup_label": label,
+            "tablespace_map": spcmap,
+            "standby": self.standby,
+            "server_version": self.version,
+            "wal_archiving": self.archiving,
+            "wal_archived": None,
         }
-        op.log(self.qualified_name, f"backup mode stopped at {stop_lsn} "
-               f"(WAL {start_file} .. {self._artifacts['wal_file_stop']})")
+        op.log(
+            self.qualified_name,
+            f"backup mode stopped at {stop_lsn} "
+            f"(WAL {start_file} .. {self._artifacts['wal_file_stop']})",
+        )
 
     def _wait_archived(self, op: Operation) -> None:
         """Wait until the last WAL segment of the backup is archived, at most archive_timeout."""
@@ -368,9 +442,12 @@ class PostgresWriter(Writer):
         end = time.monotonic() + self.archive_timeout
         last = None
         while True:
-            rows = self._exec("reading pg_stat_archiver",
-                              "SELECT last_archived_wal, last_failed_wal FROM pg_stat_archiver",
-                              None, self.statement_timeout)
+            rows = self._exec(
+                "reading pg_stat_archiver",
+                "SELECT last_archived_wal, last_failed_wal FROM pg_stat_archiver",
+                None,
+                self.statement_timeout,
+            )
             last, failed = rows[0]
             if last and re.fullmatch(r"[0-9A-F]{24}", last[:24]) and last[:24] >= need:
                 self._artifacts["wal_archived"] = True
@@ -380,34 +457,44 @@ class PostgresWriter(Writer):
                 break
             time.sleep(ARCHIVE_POLL)
         self._artifacts["wal_archived"] = False
-        raise WriterError(self.qualified_name, (
-            f"WAL segment {need} was not archived within {self.archive_timeout:.0f} s (last "
-            f"archived {last or 'none'}, last failed {failed or 'none'}); backup mode has ended "
-            "and the backup_label is in the report, but a restore from the WAL archive fails "
-            "until that segment is archived: fix archive_command (see pg_stat_archiver), or "
-            "raise postgres[].archive_timeout"))
+        raise WriterError(
+            self.qualified_name,
+            (
+                f"WAL segment {need} was not archived within {self.archive_timeout:.0f} s (last "
+                f"archived {last or 'none'}, last failed {failed or 'none'}); backup mode has ended "
+                "and the backup_label is in the report, but a restore from the WAL archive fails "
+                "until that segment is archived: fix archive_command (see pg_stat_archiver), or "
+                "raise postgres[].archive_timeout"
+            ),
+        )
 
     def _write_artifacts(self, op: Operation, label: str, spcmap: str) -> None:
         """Write the label files (the lock is released: the filesystems are thawed)."""
         if not self.artifacts_dir:
             return
         folder = os.path.join(self.artifacts_dir, safe_label(op.label))
-        info = {k: v for k, v in self._artifacts.items()
-                if k not in ("backup_label", "tablespace_map")}
+        info = {
+            k: v for k, v in self._artifacts.items() if k not in ("backup_label", "tablespace_map")
+        }
         try:
             os.makedirs(folder, mode=0o750, exist_ok=True)
             _atomic_write(os.path.join(folder, "backup_label"), label)
             if spcmap:
                 _atomic_write(os.path.join(folder, "tablespace_map"), spcmap)
-            _atomic_write(os.path.join(folder, "backup_info.json"),
-                          json.dumps(info, indent=2, sort_keys=True) + "\n")
+            _atomic_write(
+                os.path.join(folder, "backup_info.json"),
+                json.dumps(info, indent=2, sort_keys=True) + "\n",
+            )
             self._artifacts["artifacts_path"] = folder
             op.log(self.qualified_name, f"wrote backup_label to {folder}")
         except OSError as err:
             # the backup is fine and the label is in the report; only the copy on disk failed
             self._artifacts["artifacts_error"] = f"{folder}: {err.strerror}"
-            op.log(self.qualified_name, f"could not write artifacts to {folder}: "
-                   f"{err.strerror}; the backup_label is in the report")
+            op.log(
+                self.qualified_name,
+                f"could not write artifacts to {folder}: "
+                f"{err.strerror}; the backup_label is in the report",
+            )
 
     def abort(self, op: Operation) -> None:
         if self._started:

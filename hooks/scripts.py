@@ -32,8 +32,10 @@ OUTPUT_LIMIT = 8192  # bytes kept per stream for the report
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL to a timed-out script's group
 OUTPUT_GRACE = 0.2  # seconds the pipes may stay open after the script exited
 LEFTOVER_SUFFIXES = (".rpmnew", ".rpmsave", ".rpmorig", ".swp", ".bak", ".orig", ".disabled")
-SCRIPT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-              "LANG": "C.UTF-8"}
+SCRIPT_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+}
 
 
 @dataclass
@@ -48,9 +50,14 @@ class RunResult:
     timed_out: bool = False
 
     def summary(self) -> dict[str, Any]:
-        return {"argument": self.argument, "exit_code": self.exit_code,
-                "seconds": round(self.seconds, 3), "timed_out": self.timed_out,
-                "stdout": self.stdout, "stderr": self.stderr}
+        return {
+            "argument": self.argument,
+            "exit_code": self.exit_code,
+            "seconds": round(self.seconds, 3),
+            "timed_out": self.timed_out,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+        }
 
 
 def skip_reason(name: str) -> str | None:
@@ -141,8 +148,7 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-def _collect(proc: subprocess.Popen[bytes], timeout: float,
-             out: bytearray, err: bytearray) -> bool:
+def _collect(proc: subprocess.Popen[bytes], timeout: float, out: bytearray, err: bytearray) -> bool:
     """Read both output pipes and wait for the exit in one poll loop, in this thread: no
     reader threads, no Popen.wait sleep-polling (its naps grow to 50 ms); a pidfd becomes
     readable the moment the script exits. Returns True if it exited within ``timeout``.
@@ -188,8 +194,14 @@ def run_script(path: str, argument: str, timeout: float, label: str = "") -> Run
     start = time.monotonic()
     env = dict(SCRIPT_ENV, QUIESCE_LABEL=label, QUIESCE_ACTION=argument)
     proc = subprocess.Popen(
-        [path, argument], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, cwd="/", env=env, start_new_session=True, close_fds=True,
+        [path, argument],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd="/",
+        env=env,
+        start_new_session=True,
+        close_fds=True,
     )
     out, err = bytearray(), bytearray()
     try:
@@ -201,8 +213,14 @@ def run_script(path: str, argument: str, timeout: float, label: str = "") -> Run
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
-    return RunResult(argument, proc.returncode, time.monotonic() - start,
-                     out.decode(errors="replace"), err.decode(errors="replace"), timed_out)
+    return RunResult(
+        argument,
+        proc.returncode,
+        time.monotonic() - start,
+        out.decode(errors="replace"),
+        err.decode(errors="replace"),
+        timed_out,
+    )
 
 
 class ScriptWriter(Writer):
@@ -225,8 +243,11 @@ class ScriptWriter(Writer):
     def _run(self, op: Operation, path: str, argument: str, budget: float) -> RunResult:
         result = run_script(path, argument, budget, op.label)
         self.runs.append(result)
-        op.log(self.qualified_name, f"{argument}: exit {result.exit_code} in {result.seconds:.3f} s"
-               + (" (timed out, process group killed)" if result.timed_out else ""))
+        op.log(
+            self.qualified_name,
+            f"{argument}: exit {result.exit_code} in {result.seconds:.3f} s"
+            + (" (timed out, process group killed)" if result.timed_out else ""),
+        )
         for line in (result.stdout + result.stderr).splitlines()[:20]:
             op.log(self.qualified_name, f"  {line}")
         return result
@@ -239,12 +260,16 @@ class ScriptWriter(Writer):
             return
         result = self._run(op, self.path, "freeze", budget)
         if result.timed_out:
-            raise WriterTimeout(self.qualified_name, f"{self.path} freeze did not finish in "
-                                f"{budget:.1f} s; killed it; raise scripts.timeout_seconds or fix the script")
+            raise WriterTimeout(
+                self.qualified_name,
+                f"{self.path} freeze did not finish in "
+                f"{budget:.1f} s; killed it; raise scripts.timeout_seconds or fix the script",
+            )
         if result.exit_code != 0:
             tail = result.stderr.strip().splitlines()[-1:] or ["no stderr"]
-            raise WriterError(self.qualified_name, f"{self.path} freeze exited with "
-                              f"{result.exit_code}: {tail[0]}")
+            raise WriterError(
+                self.qualified_name, f"{self.path} freeze exited with {result.exit_code}: {tail[0]}"
+            )
         self._frozen = True
 
     def _undo(self, op: Operation, argument: str) -> RunResult | None:
@@ -258,8 +283,11 @@ class ScriptWriter(Writer):
     def thaw(self, op: Operation) -> None:
         result = self._undo(op, "thaw")
         if result and (result.exit_code != 0 or result.timed_out):
-            raise WriterError(self.qualified_name, f"{self.thaw_path} thaw failed (exit "
-                              f"{result.exit_code}{', timed out' if result.timed_out else ''})")
+            raise WriterError(
+                self.qualified_name,
+                f"{self.thaw_path} thaw failed (exit "
+                f"{result.exit_code}{', timed out' if result.timed_out else ''})",
+            )
 
     def abort(self, op: Operation) -> None:
         self._undo(op, "freezeFail")  # exit codes of freezeFail are ignored, as VMware does
@@ -275,8 +303,9 @@ class ScriptWriter(Writer):
         return {"runs": [r.summary() for r in self.runs]} if self.runs else {}
 
 
-def build(directory: str, timeout: float, legacy_dir: str | None, require_root: bool,
-          notes: list[str]) -> list[ScriptWriter]:
+def build(
+    directory: str, timeout: float, legacy_dir: str | None, require_root: bool, notes: list[str]
+) -> list[ScriptWriter]:
     """Writers for the legacy pair (first) and every runnable script, in freeze order."""
     writers: list[ScriptWriter] = []
     if legacy_dir:

@@ -104,11 +104,15 @@ class Chain:
             layer = self.layers[o]
             s = layer.gt[g]  # type: ignore[union-attr]
             if s == 1:
-                pieces.append(ZERO_GRAIN[:stop - start] if stop - start <= GRAIN
-                              else bytes(stop - start))
+                pieces.append(
+                    ZERO_GRAIN[: stop - start] if stop - start <= GRAIN else bytes(stop - start)
+                )
             else:
-                pieces.append(layer.read_at(  # type: ignore[union-attr]
-                    s, start - g * GRAIN, stop - start))
+                pieces.append(
+                    layer.read_at(  # type: ignore[union-attr]
+                        s, start - g * GRAIN, stop - start
+                    )
+                )
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     # -- writing --------------------------------------------------------------------------

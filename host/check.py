@@ -48,9 +48,11 @@ def examine(folder: Path) -> list[str]:
         intent = read_intent(folder)
         if intent is not None:
             pending = True
-            problems.append(f"{folder / INTENT}: an interrupted {intent['op']} is pending; the "
-                            "next read-write open of the disk ('snapshot create', 'revert', "
-                            "'delete' or 'serve') finishes or undoes it first")
+            problems.append(
+                f"{folder / INTENT}: an interrupted {intent['op']} is pending; the "
+                "next read-write open of the disk ('snapshot create', 'revert', "
+                "'delete' or 'serve') finishes or undoes it first"
+            )
     except DiskError as err:
         problems.append(str(err))
     try:
@@ -87,8 +89,9 @@ def _open(folder: Path, tree: Tree, name: str) -> Layer:
     if name == BASE_NAME:
         return FlatBase(folder, tree.size, writable=False)
     owner = tree.path
-    return SparseExtent(inside(folder, safe_name(folder, name, "layer", owner), owner),
-                        False, tree.size)
+    return SparseExtent(
+        inside(folder, safe_name(folder, name, "layer", owner), owner), False, tree.size
+    )
 
 
 def role(tree: Tree, name: str) -> str:
@@ -104,8 +107,9 @@ def role(tree: Tree, name: str) -> str:
         parts.append(f"is the parent of {', '.join(kids)}")
     if not parts:
         return "this file is an unnamed layer of the tree"
-    return "this file " + (" and ".join([", ".join(parts[:-1]), parts[-1]]) if len(parts) > 1
-                           else parts[0])
+    return "this file " + (
+        " and ".join([", ".join(parts[:-1]), parts[-1]]) if len(parts) > 1 else parts[0]
+    )
 
 
 def link_error(child: Layer, parent: Layer, parent_name: str) -> DiskError | None:
@@ -113,20 +117,27 @@ def link_error(child: Layer, parent: Layer, parent_name: str) -> DiskError | Non
     the error ``Disk.open`` raises (and ``disk check`` reports); None when the link holds."""
     desc = child.read_descriptor()
     if desc.parent_hint is None:
-        return ChainBroken(f"{child.path}: no parentFileNameHint, but tree.json says its "
-                           f"parent is {parent_name}", child.path)
+        return ChainBroken(
+            f"{child.path}: no parentFileNameHint, but tree.json says its parent is {parent_name}",
+            child.path,
+        )
     try:
         safe_name(child.path.parent, desc.parent_hint, "parentFileNameHint", child.path)
     except DiskError as err:
         return err
     if desc.parent_hint != parent_name:
-        return ChainBroken(f"{child.path}: parentFileNameHint is {desc.parent_hint!r} but "
-                           f"tree.json says its parent is {parent_name}", child.path)
+        return ChainBroken(
+            f"{child.path}: parentFileNameHint is {desc.parent_hint!r} but "
+            f"tree.json says its parent is {parent_name}",
+            child.path,
+        )
     cid = parent.read_cid()
     if desc.parent_cid != cid:
         return CidMismatch(
             f"{child.path}: parentCID={desc.parent_cid:08x} but its parent {parent_name} has "
             f"CID={cid:08x}: the parent was modified after the child was made (written by "
             "another tool?); qemu would fail every read through it. If 'qemu-img commit' made "
-            "the change, 'disk check --relink' repairs the link", child.path)
+            "the change, 'disk check --relink' repairs the link",
+            child.path,
+        )
     return None

@@ -27,7 +27,8 @@ from host.durable import DiskError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quiesce-host",
-        description="Host side of quiesce-agent: VMware-style delta disks and their snapshots.")
+        description="Host side of quiesce-agent: VMware-style delta disks and their snapshots.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     cli_disk.add_parser(verbs)
@@ -52,8 +53,11 @@ def _unavailable(err: Exception) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         return int(args.func(args))
     except DiskError as err:

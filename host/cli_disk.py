@@ -34,8 +34,12 @@ def add_parser(verbs: Any) -> None:
 
     p = sub.add_parser("create", help="make a new disk folder with an empty flat base")
     p.add_argument("disk", metavar="DISK", help="folder to create (must be empty)")
-    p.add_argument("--size", type=parse_size, required=True,
-                   help="virtual size, e.g. 64M or 20G (rounded up to 64 KiB)")
+    p.add_argument(
+        "--size",
+        type=parse_size,
+        required=True,
+        help="virtual size, e.g. 64M or 20G (rounded up to 64 KiB)",
+    )
     p.set_defaults(func=run_create)
 
     p = sub.add_parser("info", help="the chain, the current writable file, the layers")
@@ -43,23 +47,34 @@ def add_parser(verbs: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_info)
 
-    p = sub.add_parser("check", help="verify every file and link, report every problem "
-                       "(exit 1 if the disk still opens, else the code of what stops it)")
+    p = sub.add_parser(
+        "check",
+        help="verify every file and link, report every problem "
+        "(exit 1 if the disk still opens, else the code of what stops it)",
+    )
     p.add_argument("disk", metavar="DISK", help=DISK_HELP)
-    p.add_argument("--relink", action="store_true",
-                   help="first re-point every delta at its parent from tree.json (hint and "
-                   "parentCID), e.g. after 'qemu-img commit' changed a parent's CID")
+    p.add_argument(
+        "--relink",
+        action="store_true",
+        help="first re-point every delta at its parent from tree.json (hint and "
+        "parentCID), e.g. after 'qemu-img commit' changed a parent's CID",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_check)
 
     p = sub.add_parser("export", help="flatten the current state or a snapshot to a raw image")
     p.add_argument("disk", metavar="DISK", help=DISK_HELP)
-    p.add_argument("out", metavar="OUT.raw",
-                   help="the raw image to write (OUT.raw.part until it is complete; zero runs "
-                        "left as holes)")
-    p.add_argument("--snapshot", metavar="NAME",
-                   help="export this snapshot's state instead of the current one (on a served "
-                        "disk, the server does it while its clients go on)")
+    p.add_argument(
+        "out",
+        metavar="OUT.raw",
+        help="the raw image to write (OUT.raw.part until it is complete; zero runs left as holes)",
+    )
+    p.add_argument(
+        "--snapshot",
+        metavar="NAME",
+        help="export this snapshot's state instead of the current one (on a served "
+        "disk, the server does it while its clients go on)",
+    )
     p.set_defaults(func=run_export)
 
 
@@ -81,16 +96,25 @@ def run_info(args: argparse.Namespace) -> int:
         return 0
     print(f"disk       {info['folder']}  ({human_bytes(info['size'])})")
     print(f"current    {info['current']}")
-    print(f"position   {info['position'] or '-'}  (chain depth {info['depth']} of "
-          f"{info['max_depth']}, {info['snapshots']} snapshots)")
+    print(
+        f"position   {info['position'] or '-'}  (chain depth {info['depth']} of "
+        f"{info['max_depth']}, {info['snapshots']} snapshots)"
+    )
     print()
     rows = [("FILE", "PARENT", "SNAPSHOT", "CID", "ALLOCATED", "FILE SIZE")]
     for layer in info["layers"]:
         mark = "*" if layer["file"] == info["current_layer"] else " "
         allocated = layer.get("allocated_bytes")
-        rows.append((mark + layer["file"], layer["parent"] or "-", layer["snapshot"] or "-",
-                     layer["cid"], human_bytes(allocated) if allocated is not None else "(flat)",
-                     human_bytes(layer["file_bytes"])))
+        rows.append(
+            (
+                mark + layer["file"],
+                layer["parent"] or "-",
+                layer["snapshot"] or "-",
+                layer["cid"],
+                human_bytes(allocated) if allocated is not None else "(flat)",
+                human_bytes(layer["file_bytes"]),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -128,13 +152,17 @@ def run_export(args: argparse.Namespace) -> int:
             disk.export_raw(args.out, snapshot=args.snapshot, progress=Progress("export"))
     except DiskBusy as busy:
         if not args.snapshot:
-            raise DiskBusy(f"{busy}; a served disk's current state changes while it is read: "
-                           "take a snapshot and export it with --snapshot NAME",
-                           busy.path) from busy
+            raise DiskBusy(
+                f"{busy}; a served disk's current state changes while it is read: "
+                "take a snapshot and export it with --snapshot NAME",
+                busy.path,
+            ) from busy
         _export_through_server(args, busy)
         how = " by the server holding the disk"
-    print(f"exported {args.snapshot or 'the current state'} to {args.out}{how} in "
-          f"{time.monotonic() - t0:.1f} s")
+    print(
+        f"exported {args.snapshot or 'the current state'} to {args.out}{how} in "
+        f"{time.monotonic() - t0:.1f} s"
+    )
     return 0
 
 
@@ -147,9 +175,13 @@ def _export_through_server(args: argparse.Namespace, busy: DiskBusy) -> None:
 
     def work() -> None:
         try:
-            result["reply"] = ask_server(args.disk, "export", {
-                "snapshot": args.snapshot, "out": os.path.abspath(args.out)}, busy,
-                timeout=EXPORT_TIMEOUT)
+            result["reply"] = ask_server(
+                args.disk,
+                "export",
+                {"snapshot": args.snapshot, "out": os.path.abspath(args.out)},
+                busy,
+                timeout=EXPORT_TIMEOUT,
+            )
         except BaseException as err:  # re-raised in the main thread
             result["error"] = err
 

@@ -42,9 +42,11 @@ class Progress:
         rate = done / elapsed
         pct = 100.0 * done / total if total else 100.0
         eta = (total - done) / rate if rate > 0 else 0.0
-        line = (f"{self.what}: {human_bytes(done)}/{human_bytes(total)} {pct:3.0f}% "
-                f"{rate / MIB:.1f} MiB/s ETA {int(eta) // 3600}:{int(eta) // 60 % 60:02d}:"
-                f"{int(eta) % 60:02d}")
+        line = (
+            f"{self.what}: {human_bytes(done)}/{human_bytes(total)} {pct:3.0f}% "
+            f"{rate / MIB:.1f} MiB/s ETA {int(eta) // 3600}:{int(eta) // 60 % 60:02d}:"
+            f"{int(eta) % 60:02d}"
+        )
         self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
         if final and self.tty:
             self.stream.write("\n")

@@ -36,12 +36,19 @@ def install(verbs: Any) -> None:
     sub = _subverbs(verbs, "snapshot")
     create = sub.choices["create"]
     plain = create.get_default("func")
-    create.add_argument("--quiesce", metavar="ENDPOINT",
-                        help="ask the agent at unix:PATH or vsock:CID:PORT to freeze around "
-                             "the snapshot (application-consistent)")
-    create.add_argument("--quiesce-mode", choices=MODES, default="required",
-                        help="required (default): a failed quiesce fails the snapshot; "
-                             "preferred: fall back to a crash-consistent snapshot")
+    create.add_argument(
+        "--quiesce",
+        metavar="ENDPOINT",
+        help="ask the agent at unix:PATH or vsock:CID:PORT to freeze around "
+        "the snapshot (application-consistent)",
+    )
+    create.add_argument(
+        "--quiesce-mode",
+        choices=MODES,
+        default="required",
+        help="required (default): a failed quiesce fails the snapshot; "
+        "preferred: fall back to a crash-consistent snapshot",
+    )
     create.set_defaults(func=lambda args: run_create(args, plain))
 
     p = sub.add_parser("show", help="a snapshot's record: consistency, timeline, writers")
@@ -50,9 +57,11 @@ def install(verbs: Any) -> None:
     p.add_argument("--json", action="store_true", help="the whole record as JSON")
     p.set_defaults(func=run_show)
 
-    p = sub.add_parser("restore-artifacts",
-                       help="write a snapshot's backup_label / tablespace_map into a "
-                            "PostgreSQL data directory (the WAL-archive restore path)")
+    p = sub.add_parser(
+        "restore-artifacts",
+        help="write a snapshot's backup_label / tablespace_map into a "
+        "PostgreSQL data directory (the WAL-archive restore path)",
+    )
     p.add_argument("disk", metavar="DISK", help="the disk folder")
     p.add_argument("name", metavar="NAME", help="the snapshot whose backup_label to write")
     p.add_argument("datadir", metavar="DATADIR", help="the restored, mounted data directory")
@@ -80,8 +89,9 @@ def run_create(args: argparse.Namespace, plain: Any) -> int:
         _err(f"{args.disk}: {err}")
         return err.exit_code
     try:
-        outcome = take(target, args.name, args.quiesce, description=args.description,
-                       mode=args.quiesce_mode)
+        outcome = take(
+            target, args.name, args.quiesce, description=args.description, mode=args.quiesce_mode
+        )
     except QuiesceFailed as err:
         _err(str(err))
         return err.exit_code
@@ -110,18 +120,28 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def _postgres_artifacts(snap: dict[str, Any], writer: str | None) -> tuple[str, dict[str, Any]]:
-    found = {n: a for n, a in (snap.get("artifacts") or {}).items()
-             if isinstance(a, dict) and a.get("backup_label")}
+    found = {
+        n: a
+        for n, a in (snap.get("artifacts") or {}).items()
+        if isinstance(a, dict) and a.get("backup_label")
+    }
     if writer is not None:
         if writer not in found:
-            raise LookupError(f"snapshot {snap['name']!r} has no backup_label from writer "
-                              f"{writer!r} (has: {', '.join(found) or 'none'})")
+            raise LookupError(
+                f"snapshot {snap['name']!r} has no backup_label from writer "
+                f"{writer!r} (has: {', '.join(found) or 'none'})"
+            )
         return writer, found[writer]
     if len(found) != 1:
-        raise LookupError(f"snapshot {snap['name']!r} has "
-                          + (f"backup_labels from {', '.join(found)}: pick one with --writer"
-                             if found else "no backup_label (was it quiesced with a "
-                             "PostgreSQL writer, and did the thaw confirm?)"))
+        raise LookupError(
+            f"snapshot {snap['name']!r} has "
+            + (
+                f"backup_labels from {', '.join(found)}: pick one with --writer"
+                if found
+                else "no backup_label (was it quiesced with a "
+                "PostgreSQL writer, and did the thaw confirm?)"
+            )
+        )
     return next(iter(found.items()))
 
 
@@ -135,12 +155,16 @@ def run_restore_artifacts(args: argparse.Namespace) -> int:
     datadir = Path(args.datadir)
     version = datadir / "PG_VERSION"
     if not version.is_file():
-        _err(f"{datadir}: not a PostgreSQL data directory (no PG_VERSION); mount the "
-             "restored disk and give its data directory")
+        _err(
+            f"{datadir}: not a PostgreSQL data directory (no PG_VERSION); mount the "
+            "restored disk and give its data directory"
+        )
         return 2
     if (datadir / "postmaster.pid").exists():
-        _err(f"{datadir}: postmaster.pid exists: stop the server first (the label is read at "
-             "startup, and only by a server that starts from this backup)")
+        _err(
+            f"{datadir}: postmaster.pid exists: stop the server first (the label is read at "
+            "startup, and only by a server that starts from this backup)"
+        )
         return 2
     files = {"backup_label": arts["backup_label"], "tablespace_map": arts.get("tablespace_map")}
     if (datadir / "backup_label").exists() and not args.force:
@@ -160,6 +184,8 @@ def run_restore_artifacts(args: argparse.Namespace) -> int:
         os.chown(tmp, st.st_uid, st.st_gid)
         os.replace(tmp, path)
         print(f"wrote {path} ({len(text)} bytes, from {writer})")
-    print("next: configure restore_command (and a recovery target if wanted), touch "
-          "recovery.signal, start the server; see docs/snapshots.md")
+    print(
+        "next: configure restore_command (and a recovery target if wanted), touch "
+        "recovery.signal, start the server; see docs/snapshots.md"
+    )
     return 0

@@ -23,17 +23,23 @@ def add_parser(verbs: Any) -> None:
     sub = snap.add_subparsers(dest="snapshot_verb", metavar="VERB", required=True)
 
     p = sub.add_parser(
-        "create", help="freeze the current state under NAME",
+        "create",
+        help="freeze the current state under NAME",
         description="Keep the current state under NAME: the writable layer becomes read-only "
-                    "and a new delta takes the writes. On a served disk the server cuts "
-                    "between client writes. With --quiesce the guest's agent freezes its "
-                    "applications and filesystems around the cut.")
+        "and a new delta takes the writes. On a served disk the server cuts "
+        "between client writes. With --quiesce the guest's agent freezes its "
+        "applications and filesystems around the cut.",
+    )
     p.add_argument("disk", metavar="DISK", help=DISK_HELP)
     p.add_argument("name", metavar="NAME", help="1-128 printable characters, no '/'")
     p.add_argument("-d", "--description", default="", help="free text kept with it")
-    p.add_argument("--consistency", choices=CONSISTENCY, default="crash",
-                   help="the level to record without --quiesce (default crash); with "
-                        "--quiesce the agent's report decides")
+    p.add_argument(
+        "--consistency",
+        choices=CONSISTENCY,
+        default="crash",
+        help="the level to record without --quiesce (default crash); with "
+        "--quiesce the agent's report decides",
+    )
     p.add_argument("--json", action="store_true", help="print the record as JSON")
     p.set_defaults(func=run_create)
 
@@ -43,29 +49,37 @@ def add_parser(verbs: Any) -> None:
     p.set_defaults(func=run_list)
 
     p = sub.add_parser(
-        "revert", help="discard the current state and go back to NAME",
+        "revert",
+        help="discard the current state and go back to NAME",
         description="Discard the current state (everything written since the position it "
-                    "started from) and start a new empty delta on NAME's state; other branches "
-                    "of the tree stay. Refused while the disk is served: stop the server (and "
-                    "the VM or mount using it) first.")
+        "started from) and start a new empty delta on NAME's state; other branches "
+        "of the tree stay. Refused while the disk is served: stop the server (and "
+        "the VM or mount using it) first.",
+    )
     p.add_argument("disk", metavar="DISK", help=DISK_HELP)
     p.add_argument("name", metavar="NAME", help="the snapshot to go back to")
     p.set_defaults(func=run_revert)
 
     p = sub.add_parser(
-        "delete", help="delete NAME (merging its delta), or --all",
+        "delete",
+        help="delete NAME (merging its delta), or --all",
         description="Drop NAME; a delta no snapshot needs any more is merged into its parent "
-                    "(progress on stderr). On a served disk the server does it when the merge "
-                    "copies at most 64 MiB (clients wait for it) and refuses otherwise.")
+        "(progress on stderr). On a served disk the server does it when the merge "
+        "copies at most 64 MiB (clients wait for it) and refuses otherwise.",
+    )
     p.add_argument("disk", metavar="DISK", help=DISK_HELP)
     p.add_argument("name", metavar="NAME", nargs="?", help="the snapshot to delete")
-    p.add_argument("--all", action="store_true",
-                   help="delete every snapshot: merge the current state into the base")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="delete every snapshot: merge the current state into the base",
+    )
     p.set_defaults(func=run_delete)
 
 
-def ask_server(disk: str, command: str, arguments: dict[str, Any], busy: DiskBusy,
-               timeout: float = 60.0) -> Any:
+def ask_server(
+    disk: str, command: str, arguments: dict[str, Any], busy: DiskBusy, timeout: float = 60.0
+) -> Any:
     """Ask the ``quiesce-host serve`` holding ``disk``; re-raise ``busy`` if none serves it."""
     if not socket_path(disk).exists():
         raise busy
@@ -80,9 +94,12 @@ def run_create(args: argparse.Namespace) -> int:
         with Disk.open(args.disk) as disk:
             snap = disk.snapshot_create(args.name, args.description, args.consistency)
     except DiskBusy as busy:
-        reply = ask_server(args.disk, "snapshot-create", {"name": args.name,
-                                                  "description": args.description,
-                                                  "consistency": args.consistency}, busy)
+        reply = ask_server(
+            args.disk,
+            "snapshot-create",
+            {"name": args.name, "description": args.description, "consistency": args.consistency},
+            busy,
+        )
         snap = reply.get("snapshot", reply) if isinstance(reply, dict) else reply
     if args.json:
         print(json.dumps(snap, indent=2))
@@ -114,8 +131,10 @@ def run_list(args: argparse.Namespace) -> int:
             branch = "" if parent is None else ("└─ " if last else "├─ ")
             here = "   <- you are here" if s.get("is_current_position") else ""
             desc = f'  "{s["description"]}"' if s.get("description") else ""
-            print(f"{indent}{branch}{s['name']}  {s.get('created', '')}  "
-                  f"{s.get('consistency', '')}{desc}{here}")
+            print(
+                f"{indent}{branch}{s['name']}  {s.get('created', '')}  "
+                f"{s.get('consistency', '')}{desc}{here}"
+            )
             show(s["name"], indent + ("" if parent is None else ("   " if last else "│  ")))
 
     show(None, "")
@@ -144,8 +163,11 @@ def run_delete(args: argparse.Namespace) -> int:
                 disk.snapshot_delete(args.name, progress=Progress(f"merging {args.name}"))
     except DiskBusy as busy:
         if args.all:
-            raise DiskBusy(f"{busy}; 'delete --all' merges every delta into the base, which "
-                           "cannot be done under a running server", busy.path) from busy
+            raise DiskBusy(
+                f"{busy}; 'delete --all' merges every delta into the base, which "
+                "cannot be done under a running server",
+                busy.path,
+            ) from busy
         ask_server(args.disk, "snapshot-delete", {"name": args.name}, busy)
     print("deleted all snapshots" if args.all else f"snapshot {args.name!r} deleted")
     return 0

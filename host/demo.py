@@ -37,12 +37,20 @@ SNAPSHOT = "demo-before-change"
 
 
 def add_parser(verbs: Any) -> None:
-    p = verbs.add_parser("demo", help="a quiesced snapshot of a throw-away PostgreSQL + "
-                                      "MariaDB lab, a revert, and a verdict (root)")
-    p.add_argument("--seconds", type=float, default=3.0,
-                   help="load before and after the snapshot (default 3)")
-    p.add_argument("--rate", type=float, default=200.0,
-                   help="inserts per second into each database (default 200)")
+    p = verbs.add_parser(
+        "demo",
+        help="a quiesced snapshot of a throw-away PostgreSQL + "
+        "MariaDB lab, a revert, and a verdict (root)",
+    )
+    p.add_argument(
+        "--seconds", type=float, default=3.0, help="load before and after the snapshot (default 3)"
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=200.0,
+        help="inserts per second into each database (default 200)",
+    )
     p.add_argument("--keep", action="store_true", help="leave the lab running (debugging)")
     p.set_defaults(func=run_demo)
 
@@ -62,28 +70,46 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
-        return self.before > 0 and not self.before_missing and not self.after_present \
+        return (
+            self.before > 0
+            and not self.before_missing
+            and not self.after_present
             and not self.holes
+        )
 
     def line(self) -> str:
         mark = "ok  " if self.ok else "FAIL"
-        return (f"{mark} {self.name}: {self.before} rows acknowledged before the snapshot, "
-                f"{self.before - self.before_missing} present; {self.after} written after it, "
-                f"{self.after_present} present; {self.in_flight} in flight at the cut, "
-                f"{self.in_flight_present} present" + (f"; {self.holes} HOLES" if self.holes
-                                                       else ""))
+        return (
+            f"{mark} {self.name}: {self.before} rows acknowledged before the snapshot, "
+            f"{self.before - self.before_missing} present; {self.after} written after it, "
+            f"{self.after_present} present; {self.in_flight} in flight at the cut, "
+            f"{self.in_flight_present} present" + (f"; {self.holes} HOLES" if self.holes else "")
+        )
 
 
-def judge(name: str, rows: list[tuple[int, float, float]], sent: dict[int, float],
-          present: set[int], frozen_at: float, thawed_at: float) -> Verdict:
+def judge(
+    name: str,
+    rows: list[tuple[int, float, float]],
+    sent: dict[int, float],
+    present: set[int],
+    frozen_at: float,
+    thawed_at: float,
+) -> Verdict:
     acked = {i: a for i, _, a in rows}
     before = {i for i, a in acked.items() if a <= frozen_at}
     after = {i for i, s in sent.items() if s >= thawed_at}
     flight = set(sent) - before - after
     top = max(present, default=0)
-    return Verdict(name, len(before), len(before - present), len(after), len(after & present),
-                   len(flight), len(flight & present),
-                   len(set(range(1, top + 1)) - present))
+    return Verdict(
+        name,
+        len(before),
+        len(before - present),
+        len(after),
+        len(after & present),
+        len(flight),
+        len(flight & present),
+        len(set(range(1, top + 1)) - present),
+    )
 
 
 class Clock:
@@ -121,8 +147,10 @@ def _no_interrupts() -> Iterator[None]:
 def run_demo(args: argparse.Namespace) -> int:
     missing = missing_requirements()
     if missing:
-        print("quiesce-host demo: cannot run here; missing:\n  " + "\n  ".join(missing),
-              file=sys.stderr)
+        print(
+            "quiesce-host demo: cannot run here; missing:\n  " + "\n  ".join(missing),
+            file=sys.stderr,
+        )
         return 2
     clock = Clock()
     lab: Lab | None = None
@@ -131,8 +159,14 @@ def run_demo(args: argparse.Namespace) -> int:
             lab = Lab(parent=getattr(args, "lab_parent", None), say=clock.say)
             verdicts, _ = scenario(lab, clock, args.seconds, args.rate)
             ok = all(v.ok for v in verdicts)
-            print("\nVERDICT: " + ("PASS: the snapshot holds every acknowledged row before it "
-                                   "and none after it" if ok else "FAIL"))
+            print(
+                "\nVERDICT: "
+                + (
+                    "PASS: the snapshot holds every acknowledged row before it and none after it"
+                    if ok
+                    else "FAIL"
+                )
+            )
             return 0 if ok else 1
         except KeyboardInterrupt:
             clock.say("interrupted: cleaning up")
@@ -151,13 +185,14 @@ def run_demo(args: argparse.Namespace) -> int:
                         clock.say(f"removed {lab.root}")
 
 
-def scenario(lab: Lab, clock: Clock, seconds: float,
-             rate: float) -> tuple[list[Verdict], Outcome]:
+def scenario(lab: Lab, clock: Clock, seconds: float, rate: float) -> tuple[list[Verdict], Outcome]:
     """The demo's steps; returns the verdicts and the snapshot's outcome."""
     clock.say(f"building the lab in {lab.root}")
     lab.build()
-    clock.say(f"disk served through FUSE at {lab.fuse}/disk.raw, ext4 mounted at {lab.mnt}; "
-              f"PostgreSQL and MariaDB running on it; agent at {lab.agent_socket}")
+    clock.say(
+        f"disk served through FUSE at {lab.fuse}/disk.raw, ext4 mounted at {lab.mnt}; "
+        f"PostgreSQL and MariaDB running on it; agent at {lab.agent_socket}"
+    )
     create_tables(lab)
     loads = start_loads(lab, rate)
     clock.say(f"insert load running: {rate:g} rows/s into each database")
@@ -165,8 +200,9 @@ def scenario(lab: Lab, clock: Clock, seconds: float,
     clock.say(f"quiesced snapshot {SNAPSHOT!r} (agent unix:{lab.agent_socket})")
     target = open_target(lab.disk)
     try:
-        outcome = take(target, SNAPSHOT, f"unix:{lab.agent_socket}",
-                       description="quiesce-host demo")
+        outcome = take(
+            target, SNAPSHOT, f"unix:{lab.agent_socket}", description="quiesce-host demo"
+        )
     finally:
         target.close()
     record = {**(outcome.snapshot or {}), **outcome.record()}
@@ -192,10 +228,13 @@ def scenario(lab: Lab, clock: Clock, seconds: float,
     for line in _recovery_notes(lab):
         print("    " + line)
     present = present_ids(lab)
-    verdicts = [judge(ld.name, ld.rows, ld.sent, present[ld.name], m["frozen"], m["thawed"])
-                for ld in loads]
-    print("\nverdict (the cut: rows acknowledged before the freeze reply must be there, rows "
-          "sent after the thaw reply must not):")
+    verdicts = [
+        judge(ld.name, ld.rows, ld.sent, present[ld.name], m["frozen"], m["thawed"]) for ld in loads
+    ]
+    print(
+        "\nverdict (the cut: rows acknowledged before the freeze reply must be there, rows "
+        "sent after the thaw reply must not):"
+    )
     for v in verdicts:
         print("  " + v.line())
     return verdicts, outcome
@@ -206,8 +245,10 @@ def _latency_lines(loads: list[Any], start: float, end: float) -> str:
     for ld in loads:
         inside = ld.latencies(start, end)
         outside = ld.latencies(0, start) + ld.latencies(end, float("inf"))
-        out.append(f"      {ld.name}: {max(outside, default=0):.1f} / "
-                   f"{max(inside, default=0):.1f}  ({len(ld.rows)} rows acknowledged)")
+        out.append(
+            f"      {ld.name}: {max(outside, default=0):.1f} / "
+            f"{max(inside, default=0):.1f}  ({len(ld.rows)} rows acknowledged)"
+        )
     return "\n".join(out)
 
 
@@ -216,8 +257,10 @@ def _recovery_notes(lab: Lab) -> list[str]:
     out = []
     pg = lab.pg.log_tail()
     if "automatic recovery in progress" in pg or "redo done" in pg:
-        out.append("PostgreSQL: crash recovery from the snapshot (no backup_label needed: "
-                   "non-exclusive backup mode left none in the image)")
+        out.append(
+            "PostgreSQL: crash recovery from the snapshot (no backup_label needed: "
+            "non-exclusive backup mode left none in the image)"
+        )
     maria = lab.maria.log_tail()
     if "crash recovery" in maria.lower() or "Starting final batch to recover" in maria:
         out.append("MariaDB: InnoDB crash recovery from the snapshot")

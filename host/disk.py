@@ -73,8 +73,18 @@ from host.vmdk import (
 )
 
 __all__ = [
-    "ChainBroken", "ChainTooDeep", "CidMismatch", "CorruptFile", "Disk", "DiskBusy",
-    "DiskError", "ForeignFile", "NoSpace", "ReadOnly", "SnapshotExists", "SnapshotNotFound",
+    "ChainBroken",
+    "ChainTooDeep",
+    "CidMismatch",
+    "CorruptFile",
+    "Disk",
+    "DiskBusy",
+    "DiskError",
+    "ForeignFile",
+    "NoSpace",
+    "ReadOnly",
+    "SnapshotExists",
+    "SnapshotNotFound",
     "MAX_CHAIN",
 ]
 
@@ -88,8 +98,7 @@ ZERO_CHUNK = bytes(EXPORT_CHUNK)
 class Disk:
     """A disk folder: a flat base, sparse deltas, ``tree.json``. Use ``create``/``open``."""
 
-    def __init__(self, folder: Path, readonly: bool, lock: FolderLock,
-                 verify: bool = True) -> None:
+    def __init__(self, folder: Path, readonly: bool, lock: FolderLock, verify: bool = True) -> None:
         self.folder = folder
         self.readonly = readonly
         self._flock: FolderLock | None = lock
@@ -113,8 +122,11 @@ class Disk:
             raise DiskError(f"{folder}: size must be positive (got {size})", folder)
         size = -(-size // GRAIN) * GRAIN
         if size > MAX_CAPACITY:
-            raise DiskError(f"{folder}: {size} bytes is larger than the sparse format's "
-                            f"limit of {MAX_CAPACITY} bytes (2 TiB)", folder)
+            raise DiskError(
+                f"{folder}: {size} bytes is larger than the sparse format's "
+                f"limit of {MAX_CAPACITY} bytes (2 TiB)",
+                folder,
+            )
         folder.mkdir(parents=True, exist_ok=True)
         if any(not p.name.startswith(".") for p in folder.iterdir()):
             raise DiskError(f"{folder}: not empty; a new disk needs an empty folder", folder)
@@ -149,8 +161,9 @@ class Disk:
     def __enter__(self) -> Disk:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -177,13 +190,20 @@ class Disk:
         intent = read_intent(self.folder) if recover else None
         if intent is not None:
             if self.readonly:
-                raise DiskError(f"{self.folder}: an interrupted {intent['op']} is pending; "
-                                "open the disk read-write once to finish it", self.folder)
+                raise DiskError(
+                    f"{self.folder}: an interrupted {intent['op']} is pending; "
+                    "open the disk read-write once to finish it",
+                    self.folder,
+                )
             self._recover(intent)
         self.tree = Tree.load(self.folder)
         if not self.readonly:
-            orphans = [p for p in self.folder.iterdir() if p.name.endswith(".pending")
-                       and p.name[1:-len(".pending")] not in self.tree.layers]
+            orphans = [
+                p
+                for p in self.folder.iterdir()
+                if p.name.endswith(".pending")
+                and p.name[1 : -len(".pending")] not in self.tree.layers
+            ]
             if orphans:
                 unlink_durably(*orphans)
         try:
@@ -209,15 +229,19 @@ class Disk:
             if name == BASE_NAME:
                 layer = FlatBase(self.folder, self.tree.size, writable)
             else:
-                path = inside(self.folder, safe_name(self.folder, name, "layer",
-                                                     self.folder / TREE), self.folder / TREE)
+                path = inside(
+                    self.folder,
+                    safe_name(self.folder, name, "layer", self.folder / TREE),
+                    self.folder / TREE,
+                )
                 try:
                     layer = SparseExtent(path, writable, self.tree.size)
                 except ChainFileMissing as err:
                     raise ChainFileMissing(
                         f"{err} ({role(self.tree, name)}); restore the file, or see "
                         f"'quiesce-host disk check {self.folder}' for everything that is wrong",
-                        path) from err
+                        path,
+                    ) from err
             self._layers[name] = layer
         return layer
 
@@ -275,14 +299,15 @@ class Disk:
                 if self.tree.current == BASE_NAME and len(self.tree.layers) == 1:
                     self._unlink_layers(*intent["chain"][1:], *intent["discard"])
                 else:
-                    self._finish_merge_all(list(intent["chain"]), list(intent["discard"]),
-                                           None)
+                    self._finish_merge_all(list(intent["chain"]), list(intent["discard"]), None)
             else:
-                raise CorruptFile(f"{self.folder / INTENT}: unknown operation {op!r}",
-                                  self.folder / INTENT)
+                raise CorruptFile(
+                    f"{self.folder / INTENT}: unknown operation {op!r}", self.folder / INTENT
+                )
         except (KeyError, TypeError) as err:
-            raise CorruptFile(f"{self.folder / INTENT}: malformed {op} record ({err})",
-                              self.folder / INTENT) from err
+            raise CorruptFile(
+                f"{self.folder / INTENT}: malformed {op} record ({err})", self.folder / INTENT
+            ) from err
         finally:
             self._close_layers()
         clear_intent(self.folder)
@@ -337,8 +362,9 @@ class Disk:
         clear_intent(self.folder)
         self._chain = self._build_chain(after.current)
 
-    def _finish_merge_all(self, chain: list[str], others: list[str],
-                          progress: Progress | None) -> None:
+    def _finish_merge_all(
+        self, chain: list[str], others: list[str], progress: Progress | None
+    ) -> None:
         if len(chain) > 1:
             flatten(Chain([self._layer(n) for n in chain]), progress)
         base = self._layer(BASE_NAME)
@@ -358,8 +384,10 @@ class Disk:
 
     def _bounds(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
-            raise DiskError(f"{self.folder}: range {offset}+{length} is outside the disk "
-                            f"({self.size} bytes)", self.folder)
+            raise DiskError(
+                f"{self.folder}: range {offset}+{length} is outside the disk ({self.size} bytes)",
+                self.folder,
+            )
 
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``; zeros where nothing was ever written."""
@@ -414,9 +442,14 @@ class Disk:
 
     # -- snapshots ------------------------------------------------------------------------
 
-    def snapshot_create(self, name: str, description: str = "", consistency: str = "crash",
-                        report: dict[str, Any] | None = None,
-                        artifacts: dict[str, Any] | None = None) -> dict[str, Any]:
+    def snapshot_create(
+        self,
+        name: str,
+        description: str = "",
+        consistency: str = "crash",
+        report: dict[str, Any] | None = None,
+        artifacts: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Flush, freeze the current layer under ``name``, switch writes to a new delta.
 
         Raises SnapshotExists, ChainTooDeep, NoSpace (nothing changed), DiskError.
@@ -425,33 +458,47 @@ class Disk:
             self._writable()
             self._finish_pending()
             if not SNAPSHOT_NAME.match(name):
-                raise DiskError(f"{self.folder}: snapshot name {name!r} must be 1-128 "
-                                "printable characters without '/'", self.folder)
+                raise DiskError(
+                    f"{self.folder}: snapshot name {name!r} must be 1-128 "
+                    "printable characters without '/'",
+                    self.folder,
+                )
             if consistency not in CONSISTENCY:
-                raise DiskError(f"{self.folder}: consistency {consistency!r} must be one of "
-                                f"{', '.join(CONSISTENCY)}", self.folder)
+                raise DiskError(
+                    f"{self.folder}: consistency {consistency!r} must be one of "
+                    f"{', '.join(CONSISTENCY)}",
+                    self.folder,
+                )
             if any(s["name"] == name for s in self.tree.snapshots):
-                raise SnapshotExists(f"{self.folder}: a snapshot named {name!r} exists "
-                                     "already", self.folder)
+                raise SnapshotExists(
+                    f"{self.folder}: a snapshot named {name!r} exists already", self.folder
+                )
             if self.tree.depth() + 1 > MAX_CHAIN:
-                raise ChainTooDeep(f"{self.current_file()}: the chain already has "
-                                   f"{self.tree.depth()} snapshots, the most one chain may "
-                                   "have; delete one first", self.current_file())
+                raise ChainTooDeep(
+                    f"{self.current_file()}: the chain already has "
+                    f"{self.tree.depth()} snapshots, the most one chain may "
+                    "have; delete one first",
+                    self.current_file(),
+                )
             self.flush()
             old = self.tree.current
             new = self.tree.next_delta_name(self.folder)
-            entry = {"name": name, "layer": old, "description": description,
-                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                     "consistency": consistency, "report": report or {},
-                     "artifacts": artifacts or {}}
+            entry = {
+                "name": name,
+                "layer": old,
+                "description": description,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "consistency": consistency,
+                "report": report or {},
+                "artifacts": artifacts or {},
+            }
             tree = self.tree.copy()
             tree.snapshots.append(entry)
             tree.layers[new] = old
             tree.current = new
             write_intent(self.folder, {"op": "create", "new": new})
             try:
-                SparseExtent.create(self.folder / new, self.size,
-                                    self._layers[old].read_cid(), old)
+                SparseExtent.create(self.folder / new, self.size, self._layers[old].read_cid(), old)
                 tree.save()
             except DiskError:
                 unlink_durably(self.folder / new)
@@ -464,9 +511,15 @@ class Disk:
             self._chain.push(layer)
             return dict(entry)
 
-    def snapshot_update(self, name: str, *, description: str | None = None,
-                        consistency: str | None = None, report: dict[str, Any] | None = None,
-                        artifacts: dict[str, Any] | None = None) -> dict[str, Any]:
+    def snapshot_update(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        consistency: str | None = None,
+        report: dict[str, Any] | None = None,
+        artifacts: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Replace fields of ``name``'s record (the fields given; the data is untouched).
 
         A quiesced snapshot is created inside the frozen window as ``crash`` and gets its
@@ -476,12 +529,19 @@ class Disk:
         with self._lock:
             self._writable()
             if consistency is not None and consistency not in CONSISTENCY:
-                raise DiskError(f"{self.folder}: consistency {consistency!r} must be one of "
-                                f"{', '.join(CONSISTENCY)}", self.folder)
+                raise DiskError(
+                    f"{self.folder}: consistency {consistency!r} must be one of "
+                    f"{', '.join(CONSISTENCY)}",
+                    self.folder,
+                )
             tree = self.tree.copy()
             snap = tree.snapshot(name)
-            fields = {"description": description, "consistency": consistency,
-                      "report": report, "artifacts": artifacts}
+            fields = {
+                "description": description,
+                "consistency": consistency,
+                "report": report,
+                "artifacts": artifacts,
+            }
             snap.update({k: v for k, v in fields.items() if v is not None})
             tree.save()
             self.tree = tree
@@ -531,8 +591,9 @@ class Disk:
                 del tree.layers[old]
             write_intent(self.folder, {"op": "revert", "new": new, "discard": old})
             try:
-                SparseExtent.create(self.folder / new, self.size,
-                                    self._layers[target].read_cid(), target)
+                SparseExtent.create(
+                    self.folder / new, self.size, self._layers[target].read_cid(), target
+                )
                 tree.save()
             except DiskError:
                 unlink_durably(self.folder / new)
@@ -582,12 +643,13 @@ class Disk:
                 return
             layer, child, after = step
             if child is None:
-                write_intent(self.folder, {"op": "drop", "files": [layer],
-                                           "tree": after.to_json()})
+                write_intent(self.folder, {"op": "drop", "files": [layer], "tree": after.to_json()})
                 self._finish_drop([layer], after)
             else:
-                write_intent(self.folder, {"op": "merge", "src": child, "dst": layer,
-                                           "tree": after.to_json()})
+                write_intent(
+                    self.folder,
+                    {"op": "merge", "src": child, "dst": layer, "tree": after.to_json()},
+                )
                 try:
                     self._finish_merge(child, layer, after, progress)
                 except DiskError:
@@ -597,8 +659,14 @@ class Disk:
 
     # -- whole-disk operations ------------------------------------------------------------
 
-    def export_raw(self, out: str | Path, snapshot: str | None = None,
-                   progress: Progress | None = None, *, sync: bool = True) -> None:
+    def export_raw(
+        self,
+        out: str | Path,
+        snapshot: str | None = None,
+        progress: Progress | None = None,
+        *,
+        sync: bool = True,
+    ) -> None:
         """Flatten the current state (or ``snapshot``'s) into a raw image file ``out``.
 
         Written to ``out.part``, fsync-ed (unless ``sync`` is False) and renamed; zero runs
@@ -665,8 +733,10 @@ class Disk:
                 desc, cid = child.read_descriptor(), disk._layers[parent].read_cid()
                 if desc.parent_cid != cid or desc.parent_hint != parent:
                     child.set_parent(cid, parent)  # type: ignore[union-attr]
-                    fixed.append(f"{child.path}: parent set to {parent} "
-                                 f"(parentCID {desc.parent_cid:08x} -> {cid:08x})")
+                    fixed.append(
+                        f"{child.path}: parent set to {parent} "
+                        f"(parentCID {desc.parent_cid:08x} -> {cid:08x})"
+                    )
         return fixed
 
     def check(self) -> list[str]:
@@ -685,25 +755,39 @@ class Disk:
             tree = self.tree
             layers = []
             for name in tree.chain(tree.current)[::-1] + sorted(
-                    set(tree.layers) - set(tree.chain(tree.current))):
+                set(tree.layers) - set(tree.chain(tree.current))
+            ):
                 layer = self._layers[name]
                 snap = tree.by_layer(name)
                 entry: dict[str, Any] = {
-                    "file": name, "parent": tree.layers[name], "cid": f"{layer.read_cid():08x}",
+                    "file": name,
+                    "parent": tree.layers[name],
+                    "cid": f"{layer.read_cid():08x}",
                     "snapshot": snap["name"] if snap else None,
                     "in_current_chain": name in tree.chain(tree.current),
-                    "file_bytes": os.stat(layer.path).st_size}
+                    "file_bytes": os.stat(layer.path).st_size,
+                }
                 if isinstance(layer, SparseExtent):
                     entry["allocated_bytes"] = sum(1 for s in layer.gt if s) * GRAIN
                 layers.append(entry)
-            return {"folder": str(self.folder), "size": self.size,
-                    "current": str(self.current_file()), "current_layer": tree.current,
-                    "chain": tree.chain(tree.current), "depth": tree.depth(),
-                    "max_depth": MAX_CHAIN, "snapshots": len(tree.snapshots),
-                    "position": tree.named_ancestor(tree.current),
-                    "readonly": self.readonly, "layers": layers,
-                    "orphans": sorted(p.name for p in self.folder.iterdir()
-                                      if DELTA_NAME.match(p.name) and p.name not in tree.layers)}
+            return {
+                "folder": str(self.folder),
+                "size": self.size,
+                "current": str(self.current_file()),
+                "current_layer": tree.current,
+                "chain": tree.chain(tree.current),
+                "depth": tree.depth(),
+                "max_depth": MAX_CHAIN,
+                "snapshots": len(tree.snapshots),
+                "position": tree.named_ancestor(tree.current),
+                "readonly": self.readonly,
+                "layers": layers,
+                "orphans": sorted(
+                    p.name
+                    for p in self.folder.iterdir()
+                    if DELTA_NAME.match(p.name) and p.name not in tree.layers
+                ),
+            }
 
 
 def _tidy_step(tree: Tree) -> tuple[str, str | None, Tree] | None:
@@ -711,8 +795,11 @@ def _tidy_step(tree: Tree) -> tuple[str, str | None, Tree] | None:
     drops an unnamed layer nothing descends from; (layer, child, after) merges the one child
     of an unnamed layer into it, the merged layer taking the child's place. None: tidy."""
     named = {s["layer"] for s in tree.snapshots}
-    todo = [n for n in tree.layers if n not in named and n != tree.current
-            and len(tree.children(n)) <= 1]
+    todo = [
+        n
+        for n in tree.layers
+        if n not in named and n != tree.current and len(tree.children(n)) <= 1
+    ]
     if not todo:
         return None
     layer = todo[0]

@@ -261,18 +261,17 @@ class PendingLog:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return [], False
-        if raw[:len(self.MAGIC)] != self.MAGIC or len(raw) < self.HEADER:
+        if raw[: len(self.MAGIC)] != self.MAGIC or len(raw) < self.HEADER:
             return [], True
-        if raw[len(self.MAGIC):len(self.MAGIC) + 36] != boot_id():
+        if raw[len(self.MAGIC) : len(self.MAGIC) + 36] != boot_id():
             return [], True
-        body = raw[self.HEADER:]
-        body = body[:len(body) - len(body) % self.RECORD.size]
+        body = raw[self.HEADER :]
+        body = body[: len(body) - len(body) % self.RECORD.size]
         return [tuple(r) for r in self.RECORD.iter_unpack(body)], False
 
     def append(self, records: list[tuple[int, int]]) -> None:
         if self.fd is None:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
-                              0o644)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
             pwrite_all(self.fd, (self.MAGIC + boot_id()).ljust(self.HEADER, b"\0"), 0)
             self.end = self.HEADER
         data = b"".join(self.RECORD.pack(g, s) for g, s in records)

@@ -72,8 +72,9 @@ def _mounts_under(root: Path) -> list[str]:
 
 
 def _run(cmd: list[str], timeout: float = 60) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
     if proc.returncode != 0:
         raise LabError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
 
@@ -81,8 +82,7 @@ def _run(cmd: list[str], timeout: float = 60) -> None:
 class Lab:
     """The lab's parts and their life-cycle. ``close()`` is safe at any point, twice too."""
 
-    def __init__(self, parent: str | None = None, size: int = 1 << 30,
-                 say: Say = print) -> None:
+    def __init__(self, parent: str | None = None, size: int = 1 << 30, say: Say = print) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="qdemo-", dir=parent))
         os.chmod(self.root, 0o711)  # the database users must reach run/ and mnt/
         self.disk, self.fuse, self.mnt = self.root / "disk", self.root / "fuse", self.root / "mnt"
@@ -103,8 +103,17 @@ class Lab:
         """Disk, FUSE, ext4, both databases initialised and running, the agent listening."""
         Disk.create(self.disk, self.size).close()
         self.serve()
-        _run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard",
-              str(self.fuse / "disk.raw")], timeout=120)
+        _run(
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-E",
+                "lazy_itable_init=0,lazy_journal_init=0,nodiscard",
+                str(self.fuse / "disk.raw"),
+            ],
+            timeout=120,
+        )
         self.mount()
         self.pg.init().start()
         self.maria.init().start()
@@ -116,7 +125,12 @@ class Lab:
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
         self.serve_proc = subprocess.Popen(
             [sys.executable, "-m", "host.cli", "serve", str(self.disk), "--fuse", str(self.fuse)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+        )
         log.close()
         end = time.monotonic() + 20
         while not (_mounted(self.fuse) and (self.fuse / "disk.raw").exists()):
@@ -134,8 +148,9 @@ class Lab:
                 proc.kill()
                 proc.wait(10)
         if _mounted(self.fuse):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.fuse)], capture_output=True,
-                           timeout=30)
+            subprocess.run(
+                ["fusermount3", "-u", "-z", str(self.fuse)], capture_output=True, timeout=30
+            )
 
     def mount(self) -> None:
         _run(["mount", "-o", "loop", str(self.fuse / "disk.raw"), str(self.mnt)])
@@ -150,18 +165,23 @@ class Lab:
             "state_dir": str(self.run / "agent-state"),
             "freeze": {"ceiling_seconds": 30, "timeout_seconds": 20},
             "filesystems": {"mounts": [str(self.mnt)]},  # the lab's own mount, never auto
-            "postgres": [{"name": "demo", "dsn": self.pg.dsn,
-                          "artifacts_dir": str(self.artifacts)}],
+            "postgres": [
+                {"name": "demo", "dsn": self.pg.dsn, "artifacts_dir": str(self.artifacts)}
+            ],
             "mysql": [{"name": "demo", "unix_socket": self.maria.socket, "user": "root"}],
         }
         cfg = self.run / "agent.yaml"
         cfg.write_text(yaml.safe_dump(config))
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1",
-                   QUIESCE_FREEZE_ONLY_UNDER=str(self.mnt))
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", QUIESCE_FREEZE_ONLY_UNDER=str(self.mnt))
         log = open(self.run / "agent.log", "ab")
         self.agent_proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "--config", str(cfg), "serve"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+        )
         log.close()
         end = time.monotonic() + 20
         while True:
@@ -171,8 +191,9 @@ class Lab:
                 return
             except QuiesceHostError as err:
                 if self.agent_proc.poll() is not None or time.monotonic() > end:
-                    raise LabError(f"the agent did not come up ({err}):\n"
-                                   f"{self._log('agent.log')}") from err
+                    raise LabError(
+                        f"the agent did not come up ({err}):\n{self._log('agent.log')}"
+                    ) from err
                 time.sleep(0.05)
 
     def stop_agent(self) -> None:
@@ -224,8 +245,10 @@ class Lab:
                 self.say(f"cleanup: could not {what}: {err}")
         left = _mounts_under(self.root)
         if left:
-            self.say(f"cleanup: still mounted, left in place: {', '.join(left)}; "
-                     f"umount them, then rm -rf {self.root}")
+            self.say(
+                f"cleanup: still mounted, left in place: {', '.join(left)}; "
+                f"umount them, then rm -rf {self.root}"
+            )
             return
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -236,16 +259,19 @@ class Lab:
     def _umount_hard(self) -> None:
         if not _mounted(self.mnt):
             return
-        if subprocess.run(["umount", str(self.mnt)], capture_output=True,
-                          timeout=120).returncode != 0:
+        if (
+            subprocess.run(["umount", str(self.mnt)], capture_output=True, timeout=120).returncode
+            != 0
+        ):
             subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True, timeout=60)
 
 
 class InsertLoad:
     """Paced single-row inserts into ``demo_rows``, each with its send and ack times."""
 
-    def __init__(self, name: str, connect: Callable[[], Any], insert: str,
-                 rate: float = 200.0) -> None:
+    def __init__(
+        self, name: str, connect: Callable[[], Any], insert: str, rate: float = 200.0
+    ) -> None:
         self.name = name
         self.connect = connect
         self.insert = insert
@@ -296,19 +322,25 @@ class InsertLoad:
 def create_tables(lab: Lab) -> None:
     lab.pg.sql("CREATE TABLE demo_rows (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
     lab.maria.sql("CREATE DATABASE demo")
-    lab.maria.sql("CREATE TABLE demo.demo_rows (id bigint PRIMARY KEY, "
-                  "at timestamp(6) DEFAULT current_timestamp(6)) ENGINE=InnoDB")
+    lab.maria.sql(
+        "CREATE TABLE demo.demo_rows (id bigint PRIMARY KEY, "
+        "at timestamp(6) DEFAULT current_timestamp(6)) ENGINE=InnoDB"
+    )
 
 
 def start_loads(lab: Lab, rate: float = 200.0) -> list[InsertLoad]:
     return [
-        InsertLoad("PostgreSQL", lab.pg.connect, "INSERT INTO demo_rows (id) VALUES (%s)",
-                   rate).start(),
-        InsertLoad("MariaDB", lab.maria.connect, "INSERT INTO demo.demo_rows (id) VALUES (%s)",
-                   rate).start(),
+        InsertLoad(
+            "PostgreSQL", lab.pg.connect, "INSERT INTO demo_rows (id) VALUES (%s)", rate
+        ).start(),
+        InsertLoad(
+            "MariaDB", lab.maria.connect, "INSERT INTO demo.demo_rows (id) VALUES (%s)", rate
+        ).start(),
     ]
 
 
 def present_ids(lab: Lab) -> dict[str, set[int]]:
-    return {"PostgreSQL": {int(r[0]) for r in lab.pg.sql("SELECT id FROM demo_rows")},
-            "MariaDB": {int(r[0]) for r in lab.maria.sql("SELECT id FROM demo.demo_rows")}}
+    return {
+        "PostgreSQL": {int(r[0]) for r in lab.pg.sql("SELECT id FROM demo_rows")},
+        "MariaDB": {int(r[0]) for r in lab.maria.sql("SELECT id FROM demo.demo_rows")},
+    }

@@ -70,13 +70,23 @@ def _run(cmd: list[str], owner: tuple[int, int] | None, timeout: float = 120) ->
     if owner is not None:
         kw.update(user=owner[0], group=owner[1], extra_groups=[])
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd="/",
-                              stdin=subprocess.DEVNULL, start_new_session=True, **kw)
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **kw,
+        )
     except subprocess.TimeoutExpired as err:
         raise LabError(f"{cmd[0]} did not finish within {timeout:g} s") from err
     if proc.returncode != 0:
-        raise LabError(f"{' '.join(cmd[:2])} failed ({proc.returncode}):\n"
-                       f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        raise LabError(
+            f"{' '.join(cmd[:2])} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
     return str(proc.stdout)
 
 
@@ -104,19 +114,46 @@ class LabPostgres:
         _chown_tree(self.rundir, self.owner)
         _chown_tree(self.datadir, self.owner)
         os.chmod(self.datadir, 0o700)
-        _run([str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres",
-              "--auth=trust", "-E", "UTF8", "--locale=C"], self.owner)
+        _run(
+            [
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.datadir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+            self.owner,
+        )
         with open(self.datadir / "postgresql.conf", "a") as f:
-            f.write(f"\n# quiesce-agent lab\nlisten_addresses = ''\n"
-                    f"unix_socket_directories = '{self.rundir}'\nport = 5432\n"
-                    "wal_level = replica\nshared_buffers = 32MB\nmax_connections = 40\n"
-                    "log_min_messages = warning\n")
+            f.write(
+                f"\n# quiesce-agent lab\nlisten_addresses = ''\n"
+                f"unix_socket_directories = '{self.rundir}'\nport = 5432\n"
+                "wal_level = replica\nshared_buffers = 32MB\nmax_connections = 40\n"
+                "log_min_messages = warning\n"
+            )
         return self
 
     def start(self) -> LabPostgres:
         (self.datadir / "postmaster.pid").unlink(missing_ok=True)  # we stopped it ourselves
-        _run([str(self.bindir / "pg_ctl"), "start", "-w", "-t", "120", "-D", str(self.datadir),
-              "-l", str(self.log)], self.owner, timeout=150)
+        _run(
+            [
+                str(self.bindir / "pg_ctl"),
+                "start",
+                "-w",
+                "-t",
+                "120",
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.log),
+            ],
+            self.owner,
+            timeout=150,
+        )
         self.running = True
         return self
 
@@ -124,11 +161,35 @@ class LabPostgres:
         if not self.running:
             return
         try:
-            _run([str(self.bindir / "pg_ctl"), "stop", "-w", "-t", "60", "-m", mode,
-                  "-D", str(self.datadir)], self.owner, timeout=90)
+            _run(
+                [
+                    str(self.bindir / "pg_ctl"),
+                    "stop",
+                    "-w",
+                    "-t",
+                    "60",
+                    "-m",
+                    mode,
+                    "-D",
+                    str(self.datadir),
+                ],
+                self.owner,
+                timeout=90,
+            )
         except LabError:
-            _run([str(self.bindir / "pg_ctl"), "stop", "-w", "-m", "immediate",
-                  "-D", str(self.datadir)], self.owner, timeout=60)
+            _run(
+                [
+                    str(self.bindir / "pg_ctl"),
+                    "stop",
+                    "-w",
+                    "-m",
+                    "immediate",
+                    "-D",
+                    str(self.datadir),
+                ],
+                self.owner,
+                timeout=60,
+            )
         self.running = False
 
     def connect(self) -> psycopg.Connection[Any]:
@@ -166,25 +227,47 @@ class LabMaria:
         self.datadir.mkdir(parents=True, exist_ok=True)
         _chown_tree(self.rundir, self.owner)
         _chown_tree(self.datadir, self.owner)
-        cmd = ["mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}",
-               "--auth-root-authentication-method=normal", "--skip-test-db",
-               "--skip-name-resolve"]
+        cmd = [
+            "mariadb-install-db",
+            "--no-defaults",
+            f"--datadir={self.datadir}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            "--skip-name-resolve",
+        ]
         if self.owner is not None:
             cmd.append("--user=mysql")
         _run(cmd, None)
         return self
 
     def start(self, timeout: float = 120) -> LabMaria:
-        cmd = [self.binary, "--no-defaults", f"--datadir={self.datadir}",
-               f"--socket={self.socket}", f"--pid-file={self.rundir / 'mysqld.pid'}",
-               f"--log-error={self.log}", "--skip-networking", "--skip-name-resolve",
-               "--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=1",
-               "--max-connections=60", "--log-bin=binlog", "--server-id=1",
-               "--binlog-format=ROW", "--sync-binlog=1"]
+        cmd = [
+            self.binary,
+            "--no-defaults",
+            f"--datadir={self.datadir}",
+            f"--socket={self.socket}",
+            f"--pid-file={self.rundir / 'mysqld.pid'}",
+            f"--log-error={self.log}",
+            "--skip-networking",
+            "--skip-name-resolve",
+            "--innodb-buffer-pool-size=64M",
+            "--innodb-flush-log-at-trx-commit=1",
+            "--max-connections=60",
+            "--log-bin=binlog",
+            "--server-id=1",
+            "--binlog-format=ROW",
+            "--sync-binlog=1",
+        ]
         if self.owner is not None:
             cmd.append("--user=mysql")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True, cwd="/")
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd="/",
+        )
         end = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -195,8 +278,10 @@ class LabMaria:
             except pymysql.err.OperationalError:
                 if time.monotonic() > end:
                     self.stop()
-                    raise LabError(f"mariadbd did not accept connections within {timeout:g} s:"
-                                   f"\n{self.log_tail()}") from None
+                    raise LabError(
+                        f"mariadbd did not accept connections within {timeout:g} s:"
+                        f"\n{self.log_tail()}"
+                    ) from None
                 time.sleep(0.1)
 
     def stop(self) -> None:
@@ -217,8 +302,9 @@ class LabMaria:
 
     def connect(self, **kw: Any) -> pymysql.connections.Connection[Any]:
         kw.setdefault("connect_timeout", 5)
-        return pymysql.connect(unix_socket=self.socket, user="root", password="",
-                               autocommit=True, **kw)
+        return pymysql.connect(
+            unix_socket=self.socket, user="root", password="", autocommit=True, **kw
+        )
 
     def sql(self, query: str) -> list[tuple[Any, ...]]:
         conn = self.connect()

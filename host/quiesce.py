@@ -70,8 +70,9 @@ class AgentRefused(QuiesceHostError):
     code = "AgentRefused"
     exit_code = 6
 
-    def __init__(self, command: str, error_class: str, desc: str,
-                 data: dict[str, Any] | None) -> None:
+    def __init__(
+        self, command: str, error_class: str, desc: str, data: dict[str, Any] | None
+    ) -> None:
         super().__init__(f"the agent refused {command!r}: {error_class}: {desc}")
         self.command = command
         self.error_class = error_class
@@ -106,10 +107,14 @@ def parse_endpoint(text: str) -> Endpoint:
         cid, _, port = rest.partition(":")
         if cid.isdigit() and port.isdigit() and 0 < int(port) <= 0xFFFFFFFF:
             return Endpoint("vsock", cid=int(cid), port=int(port))
-        raise EndpointError(f"{text!r}: a vsock endpoint is vsock:CID:PORT with numbers, "
-                            "e.g. vsock:3:5000 (CID 2 is the host, guests start at 3)")
-    raise EndpointError(f"{text!r}: the agent endpoint must be unix:PATH (e.g. "
-                        f"unix:{protocol.DEFAULT_SOCKET}) or vsock:CID:PORT")
+        raise EndpointError(
+            f"{text!r}: a vsock endpoint is vsock:CID:PORT with numbers, "
+            "e.g. vsock:3:5000 (CID 2 is the host, guests start at 3)"
+        )
+    raise EndpointError(
+        f"{text!r}: the agent endpoint must be unix:PATH (e.g. "
+        f"unix:{protocol.DEFAULT_SOCKET}) or vsock:CID:PORT"
+    )
 
 
 def _unix_address(path: str) -> tuple[str, int | None]:
@@ -151,13 +156,17 @@ class AgentClient:
                 sock.settimeout(self.connect_timeout)
                 sock.connect((ep.cid, ep.port))
         except TimeoutError as err:
-            raise AgentTimeout(f"{ep}: no connection within {self.connect_timeout:g} s; is the "
-                               "guest up and quiesce-agent listening there?") from err
+            raise AgentTimeout(
+                f"{ep}: no connection within {self.connect_timeout:g} s; is the "
+                "guest up and quiesce-agent listening there?"
+            ) from err
         except OSError as err:
-            hint = ("is quiesce-agent running (systemctl status quiesce-agent), and is this "
-                    "its socket?" if ep.kind == "unix" else
-                    "is the guest running with a vsock device, and the agent listening on "
-                    "that port (listen.vsock.port)?")
+            hint = (
+                "is quiesce-agent running (systemctl status quiesce-agent), and is this its socket?"
+                if ep.kind == "unix"
+                else "is the guest running with a vsock device, and the agent listening on "
+                "that port (listen.vsock.port)?"
+            )
             raise AgentUnreachable(f"{ep}: cannot connect: {err.strerror or err}; {hint}") from err
         self._sock = sock
         return self
@@ -176,8 +185,12 @@ class AgentClient:
         self.close()
 
     # -- calls -----------------------------------------------------------------------------
-    def call(self, command: str, arguments: dict[str, Any] | None = None,
-             timeout: float = CONNECT_TIMEOUT) -> Any:
+    def call(
+        self,
+        command: str,
+        arguments: dict[str, Any] | None = None,
+        timeout: float = CONNECT_TIMEOUT,
+    ) -> Any:
         """Send one request; its ``return`` value within ``timeout`` seconds.
 
         Raises AgentTimeout, AgentUnreachable (connection lost), AgentGarbage, AgentRefused.
@@ -195,12 +208,15 @@ class AgentClient:
                 if reply.get("id") in (rid, None):
                     break
         except TimeoutError as err:
-            raise AgentTimeout(f"{self.endpoint}: no reply to {command!r} within "
-                               f"{timeout:.1f} s; stopped waiting") from err
+            raise AgentTimeout(
+                f"{self.endpoint}: no reply to {command!r} within {timeout:.1f} s; stopped waiting"
+            ) from err
         except OSError as err:
-            raise AgentUnreachable(f"{self.endpoint}: the connection was lost during "
-                                   f"{command!r} ({err.strerror or err}); did the agent "
-                                   "die? (journalctl -u quiesce-agent)") from err
+            raise AgentUnreachable(
+                f"{self.endpoint}: the connection was lost during "
+                f"{command!r} ({err.strerror or err}); did the agent "
+                "die? (journalctl -u quiesce-agent)"
+            ) from err
         if "error" in reply:
             failure = reply["error"]
             data = failure.get("data") if isinstance(failure.get("data"), dict) else None
@@ -220,17 +236,21 @@ class AgentClient:
                 raise ConnectionResetError(0, "the agent closed the connection")
             self._buf += chunk
             if len(self._buf) > MAX_REPLY:
-                raise AgentGarbage(f"{self.endpoint}: a reply to {command!r} longer than "
-                                   f"{MAX_REPLY} bytes; is this really quiesce-agent?")
+                raise AgentGarbage(
+                    f"{self.endpoint}: a reply to {command!r} longer than "
+                    f"{MAX_REPLY} bytes; is this really quiesce-agent?"
+                )
         line, _, rest = bytes(self._buf).partition(b"\n")
         self._buf = bytearray(rest)
         try:
             return protocol.parse_reply(line)
         except protocol.ProtocolError as err:
             shown = line[:80].decode("utf-8", "replace")
-            raise AgentGarbage(f"{self.endpoint}: the reply to {command!r} is not the agent "
-                               f"protocol ({err.desc}): {shown!r}; is this endpoint "
-                               "quiesce-agent?") from err
+            raise AgentGarbage(
+                f"{self.endpoint}: the reply to {command!r} is not the agent "
+                f"protocol ({err.desc}): {shown!r}; is this endpoint "
+                "quiesce-agent?"
+            ) from err
 
     # -- the commands ----------------------------------------------------------------------
     def ping(self) -> dict[str, Any]:
@@ -259,8 +279,7 @@ class AgentClient:
 
 def _mapping(value: Any, command: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise AgentGarbage(f"the reply to {command!r} is not an object: "
-                           f"{json.dumps(value)[:80]}")
+        raise AgentGarbage(f"the reply to {command!r} is not an object: {json.dumps(value)[:80]}")
     return value
 
 

@@ -503,9 +503,11 @@ class ControlServer:
         with self._lock:
             if self.export is not None:
                 raise _CommandError(
-                    REFUSED, f"snapshot {name!r}: an export of snapshot "
+                    REFUSED,
+                    f"snapshot {name!r}: an export of snapshot "
                     f"{self.export['snapshot']!r} is running and a delete may merge the layers "
-                    "it reads; delete after it")
+                    "it reads; delete after it",
+                )
             self._check_merge(name)
             t0 = time.monotonic()
             try:
@@ -523,15 +525,20 @@ class ControlServer:
         snapshot, out = args.get("snapshot"), args.get("out")
         if not isinstance(snapshot, str) or not snapshot:
             raise _CommandError(
-                protocol.BAD_REQUEST, "export needs a 'snapshot': the served state changes "
-                "while it is read; take a snapshot ('quiesce-host snapshot create') and export that")
+                protocol.BAD_REQUEST,
+                "export needs a 'snapshot': the served state changes "
+                "while it is read; take a snapshot ('quiesce-host snapshot create') and export that",
+            )
         if not isinstance(out, str) or not os.path.isabs(out):
             raise _CommandError(protocol.BAD_REQUEST, "export needs 'out', an absolute path")
         export = self._engine("export_raw")
         with self._lock:  # a delete may not start once this is set (see cmd_snapshot_delete)
             if self.export is not None:
-                raise _CommandError(REFUSED, f"an export of {self.export['snapshot']!r} to "
-                                    f"{self.export['out']} is running already")
+                raise _CommandError(
+                    REFUSED,
+                    f"an export of {self.export['snapshot']!r} to "
+                    f"{self.export['out']} is running already",
+                )
             self.export = {"snapshot": snapshot, "out": out, "done": 0, "total": self.disk.size}
         t0 = time.monotonic()
         try:

@@ -83,8 +83,10 @@ class Timeline:
         return time.monotonic() - self.events[event]
 
     def as_list(self) -> list[dict[str, Any]]:
-        return [{"event": k, "t_ms": round((v - self.t0) * 1000, 1)}
-                for k, v in sorted(self.events.items(), key=lambda kv: kv[1])]
+        return [
+            {"event": k, "t_ms": round((v - self.t0) * 1000, 1)}
+            for k, v in sorted(self.events.items(), key=lambda kv: kv[1])
+        ]
 
 
 @dataclass
@@ -114,9 +116,11 @@ class Outcome:
 
     def record(self) -> dict[str, Any]:
         """The fields the snapshot keeps: consistency, report, artifacts."""
-        return {"consistency": self.consistency,
-                "report": {"agent": self.agent, "host": self.host},
-                "artifacts": artifacts_of(self.agent)}
+        return {
+            "consistency": self.consistency,
+            "report": {"agent": self.agent, "host": self.host},
+            "artifacts": artifacts_of(self.agent),
+        }
 
 
 def artifacts_of(report: dict[str, Any] | None) -> dict[str, Any]:
@@ -137,9 +141,16 @@ def freeze_budget(ceiling: float) -> float:
 class Cycle:
     """Runs one quiesced snapshot against a target. ``run()`` returns an Outcome."""
 
-    def __init__(self, target: Target, name: str, endpoint: Endpoint | str, *,
-                 description: str = "", mode: str = "required",
-                 faults: Faults | None = None) -> None:
+    def __init__(
+        self,
+        target: Target,
+        name: str,
+        endpoint: Endpoint | str,
+        *,
+        description: str = "",
+        mode: str = "required",
+        faults: Faults | None = None,
+    ) -> None:
         if mode not in MODES:
             raise QuiesceHostError(f"--quiesce-mode must be one of {', '.join(MODES)}")
         self.target = target
@@ -207,8 +218,10 @@ class Cycle:
         left = self.ceiling - self.tl.since("freeze_sent")
         if left < SWITCH_RESERVE:
             self._abort_quietly()
-            self._failed(f"the freeze took {self.tl.since('freeze_sent'):.1f} s of the "
-                         f"{self.ceiling:g} s ceiling; too little was left to switch")
+            self._failed(
+                f"the freeze took {self.tl.since('freeze_sent'):.1f} s of the "
+                f"{self.ceiling:g} s ceiling; too little was left to switch"
+            )
             return None
         return frozen
 
@@ -219,9 +232,14 @@ class Cycle:
         self.out.host = self._host_section(pending=True)
         self.tl.mark("switch_start")
         try:
-            result = self.target.create(self.name, self.description, "crash",
-                                        {"agent": frozen, "host": self.out.host},
-                                        artifacts_of(frozen), timeout=max(1.0, left))
+            result = self.target.create(
+                self.name,
+                self.description,
+                "crash",
+                {"agent": frozen, "host": self.out.host},
+                artifacts_of(frozen),
+                timeout=max(1.0, left),
+            )
         except BaseException:
             self.tl.mark("switch_failed")
             self._abort_quietly()
@@ -238,15 +256,17 @@ class Cycle:
             self.out.confirmed = True
         except AgentRefused as err:
             self.out.agent = err.report or self.out.agent
-            if err.error_class == protocol.WRITER_FAILED and err.report is not None \
-                    and not err.report.get("ceiling_hit"):
+            if (
+                err.error_class == protocol.WRITER_FAILED
+                and err.report is not None
+                and not err.report.get("ceiling_hit")
+            ):
                 # the hold was intact through the switch (the agent says NotConsistent
                 # otherwise); a writer's release failed, and its level no longer counts
                 self.out.confirmed = True
                 self.out.warnings.append(f"the thaw finished with errors: {err.desc}")
             else:
-                self.unconfirmed = (f"the agent answered the thaw with {err.error_class}: "
-                                    f"{err.desc}")
+                self.unconfirmed = f"the agent answered the thaw with {err.error_class}: {err.desc}"
         except QuiesceHostError as err:
             self.unconfirmed = f"the thaw was not confirmed: {err}"
         self.tl.mark("thawed")
@@ -264,13 +284,18 @@ class Cycle:
         if out.mode == "required":
             refused = self.target.delete(self.name)
             if refused is None:
-                raise QuiesceFailed(f"{self.unconfirmed}; the snapshot was deleted again "
-                                    "(--quiesce-mode required); nothing was left behind",
-                                    out.agent)
+                raise QuiesceFailed(
+                    f"{self.unconfirmed}; the snapshot was deleted again "
+                    "(--quiesce-mode required); nothing was left behind",
+                    out.agent,
+                )
             self.target.update(self.name, out.record())
-            raise NotConfirmed(f"{self.unconfirmed}; snapshot {self.name!r} could not be "
-                               f"deleted ({refused}) and is recorded as crash-consistent; "
-                               "delete it once the disk is no longer served", out.agent)
+            raise NotConfirmed(
+                f"{self.unconfirmed}; snapshot {self.name!r} could not be "
+                f"deleted ({refused}) and is recorded as crash-consistent; "
+                "delete it once the disk is no longer served",
+                out.agent,
+            )
         self.target.update(self.name, out.record())
         return out
 
@@ -280,17 +305,20 @@ class Cycle:
         self.tl.mark("quiesce_failed")
         self.out.agent = report or self.out.agent
         if self.out.mode == "required":
-            raise QuiesceFailed(f"{reason}; no snapshot was taken (--quiesce-mode required)",
-                                self.out.agent)
-        self.out.warnings.append(f"QUIESCE FAILED, falling back to a crash-consistent snapshot: "
-                                 f"{reason}")
+            raise QuiesceFailed(
+                f"{reason}; no snapshot was taken (--quiesce-mode required)", self.out.agent
+            )
+        self.out.warnings.append(
+            f"QUIESCE FAILED, falling back to a crash-consistent snapshot: {reason}"
+        )
         self.fallback = reason
 
     def _crash_snapshot(self) -> Outcome:
         self.out.host = self._host_section(fallback=self.fallback)
         self.tl.mark("switch_start")
-        result = self.target.create(self.name, self.description, "crash",
-                                    self.out.record()["report"], {}, timeout=30.0)
+        result = self.target.create(
+            self.name, self.description, "crash", self.out.record()["report"], {}, timeout=30.0
+        )
         self.tl.mark("switch_end")
         self.out.snapshot = result.get("snapshot")
         self.switch_detail = {k: v for k, v in result.items() if k != "snapshot"}
@@ -311,23 +339,36 @@ class Cycle:
     def _host_section(self, pending: bool = False, fallback: str | None = None) -> dict[str, Any]:
         tl, agent = self.tl, self.out.agent or {}
         timings = agent.get("timings") or {}
-        split = {"prepare_ms": timings.get("prepare_ms"), "lock_ms": timings.get("freeze_ms"),
-                 "switch_ms": tl.ms("switch_start", "switch_end"),
-                 "release_ms": tl.ms("thaw_sent", "thawed")}
+        split = {
+            "prepare_ms": timings.get("prepare_ms"),
+            "lock_ms": timings.get("freeze_ms"),
+            "switch_ms": tl.ms("switch_start", "switch_end"),
+            "release_ms": tl.ms("thaw_sent", "thawed"),
+        }
         return {
-            "endpoint": str(self.client.endpoint), "mode": self.out.mode,
+            "endpoint": str(self.client.endpoint),
+            "mode": self.out.mode,
             "state": "awaiting thaw" if pending else "done",
-            "confirmed": self.out.confirmed, "fallback": fallback,
+            "confirmed": self.out.confirmed,
+            "fallback": fallback,
             "ceiling_seconds": self.ceiling,
             "window_ms": tl.ms("freeze_sent", "thawed"),  # freeze start -> thaw end
-            "split": split, "agent_held_ms": timings.get("held_ms"),
+            "split": split,
+            "agent_held_ms": timings.get("held_ms"),
             "switch": getattr(self, "switch_detail", None),
-            "events": tl.as_list(), "warnings": list(self.out.warnings),
+            "events": tl.as_list(),
+            "warnings": list(self.out.warnings),
         }
 
 
-def take(target: Target, name: str, endpoint: Endpoint | str, *, description: str = "",
-         mode: str = "required", faults: Faults | None = None) -> Outcome:
+def take(
+    target: Target,
+    name: str,
+    endpoint: Endpoint | str,
+    *,
+    description: str = "",
+    mode: str = "required",
+    faults: Faults | None = None,
+) -> Outcome:
     """Run one quiesced snapshot cycle (see the module docstring)."""
-    return Cycle(target, name, endpoint, description=description, mode=mode,
-                 faults=faults).run()
+    return Cycle(target, name, endpoint, description=description, mode=mode, faults=faults).run()

@@ -40,8 +40,13 @@ def timeline(record: dict[str, Any]) -> list[str]:
     if base is not None and writers:
         for w in writers:
             if "prepare_ms" in w:
-                rows.append((_num(w["prepare_ms"]), "~", f"{w['name']}: prepared "
-                             f"({_num(w['prepare_ms']):.1f} ms)"))
+                rows.append(
+                    (
+                        _num(w["prepare_ms"]),
+                        "~",
+                        f"{w['name']}: prepared ({_num(w['prepare_ms']):.1f} ms)",
+                    )
+                )
         t = _num((agent.get("timings") or {}).get("prepare_ms"))
         for w in writers:
             if "freeze_ms" in w:
@@ -53,8 +58,10 @@ def timeline(record: dict[str, Any]) -> list[str]:
     sw = host.get("switch") or {}
     extra = f", client I/O paused {sw['paused_ms']:.1f} ms" if "paused_ms" in sw else ""
     at("switch_start", "snapshot switch: flush + new delta")
-    at("switch_end", f"snapshot switched ({_num((host.get('split') or {}).get('switch_ms')):.1f}"
-                     f" ms{extra})")
+    at(
+        "switch_end",
+        f"snapshot switched ({_num((host.get('split') or {}).get('switch_ms')):.1f} ms{extra})",
+    )
     thaw = _event_ms(host, "thaw_sent")
     at("thaw_sent", "thaw sent")
     if thaw is not None and host.get("confirmed"):
@@ -72,15 +79,21 @@ def summary(record: dict[str, Any]) -> list[str]:
     """The held window and its split, the consistency, the warnings."""
     host = (record.get("report") or {}).get("host") or {}
     split = host.get("split") or {}
-    lines = [f"consistency: {record.get('consistency')}"
-             + ("" if host.get("confirmed") else "  (the quiesce was NOT confirmed)")]
+    lines = [
+        f"consistency: {record.get('consistency')}"
+        + ("" if host.get("confirmed") else "  (the quiesce was NOT confirmed)")
+    ]
     if host.get("window_ms") is not None:
         parts = ", ".join(f"{k[:-3]} {_num(v):.1f}" for k, v in split.items() if v is not None)
-        lines.append(f"held window (freeze sent -> thaw reply): {_num(host['window_ms']):.1f} ms"
-                     f"  [{parts} ms]")
+        lines.append(
+            f"held window (freeze sent -> thaw reply): {_num(host['window_ms']):.1f} ms"
+            f"  [{parts} ms]"
+        )
     if host.get("agent_held_ms") is not None:
-        lines.append(f"locked (first lock -> filesystems thawed, agent clock): "
-                     f"{_num(host['agent_held_ms']):.1f} ms")
+        lines.append(
+            f"locked (first lock -> filesystems thawed, agent clock): "
+            f"{_num(host['agent_held_ms']):.1f} ms"
+        )
     if host.get("fallback"):
         lines.append(f"fallback: {host['fallback']}")
     return lines
@@ -96,13 +109,23 @@ def writers_table(record: dict[str, Any]) -> list[str]:
         def ms(key: str, w: dict[str, Any] = w) -> str:
             return f"{_num(w[key]):.1f}" if key in w else "-"
 
-        rows.append((str(w.get("name")), str(w.get("state")), ms("prepare_ms"),
-                     ms("freeze_ms"), ms("thaw_ms"), str(w.get("error") or "")))
+        rows.append(
+            (
+                str(w.get("name")),
+                str(w.get("state")),
+                ms("prepare_ms"),
+                ms("freeze_ms"),
+                ms("thaw_ms"),
+                str(w.get("error") or ""),
+            )
+        )
     if len(rows) == 1:
         return ["(no writer report)"]
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    return ["  ".join(c.ljust(widths[i]) if i < 5 else c for i, c in enumerate(r)).rstrip()
-            for r in rows]
+    return [
+        "  ".join(c.ljust(widths[i]) if i < 5 else c for i, c in enumerate(r)).rstrip()
+        for r in rows
+    ]
 
 
 def artifacts_lines(record: dict[str, Any]) -> list[str]:
@@ -111,21 +134,27 @@ def artifacts_lines(record: dict[str, Any]) -> list[str]:
         if not isinstance(arts, dict):
             continue
         if "backup_label" in arts:
-            lines.append(f"{writer}: backup {arts.get('start_lsn')} .. {arts.get('stop_lsn')} "
-                         f"(WAL {arts.get('wal_file_start')} .. {arts.get('wal_file_stop')}), "
-                         "backup_label recorded"
-                         + (", tablespace_map recorded" if arts.get("tablespace_map") else ""))
+            lines.append(
+                f"{writer}: backup {arts.get('start_lsn')} .. {arts.get('stop_lsn')} "
+                f"(WAL {arts.get('wal_file_start')} .. {arts.get('wal_file_stop')}), "
+                "backup_label recorded"
+                + (", tablespace_map recorded" if arts.get("tablespace_map") else "")
+            )
         elif "binlog_file" in arts or "gtid" in arts:
-            lines.append(f"{writer}: {arts.get('lock')} lock; binlog {arts.get('binlog_file')}:"
-                         f"{arts.get('binlog_position')} GTID {arts.get('gtid') or '-'}")
+            lines.append(
+                f"{writer}: {arts.get('lock')} lock; binlog {arts.get('binlog_file')}:"
+                f"{arts.get('binlog_position')} GTID {arts.get('gtid') or '-'}"
+            )
         else:
             lines.append(f"{writer}: {', '.join(sorted(arts))}")
     return lines
 
 
 def full(record: dict[str, Any]) -> list[str]:
-    out = [f"snapshot {record.get('name')!r}  created {record.get('created', '')}  "
-           f"layer {record.get('layer', '')}"]
+    out = [
+        f"snapshot {record.get('name')!r}  created {record.get('created', '')}  "
+        f"layer {record.get('layer', '')}"
+    ]
     if record.get("description"):
         out.append(f"description: {record['description']}")
     out += summary(record)

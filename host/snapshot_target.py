@@ -36,8 +36,15 @@ class Target(Protocol):
 
     kind: str
 
-    def create(self, name: str, description: str, consistency: str, report: dict[str, Any],
-               artifacts: dict[str, Any], timeout: float) -> dict[str, Any]: ...
+    def create(
+        self,
+        name: str,
+        description: str,
+        consistency: str,
+        report: dict[str, Any],
+        artifacts: dict[str, Any],
+        timeout: float,
+    ) -> dict[str, Any]: ...
     def update(self, name: str, fields: dict[str, Any]) -> None: ...
     def delete(self, name: str) -> str | None: ...
     def close(self) -> None: ...
@@ -51,8 +58,15 @@ class EngineTarget:
     def __init__(self, disk: Disk) -> None:
         self.disk = disk
 
-    def create(self, name: str, description: str, consistency: str, report: dict[str, Any],
-               artifacts: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def create(
+        self,
+        name: str,
+        description: str,
+        consistency: str,
+        report: dict[str, Any],
+        artifacts: dict[str, Any],
+        timeout: float,
+    ) -> dict[str, Any]:
         t0 = time.monotonic()
         snap = self.disk.snapshot_create(name, description, consistency, report, artifacts)
         return {"snapshot": snap, "switch_ms": round((time.monotonic() - t0) * 1000, 3)}
@@ -78,11 +92,27 @@ class ServedTarget:
         self.folder = folder
         request(folder, "ping", timeout=5.0)  # fail before freezing, not inside the window
 
-    def create(self, name: str, description: str, consistency: str, report: dict[str, Any],
-               artifacts: dict[str, Any], timeout: float) -> dict[str, Any]:
-        reply = request(self.folder, "snapshot-create",
-                        {"name": name, "description": description, "consistency": consistency,
-                         "report": report, "artifacts": artifacts}, timeout=timeout)
+    def create(
+        self,
+        name: str,
+        description: str,
+        consistency: str,
+        report: dict[str, Any],
+        artifacts: dict[str, Any],
+        timeout: float,
+    ) -> dict[str, Any]:
+        reply = request(
+            self.folder,
+            "snapshot-create",
+            {
+                "name": name,
+                "description": description,
+                "consistency": consistency,
+                "report": report,
+                "artifacts": artifacts,
+            },
+            timeout=timeout,
+        )
         return reply if isinstance(reply, dict) else {"snapshot": reply}
 
     def update(self, name: str, fields: dict[str, Any]) -> None:
@@ -132,5 +162,4 @@ def load_snapshot(folder: str | os.PathLike[str], name: str) -> dict[str, Any]:
     return snap
 
 
-__all__ = ["EngineTarget", "ServeError", "ServedTarget", "Target", "load_snapshot",
-           "open_target"]
+__all__ = ["EngineTarget", "ServeError", "ServedTarget", "Target", "load_snapshot", "open_target"]

@@ -478,8 +478,12 @@ class SparseExtent:
         """Take back the entries of writes acknowledged before a crash (same boot only)."""
         records, stale = self.log.load()
         for g, s in records:
-            if (g < self.num_grains and s >= self.overhead and s % GRAIN_SECTORS == 0
-                    and s + GRAIN_SECTORS <= file_sectors):
+            if (
+                g < self.num_grains
+                and s >= self.overhead
+                and s % GRAIN_SECTORS == 0
+                and s + GRAIN_SECTORS <= file_sectors
+            ):
                 self.gt[g] = s
                 self.pending[g] = s
         if self.writable:
@@ -492,7 +496,7 @@ class SparseExtent:
         """A crash between the primary and the redundant table write leaves them different:
         the primary is the truth (written first), so copy it over."""
         for t, sector in enumerate(self.rgde):
-            primary = tables[t * GT_BYTES:(t + 1) * GT_BYTES]
+            primary = tables[t * GT_BYTES : (t + 1) * GT_BYTES]
             if os.pread(self.fd, GT_BYTES, sector * SECTOR) != primary:
                 try:
                     pwrite_all(self.fd, primary, sector * SECTOR)
@@ -501,8 +505,11 @@ class SparseExtent:
 
     def _read_directory(self, start: int, count: int, overhead: int, what: str) -> list[int]:
         if start < DESC_OFFSET + DESC_SECTORS or start + -(-count * 4 // SECTOR) > overhead:
-            raise CorruptFile(f"{self.path}: the {what} at sector {start} lies outside the "
-                              f"metadata area (sectors 21-{overhead})", self.path)
+            raise CorruptFile(
+                f"{self.path}: the {what} at sector {start} lies outside the "
+                f"metadata area (sectors 21-{overhead})",
+                self.path,
+            )
         raw = os.pread(self.fd, count * 4, start * SECTOR)
         if len(raw) != count * 4:
             raise CorruptFile(
@@ -658,8 +665,9 @@ class SparseExtent:
         except OSError as err:
             raise space_error(err, self.path, "writing a grain") from err
 
-    def append_grains(self, grains: list[tuple[int, bytes | bytearray | memoryview]],
-                      durable: bool = True) -> None:
+    def append_grains(
+        self, grains: list[tuple[int, bytes | bytearray | memoryview]], durable: bool = True
+    ) -> None:
         """Allocate whole grains at the end of the file.
 
         ``durable``: data, fdatasync, then the primary and redundant table entries. Otherwise
@@ -672,8 +680,11 @@ class SparseExtent:
         old_size = os.fstat(self.fd).st_size
         records = [(g, start + i * GRAIN_SECTORS) for i, (g, _) in enumerate(grains)]
         try:
-            pwrite_all(self.fd, grains[0][1] if len(grains) == 1
-                       else b"".join(d for _, d in grains), start * SECTOR)
+            pwrite_all(
+                self.fd,
+                grains[0][1] if len(grains) == 1 else b"".join(d for _, d in grains),
+                start * SECTOR,
+            )
             if durable:
                 os.fdatasync(self.fd)
             else:
@@ -736,35 +747,45 @@ class SparseExtent:
         if self.read_descriptor().create_type != "monolithicSparse":
             out.append("createType is not monolithicSparse")
         if self.pending:
-            out.append(f"{len(self.pending)} grains written before a crash are not in the "
-                       "grain tables yet (a read-write open commits them)")
+            out.append(
+                f"{len(self.pending)} grains written before a crash are not in the "
+                "grain tables yet (a read-write open commits them)"
+            )
         busy = {g // GTES for g in self.pending}
         for t, sector in enumerate(self.gde):
-            disk = self.read_table(sector)[: len(self.gt[t * GTES:(t + 1) * GTES])]
-            if t not in busy and disk != self.gt[t * GTES:(t + 1) * GTES]:
+            disk = self.read_table(sector)[: len(self.gt[t * GTES : (t + 1) * GTES])]
+            if t not in busy and disk != self.gt[t * GTES : (t + 1) * GTES]:
                 out.append(f"grain table {t} on disk differs from the one in memory")
             if self.rgde and self.read_table(self.rgde[t]) != self.read_table(sector):
-                out.append(f"redundant grain table {t} differs from the primary (damaged, "
-                           "or a crash cut a table update short)")
+                out.append(
+                    f"redundant grain table {t} differs from the primary (damaged, "
+                    "or a crash cut a table update short)"
+                )
         if self.rgde and self.rgde == self.gde:
             out.append("the redundant grain directory is the primary one")
         used = sorted((s, g) for g, s in enumerate(self.gt) if s > 1)
         misaligned = [(s, g) for s, g in used if s % GRAIN_SECTORS]
         if misaligned:
             s, g = misaligned[0]
-            out.append(f"grain {g} (disk offset {g * GRAIN}) points to sector {s}, not a "
-                       f"multiple of {GRAIN_SECTORS}: not grain-aligned"
-                       + _more(len(misaligned)))
-        shared = [(a, b) for a, b in zip(used, used[1:], strict=False)
-                  if a[0] + GRAIN_SECTORS > b[0]]
+            out.append(
+                f"grain {g} (disk offset {g * GRAIN}) points to sector {s}, not a "
+                f"multiple of {GRAIN_SECTORS}: not grain-aligned" + _more(len(misaligned))
+            )
+        shared = [
+            (a, b) for a, b in zip(used, used[1:], strict=False) if a[0] + GRAIN_SECTORS > b[0]
+        ]
         if shared:
             (sa, ga), (sb, gb) = shared[0]
-            out.append(f"grains {ga} and {gb} (disk offsets {ga * GRAIN} and {gb * GRAIN}) "
-                       f"overlap in the file (sectors {sa} and {sb}): writing one changes "
-                       "the other" + _more(len(shared)))
+            out.append(
+                f"grains {ga} and {gb} (disk offsets {ga * GRAIN} and {gb * GRAIN}) "
+                f"overlap in the file (sectors {sa} and {sb}): writing one changes "
+                "the other" + _more(len(shared))
+            )
         if 1 in self.gt and not self.zeroed:
-            out.append("a grain table entry is 1 but the file has no zeroed-grain flag "
-                       "(qemu reads the descriptor as data)")
+            out.append(
+                "a grain table entry is 1 but the file has no zeroed-grain flag "
+                "(qemu reads the descriptor as data)"
+            )
         return out
 
     def read_table(self, sector: int) -> array[int]:

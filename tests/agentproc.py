@@ -36,7 +36,11 @@ class AgentProcess:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "--config", str(self.config_path), "serve"],
-            stdout=self._log, stderr=self._log, env=env, cwd=str(ROOT))
+            stdout=self._log,
+            stderr=self._log,
+            env=env,
+            cwd=str(ROOT),
+        )
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -49,8 +53,9 @@ class AgentProcess:
                 time.sleep(0.05)
         raise RuntimeError(f"agent did not come up:\n{self.log()}")
 
-    def call(self, execute: str, arguments: dict[str, Any] | None = None,
-             timeout: float = 60.0) -> dict[str, Any]:
+    def call(
+        self, execute: str, arguments: dict[str, Any] | None = None, timeout: float = 60.0
+    ) -> dict[str, Any]:
         with Client(self.socket, timeout=timeout) as c:
             return c.call(execute, arguments)
 

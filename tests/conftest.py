@@ -54,8 +54,9 @@ class LoopFS:
             f.truncate(size_mb * 1024 * 1024)
         quiet = ["-q"] if fstype == "xfs" else ["-q", "-F"]
         subprocess.run([mkfs, *quiet, str(self.image)], check=True, timeout=60)
-        subprocess.run(["mount", "-o", "loop", str(self.image), str(self.mountpoint)],
-                       check=True, timeout=30)
+        subprocess.run(
+            ["mount", "-o", "loop", str(self.image), str(self.mountpoint)], check=True, timeout=30
+        )
 
     @property
     def path(self) -> str:

@@ -44,8 +44,10 @@ MYSQL_ENV = "QUIESCE_TEST_MYSQL_SOCKET"
 
 def pg_bindir() -> Path | None:
     """The newest installed PostgreSQL's bin directory (Debian layout), or None."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
+    )
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
@@ -53,8 +55,11 @@ def pg_bindir() -> Path | None:
 
 
 def mariadbd_path() -> str | None:
-    return shutil.which("mariadbd") or (os.path.exists("/usr/sbin/mariadbd")
-                                        and "/usr/sbin/mariadbd") or None
+    return (
+        shutil.which("mariadbd")
+        or (os.path.exists("/usr/sbin/mariadbd") and "/usr/sbin/mariadbd")
+        or None
+    )
 
 
 def _owner(user: str) -> tuple[int, int] | None:
@@ -86,13 +91,21 @@ def _chown_tree(path: Path, owner: tuple[int, int] | None) -> None:
             os.lchown(os.path.join(root, name), *owner)
 
 
-def _run(cmd: list[str], owner: tuple[int, int] | None, timeout: float = 120,
-         **kw: Any) -> subprocess.CompletedProcess[str]:
+def _run(
+    cmd: list[str], owner: tuple[int, int] | None, timeout: float = 120, **kw: Any
+) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` as ``owner``; on failure raise with its output (setup errors must be loud)."""
     if owner is not None:
         kw.update(user=owner[0], group=owner[1], extra_groups=[])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, cwd="/", **kw)
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        cwd="/",
+        **kw,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -119,8 +132,21 @@ def _pg_template() -> Path:
         owner = _owner("postgres")
         base = Path(tempfile.mkdtemp(prefix="qa-pgtpl-"))
         _chown_tree(base, owner)
-        _run([str(bindir / "initdb"), "-D", str(base / "data"), "-U", "postgres",
-              "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"], owner)
+        _run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(base / "data"),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+            owner,
+        )
         _PG_TEMPLATE = base / "data"
         atexit.register(shutil.rmtree, base, True)
     return _PG_TEMPLATE
@@ -131,8 +157,14 @@ class PgServer:
 
     external = False
 
-    def __init__(self, datadir: Path | None = None, *, archive: bool = True,
-                 source: Path | None = None, extra_conf: str = "") -> None:
+    def __init__(
+        self,
+        datadir: Path | None = None,
+        *,
+        archive: bool = True,
+        source: Path | None = None,
+        extra_conf: str = "",
+    ) -> None:
         """Make a cluster at ``datadir`` (default: in the temp dir) from the template, or from
         a copy of ``source`` (a data directory copied while frozen, to restore). Not started."""
         bindir = pg_bindir()
@@ -158,8 +190,9 @@ class PgServer:
 
     def configure(self, *, archive: bool, extra: str = "") -> None:
         """Append our settings to postgresql.conf (later lines win over earlier ones)."""
-        arch = (f"'test ! -f {self.archive_dir}/%f && cp %p {self.archive_dir}/%f'"
-                if archive else "''")
+        arch = (
+            f"'test ! -f {self.archive_dir}/%f && cp %p {self.archive_dir}/%f'" if archive else "''"
+        )
         conf = f"""
 # quiesce-agent tests
 listen_addresses = ''
@@ -169,7 +202,7 @@ wal_level = replica
 max_wal_senders = 3
 shared_buffers = 32MB
 max_connections = 40
-archive_mode = {'on' if archive else 'off'}
+archive_mode = {"on" if archive else "off"}
 archive_command = {arch}
 log_min_messages = warning
 {extra}
@@ -182,18 +215,48 @@ log_min_messages = warning
         return f"host={self.sockdir} port=5432 user=postgres dbname=postgres"
 
     def start(self) -> PgServer:
-        _run([str(self.bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.datadir),
-              "-l", str(self.log)], self.owner, timeout=90)
+        _run(
+            [
+                str(self.bindir / "pg_ctl"),
+                "start",
+                "-w",
+                "-t",
+                "60",
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.log),
+            ],
+            self.owner,
+            timeout=90,
+        )
         self.started = True
         return self
 
     def stop(self, mode: str = "fast") -> None:
         if self.started:
-            subprocess.run([str(self.bindir / "pg_ctl"), "stop", "-w", "-t", "30", "-m", mode,
-                            "-D", str(self.datadir)], capture_output=True, timeout=60,
-                           stdin=subprocess.DEVNULL, cwd="/",
-                           **({"user": self.owner[0], "group": self.owner[1],
-                               "extra_groups": []} if self.owner else {}))
+            subprocess.run(
+                [
+                    str(self.bindir / "pg_ctl"),
+                    "stop",
+                    "-w",
+                    "-t",
+                    "30",
+                    "-m",
+                    mode,
+                    "-D",
+                    str(self.datadir),
+                ],
+                capture_output=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+                cwd="/",
+                **(
+                    {"user": self.owner[0], "group": self.owner[1], "extra_groups": []}
+                    if self.owner
+                    else {}
+                ),
+            )
             self.started = False
 
     def postmaster_pid(self) -> int:
@@ -262,9 +325,14 @@ def _maria_template() -> Path:
         owner = _owner("mysql")
         base = Path(tempfile.mkdtemp(prefix="qa-mytpl-"))
         _chown_tree(base, owner)
-        cmd = ["mariadb-install-db", "--no-defaults", f"--datadir={base / 'data'}",
-               "--auth-root-authentication-method=normal", "--skip-test-db",
-               "--skip-name-resolve"]
+        cmd = [
+            "mariadb-install-db",
+            "--no-defaults",
+            f"--datadir={base / 'data'}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            "--skip-name-resolve",
+        ]
         if IS_ROOT:
             cmd.append("--user=mysql")
         _run(cmd, None)
@@ -278,8 +346,9 @@ class MariaServer:
 
     external = False
 
-    def __init__(self, datadir: Path | None = None, *, binlog: bool = True,
-                 source: Path | None = None) -> None:
+    def __init__(
+        self, datadir: Path | None = None, *, binlog: bool = True, source: Path | None = None
+    ) -> None:
         """Make a server at ``datadir`` (default: in the temp dir) from the template, or from a
         copy of ``source`` (a data directory copied while frozen, to restore). Not started."""
         self.owner = _owner("mysql")
@@ -299,35 +368,55 @@ class MariaServer:
         self.password = ""
 
     def command(self) -> list[str]:
-        cmd = [mariadbd_path() or "mariadbd", "--no-defaults", f"--datadir={self.datadir}",
-               f"--socket={self.socket}", f"--pid-file={self.base / 'mysqld.pid'}",
-               f"--log-error={self.log}", "--skip-networking", "--skip-name-resolve",
-               "--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=1",
-               "--max-connections=60", "--skip-log-bin"]
+        cmd = [
+            mariadbd_path() or "mariadbd",
+            "--no-defaults",
+            f"--datadir={self.datadir}",
+            f"--socket={self.socket}",
+            f"--pid-file={self.base / 'mysqld.pid'}",
+            f"--log-error={self.log}",
+            "--skip-networking",
+            "--skip-name-resolve",
+            "--innodb-buffer-pool-size=64M",
+            "--innodb-flush-log-at-trx-commit=1",
+            "--max-connections=60",
+            "--skip-log-bin",
+        ]
         if self.binlog:
-            cmd[-1:] = ["--log-bin=binlog", "--server-id=1", "--binlog-format=ROW",
-                        "--sync-binlog=1"]
+            cmd[-1:] = [
+                "--log-bin=binlog",
+                "--server-id=1",
+                "--binlog-format=ROW",
+                "--sync-binlog=1",
+            ]
         if IS_ROOT:
             cmd.append("--user=mysql")
         return cmd
 
     def start(self, timeout: float = 60) -> MariaServer:
-        self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True, cwd="/")
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd="/",
+        )
         end = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mariadbd exited ({self.proc.returncode}):\n"
-                                   + self.log_text()[-3000:])
+                raise RuntimeError(
+                    f"mariadbd exited ({self.proc.returncode}):\n" + self.log_text()[-3000:]
+                )
             try:
                 self.connect().close()
                 return self
             except pymysql.err.OperationalError:
                 if time.monotonic() > end:
                     self.kill()
-                    raise RuntimeError("mariadbd did not accept connections in time:\n"
-                                       + self.log_text()[-3000:]) from None
+                    raise RuntimeError(
+                        "mariadbd did not accept connections in time:\n" + self.log_text()[-3000:]
+                    ) from None
                 time.sleep(0.1)
 
     def stop(self) -> None:
@@ -357,8 +446,9 @@ class MariaServer:
 
     def connect(self, **kw: Any) -> pymysql.connections.Connection[Any]:
         kw.setdefault("connect_timeout", 5)
-        return pymysql.connect(unix_socket=self.socket, user=self.user, password=self.password,
-                               autocommit=True, **kw)
+        return pymysql.connect(
+            unix_socket=self.socket, user=self.user, password=self.password, autocommit=True, **kw
+        )
 
     def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
         conn = self.connect()
@@ -427,8 +517,9 @@ class Play:
     def __init__(self, writer: Any, label: str = "test", budget: float = 30.0) -> None:
         self.writer = writer
         self.messages: list[str] = []
-        self.op = Operation(label, Deadline(budget),
-                            sink=lambda who, msg: self.messages.append(f"{who}: {msg}"))
+        self.op = Operation(
+            label, Deadline(budget), sink=lambda who, msg: self.messages.append(f"{who}: {msg}")
+        )
 
     def freeze(self) -> Play:
         try:

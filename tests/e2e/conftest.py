@@ -51,8 +51,10 @@ class Writer:
     """A process that writes and fsyncs a file on a mount, as an application would."""
 
     def __init__(self, mount: str, name: str = "probe") -> None:
-        code = ("import os,sys; f=open(sys.argv[1],'w'); f.write('x'*4096); f.flush(); "
-                "os.fsync(f.fileno()); f.close()")
+        code = (
+            "import os,sys; f=open(sys.argv[1],'w'); f.write('x'*4096); f.flush(); "
+            "os.fsync(f.fileno()); f.close()"
+        )
         self.proc = subprocess.Popen([sys.executable, "-c", code, os.path.join(mount, name)])
         self.started = time.monotonic()
 

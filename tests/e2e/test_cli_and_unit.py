@@ -18,8 +18,14 @@ pytestmark = pytest.mark.root
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True,
-                          timeout=60, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
 
 
 def test_freeze_thaw_status_from_the_command_line(ext4, start_agent) -> None:
@@ -96,9 +102,15 @@ def test_the_unit_file_passes_systemd_analyze(tmp_path: Path) -> None:
     exe = shutil.which("quiesce-agent") or str(Path(sys.executable).parent / "quiesce-agent")
     local = tmp_path / "quiesce-agent.service"
     local.write_text(unit.replace("/opt/quiesce-agent/bin/quiesce-agent", exe))
-    out = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        ["systemd-analyze", "verify", str(local)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
-    for needed in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ExecStopPost=",
-                   "RuntimeDirectoryPreserve=yes"):
+    for needed in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "ExecStopPost=",
+        "RuntimeDirectoryPreserve=yes",
+    ):
         assert needed in unit

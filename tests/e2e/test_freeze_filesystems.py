@@ -36,8 +36,12 @@ def test_a_write_blocks_while_frozen_and_completes_after_thaw(make_fs, start_age
 
 
 def test_the_ceiling_thaws_when_no_thaw_comes(ext4, start_agent) -> None:
-    agent = start_agent({"filesystems": {"mounts": [ext4.path]},
-                         "freeze": {"ceiling_seconds": 2, "timeout_seconds": 1}})
+    agent = start_agent(
+        {
+            "filesystems": {"mounts": [ext4.path]},
+            "freeze": {"ceiling_seconds": 2, "timeout_seconds": 1},
+        }
+    )
     agent.call("freeze", {"label": "forgotten"})
     app = Writer(ext4.path)
     assert not app.done_within(0.5)
@@ -61,10 +65,16 @@ def test_sigkill_of_the_daemon_while_frozen_leaves_nothing_frozen(ext4, start_ag
     assert "daemon went away" in agent.log()
 
 
-def test_the_guard_thaws_at_the_ceiling_even_if_the_whole_daemon_is_stopped(ext4, start_agent) -> None:
+def test_the_guard_thaws_at_the_ceiling_even_if_the_whole_daemon_is_stopped(
+    ext4, start_agent
+) -> None:
     # SIGSTOP freezes the daemon, its event loop and its ceiling thread alike
-    agent = start_agent({"filesystems": {"mounts": [ext4.path]},
-                         "freeze": {"ceiling_seconds": 2, "timeout_seconds": 1}})
+    agent = start_agent(
+        {
+            "filesystems": {"mounts": [ext4.path]},
+            "freeze": {"ceiling_seconds": 2, "timeout_seconds": 1},
+        }
+    )
     agent.call("freeze", {"label": "stuck"})
     os.kill(agent.pid, signal.SIGSTOP)
     app = Writer(ext4.path)
@@ -78,7 +88,9 @@ def test_the_guard_thaws_at_the_ceiling_even_if_the_whole_daemon_is_stopped(ext4
 def test_a_restarted_daemon_thaws_what_a_dead_one_left(ext4, start_agent) -> None:
     agent = start_agent({"filesystems": {"mounts": [ext4.path]}}, name="first")
     agent.call("freeze", {"label": "x"})
-    guard = [p for p in psutil.Process(agent.pid).children() if "agent.guard" in " ".join(p.cmdline())]
+    guard = [
+        p for p in psutil.Process(agent.pid).children() if "agent.guard" in " ".join(p.cmdline())
+    ]
     assert len(guard) == 1
     guard[0].send_signal(signal.SIGSTOP)  # no guard to save us this time
     os.kill(agent.pid, signal.SIGKILL)
@@ -87,8 +99,9 @@ def test_a_restarted_daemon_thaws_what_a_dead_one_left(ext4, start_agent) -> Non
     assert marker["held"] == [ext4.path]
     assert frozen_now(ext4.path)
     # the next instance, with the same state dir, recovers on start
-    second = start_agent({"filesystems": {"mounts": [ext4.path]}, "state_dir": agent.state_dir},
-                         name="second")
+    second = start_agent(
+        {"filesystems": {"mounts": [ext4.path]}, "state_dir": agent.state_dir}, name="second"
+    )
     assert not frozen_now(ext4.path)
     assert "recovery: thawed" in second.log()
     assert not (Path(agent.state_dir) / "frozen.json").exists()
@@ -143,10 +156,14 @@ def test_two_filesystems_and_a_failing_script_roll_back(make_fs, start_agent, sh
     scripts = short_tmp / "scripts"
     scripts.mkdir(mode=0o755)
     bad = scripts / "90-fails"
-    bad.write_text("#!/bin/sh\n[ \"$1\" = freeze ] && exit 1\nexit 0\n")
+    bad.write_text('#!/bin/sh\n[ "$1" = freeze ] && exit 1\nexit 0\n')
     bad.chmod(0o755)
-    agent = start_agent({"filesystems": {"mounts": [a.path, b.path]},
-                         "scripts": {"dir": str(scripts), "legacy_dir": None}})
+    agent = start_agent(
+        {
+            "filesystems": {"mounts": [a.path, b.path]},
+            "scripts": {"dir": str(scripts), "legacy_dir": None},
+        }
+    )
     reply = agent.call("freeze", {"label": "x"})
     assert reply["error"]["class"] == "WriterFailed"
     assert "90-fails" in reply["error"]["desc"]
@@ -158,9 +175,14 @@ def test_a_daemon_logging_onto_the_filesystem_it_froze_still_answers(ext4, short
     # daemon; logs are held in memory until the thaw instead
     from tests.agentproc import AgentProcess
 
-    agent = AgentProcess(short_tmp, {"filesystems": {"mounts": [ext4.path]},
-                                     "freeze": {"ceiling_seconds": 10, "timeout_seconds": 5}},
-                         log_path=Path(ext4.path) / "agent.log").start()
+    agent = AgentProcess(
+        short_tmp,
+        {
+            "filesystems": {"mounts": [ext4.path]},
+            "freeze": {"ceiling_seconds": 10, "timeout_seconds": 5},
+        },
+        log_path=Path(ext4.path) / "agent.log",
+    ).start()
     try:
         assert "return" in agent.call("freeze", {"label": "self"}, timeout=5)
         start = time.monotonic()

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.root
 def slow_script(folder: Path, seconds: float) -> None:
     folder.mkdir(mode=0o755, exist_ok=True)
     s = folder / "50-slow"
-    s.write_text(f"#!/bin/sh\n[ \"$1\" = freeze ] && sleep {seconds}\nexit 0\n")
+    s.write_text(f'#!/bin/sh\n[ "$1" = freeze ] && sleep {seconds}\nexit 0\n')
     s.chmod(0o755)
 
 
@@ -56,7 +56,11 @@ def test_malformed_lines_get_errors_on_the_same_connection(start_agent) -> None:
     out = agent.raw(b'nonsense\n{"execute":"nope","id":4}\n[1]\n{"execute":"ping","id":9}\n')
     replies = [json.loads(line) for line in out.splitlines()]
     assert [r.get("error", {}).get("class") for r in replies] == [
-        "BadRequest", "CommandNotFound", "BadRequest", None]
+        "BadRequest",
+        "CommandNotFound",
+        "BadRequest",
+        None,
+    ]
     assert replies[1]["id"] == 4 and replies[3]["id"] == 9
     assert agent.call("ping")["return"]["pong"]
 
@@ -96,10 +100,13 @@ def test_an_unauthorized_peer_is_refused(start_agent) -> None:
     os.chmod(agent.socket, 0o666)  # let the kernel through so SO_PEERCRED decides
     os.chmod(os.path.dirname(agent.socket), 0o755)
     os.chmod(os.path.dirname(os.path.dirname(agent.socket)), 0o755)
-    code = ("import os,socket,sys; os.setgid(65534); os.setuid(65534); s=socket.socket(socket.AF_UNIX);"
-            "s.connect(sys.argv[1]); print(s.recv(4096).decode())")  # refused before any request
-    out = subprocess.run([sys.executable, "-c", code, agent.socket], capture_output=True,
-                         text=True, timeout=10)
+    code = (
+        "import os,socket,sys; os.setgid(65534); os.setuid(65534); s=socket.socket(socket.AF_UNIX);"
+        "s.connect(sys.argv[1]); print(s.recv(4096).decode())"
+    )  # refused before any request
+    out = subprocess.run(
+        [sys.executable, "-c", code, agent.socket], capture_output=True, text=True, timeout=10
+    )
     assert out.stdout, out.stderr
     reply = json.loads(out.stdout)
     assert reply["error"]["class"] == "Unauthorized"
@@ -109,8 +116,12 @@ def test_an_unauthorized_peer_is_refused(start_agent) -> None:
 
 def test_status_answers_while_a_freeze_is_in_progress(ext4, start_agent, short_tmp) -> None:
     slow_script(short_tmp / "scripts", 1.5)
-    agent = start_agent({"filesystems": {"mounts": [ext4.path]},
-                         "scripts": {"dir": str(short_tmp / "scripts"), "legacy_dir": None}})
+    agent = start_agent(
+        {
+            "filesystems": {"mounts": [ext4.path]},
+            "scripts": {"dir": str(short_tmp / "scripts"), "legacy_dir": None},
+        }
+    )
     result = {}
     t = threading.Thread(target=lambda: result.update(agent.call("freeze", {"label": "slow"})))
     t.start()
@@ -125,10 +136,16 @@ def test_status_answers_while_a_freeze_is_in_progress(ext4, start_agent, short_t
     assert agent.call("thaw")["return"]["outcome"] == "thawed"
 
 
-def test_a_client_that_disconnects_mid_freeze_does_not_disturb_it(ext4, start_agent, short_tmp) -> None:
+def test_a_client_that_disconnects_mid_freeze_does_not_disturb_it(
+    ext4, start_agent, short_tmp
+) -> None:
     slow_script(short_tmp / "scripts", 1.0)
-    agent = start_agent({"filesystems": {"mounts": [ext4.path]},
-                         "scripts": {"dir": str(short_tmp / "scripts"), "legacy_dir": None}})
+    agent = start_agent(
+        {
+            "filesystems": {"mounts": [ext4.path]},
+            "scripts": {"dir": str(short_tmp / "scripts"), "legacy_dir": None},
+        }
+    )
     s = socket.socket(socket.AF_UNIX)
     s.connect(agent.socket)
     s.sendall(protocol.request("freeze", {"label": "gone"}))
@@ -189,8 +206,9 @@ def test_virtio_serial_port_serves_the_same_protocol(start_agent, short_tmp) -> 
 def test_vsock_listens_where_the_kernel_has_it(short_tmp) -> None:
     from tests.agentproc import AgentProcess
 
-    agent = AgentProcess(short_tmp, {"listen": {"unix": str(short_tmp / "v.sock"),
-                                                "vsock": {"port": 47_123}}})
+    agent = AgentProcess(
+        short_tmp, {"listen": {"unix": str(short_tmp / "v.sock"), "vsock": {"port": 47_123}}}
+    )
     try:
         agent.start()
     except RuntimeError:

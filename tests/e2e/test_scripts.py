@@ -10,8 +10,9 @@ import pytest
 pytestmark = pytest.mark.root
 
 
-def make_scripts(folder: Path, trace: Path, names: list[str], fail: str = "",
-                 hang: str = "") -> None:
+def make_scripts(
+    folder: Path, trace: Path, names: list[str], fail: str = "", hang: str = ""
+) -> None:
     folder.mkdir(mode=0o755, exist_ok=True)
     for name in names:
         body = f'echo "{name} $1" >> {trace}\n'
@@ -37,8 +38,15 @@ def test_scripts_freeze_in_byte_order_and_thaw_in_reverse(start_agent, short_tmp
     agent = start_agent({"scripts": {"dir": str(folder), "legacy_dir": None}})
     frozen, thawed = run_cycle(agent)
     assert trace.read_text().split("\n")[:-1] == [
-        "10-db freeze", "A freeze", "a freeze", "b freeze",
-        "b thaw", "a thaw", "A thaw", "10-db thaw"]
+        "10-db freeze",
+        "A freeze",
+        "a freeze",
+        "b freeze",
+        "b thaw",
+        "a thaw",
+        "A thaw",
+        "10-db thaw",
+    ]
     assert thawed["return"]["consistency"] == "application"
     assert any("a~: editor backup" in n for n in frozen["return"]["notes"])
 
@@ -51,7 +59,12 @@ def test_a_failing_script_gives_freezefail_to_those_that_froze_only(start_agent,
     assert reply["error"]["class"] == "WriterFailed"
     assert "scripts:3" in reply["error"]["desc"] and "cannot lock" in reply["error"]["desc"]
     assert trace.read_text().split("\n")[:-1] == [
-        "1 freeze", "2 freeze", "3 freeze", "2 freezeFail", "1 freezeFail"]
+        "1 freeze",
+        "2 freeze",
+        "3 freeze",
+        "2 freezeFail",
+        "1 freezeFail",
+    ]
     runs = {w["name"]: w for w in reply["error"]["data"]["report"]["writers"]}
     assert runs["scripts:3"]["artifacts"]["runs"][0]["stderr"] == "cannot lock\n"
     assert runs["scripts:4"]["state"] == "not frozen"
@@ -60,8 +73,9 @@ def test_a_failing_script_gives_freezefail_to_those_that_froze_only(start_agent,
 def test_a_hung_script_times_out_and_the_rest_get_freezefail(start_agent, short_tmp) -> None:
     trace = short_tmp / "trace"
     make_scripts(short_tmp / "scripts", trace, ["1", "2"], hang="2")
-    agent = start_agent({"scripts": {"dir": str(short_tmp / "scripts"), "legacy_dir": None,
-                                     "timeout_seconds": 1}})
+    agent = start_agent(
+        {"scripts": {"dir": str(short_tmp / "scripts"), "legacy_dir": None, "timeout_seconds": 1}}
+    )
     reply = agent.call("freeze", {"label": "x"})
     assert reply["error"]["class"] == "WriterTimeout"
     assert trace.read_text().split("\n")[:-1] == ["1 freeze", "2 freeze", "1 freezeFail"]
@@ -79,7 +93,11 @@ def test_legacy_pre_freeze_runs_first_and_post_thaw_last(start_agent, short_tmp)
     agent = start_agent({"scripts": {"dir": str(short_tmp / "scripts"), "legacy_dir": str(legacy)}})
     run_cycle(agent)
     assert trace.read_text().split("\n")[:-1] == [
-        "pre-freeze-script freeze", "50-app freeze", "50-app thaw", "post-thaw-script thaw"]
+        "pre-freeze-script freeze",
+        "50-app freeze",
+        "50-app thaw",
+        "post-thaw-script thaw",
+    ]
 
 
 def test_an_unsafe_script_is_never_run(start_agent, short_tmp) -> None:

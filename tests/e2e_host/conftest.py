@@ -25,8 +25,9 @@ def run_cli(argv: list[str]) -> int:
     return cli.main(argv)
 
 
-def make_scripts(folder: Path, trace: Path, names: list[str], fail: str = "",
-                 sleep: str = "", seconds: float = 0) -> None:
+def make_scripts(
+    folder: Path, trace: Path, names: list[str], fail: str = "", sleep: str = "", seconds: float = 0
+) -> None:
     """backupScripts.d entries that log ``NAME ARG`` to ``trace``; one may fail or sleep."""
     folder.mkdir(mode=0o755, exist_ok=True)
     for name in names:
@@ -52,10 +53,10 @@ def disk_dir(short_tmp: Path) -> Iterator[Path]:
 def deltas() -> Callable[[Path], list[str]]:
     def listing(folder: Path) -> list[str]:
         return sorted(p.name for p in folder.iterdir() if p.name.startswith("disk-0"))
+
     return listing
 
 
 def snapshots(folder: Path) -> list[dict[str, Any]]:
     with Disk.open(folder, readonly=True) as disk:
         return disk.snapshot_list()
-

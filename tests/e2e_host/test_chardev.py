@@ -79,9 +79,15 @@ def chardev(short_tmp: Path, start_agent, ext4) -> Iterator[tuple[Chardev, objec
     host_end, guest_end = os.openpty()
     tty.setraw(host_end)
     tty.setraw(guest_end)
-    agent = start_agent({"listen": {"unix": str(short_tmp / "agent.sock"),
-                                    "virtio_serial": os.ttyname(guest_end)},
-                         "filesystems": {"mounts": [ext4.path]}})
+    agent = start_agent(
+        {
+            "listen": {
+                "unix": str(short_tmp / "agent.sock"),
+                "virtio_serial": os.ttyname(guest_end),
+            },
+            "filesystems": {"mounts": [ext4.path]},
+        }
+    )
     bridge = Chardev(short_tmp / "qemu-chardev.sock", host_end)
     yield bridge, agent
     bridge.close()
@@ -112,7 +118,8 @@ def quiesced_snapshot(disk_dir: Path, name: str, bridge: Chardev):  # type: igno
 
 
 def test_a_quiesced_snapshot_through_a_chardev_and_a_virtio_serial_port(
-        chardev, disk_dir, ext4) -> None:
+    chardev, disk_dir, ext4
+) -> None:
     bridge, _ = chardev
     out = quiesced_snapshot(disk_dir, "over-serial", bridge)
     assert out.confirmed and out.consistency == "filesystem"

@@ -110,7 +110,10 @@ def test_stale_replies_with_other_ids_are_skipped(fake) -> None:
 
 def test_garbage_is_named(fake) -> None:
     agent = fake(lambda req: b"SSH-2.0-OpenSSH_9.2\n")
-    with AgentClient(f"unix:{agent.path}") as c, pytest.raises(AgentGarbage, match="not the agent protocol"):
+    with (
+        AgentClient(f"unix:{agent.path}") as c,
+        pytest.raises(AgentGarbage, match="not the agent protocol"),
+    ):
         c.ping()
 
 
@@ -138,8 +141,11 @@ def test_an_agent_dying_mid_call_is_a_lost_connection(fake) -> None:
 
 def test_error_replies_carry_class_and_report(fake) -> None:
     def respond(req: dict) -> bytes:
-        err = {"class": "WriterFailed", "desc": "scripts:3: cannot lock",
-               "data": {"report": {"outcome": "failed", "writers": []}}}
+        err = {
+            "class": "WriterFailed",
+            "desc": "scripts:3: cannot lock",
+            "data": {"report": {"outcome": "failed", "writers": []}},
+        }
         return json.dumps({"error": err, "id": req["id"]}).encode() + b"\n"
 
     agent = fake(respond)

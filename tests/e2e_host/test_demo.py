@@ -67,11 +67,18 @@ def test_the_demo_scenario_keeps_every_row_before_the_snapshot_and_none_after(ca
 
 
 def test_ctrl_c_in_the_middle_cleans_up_everything() -> None:
-    code = ("import argparse,sys; from host.demo import run_demo; sys.exit(run_demo("
-            f"argparse.Namespace(seconds=30.0, rate=100.0, keep=False, lab_parent={FREEZE_ROOT!r})))")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+    code = (
+        "import argparse,sys; from host.demo import run_demo; sys.exit(run_demo("
+        f"argparse.Namespace(seconds=30.0, rate=100.0, keep=False, lab_parent={FREEZE_ROOT!r})))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
+    )
     assert proc.stdout is not None
     lines, root = [], None
     deadline = time.monotonic() + 120

@@ -33,8 +33,9 @@ def served(disk_dir: Path) -> Iterator[Disk]:
     disk.close()
 
 
-def test_a_served_disk_is_snapshotted_through_its_server(ext4, start_agent, disk_dir,
-                                                         served) -> None:
+def test_a_served_disk_is_snapshotted_through_its_server(
+    ext4, start_agent, disk_dir, served
+) -> None:
     need_root()
     agent = start_agent({"filesystems": {"mounts": [ext4.path]}})
     target = open_target(disk_dir)
@@ -60,7 +61,8 @@ class KillAgentAfterFreeze(Faults):
 
 
 def test_an_unconfirmed_quiesce_takes_its_snapshot_back_while_serving(
-        ext4, start_agent, disk_dir, served) -> None:
+    ext4, start_agent, disk_dir, served
+) -> None:
     need_root()
     agent = start_agent({"filesystems": {"mounts": [ext4.path]}})
     served.write(0, b"before" * 100)
@@ -76,7 +78,8 @@ def test_an_unconfirmed_quiesce_takes_its_snapshot_back_while_serving(
 
 
 def test_a_snapshot_with_much_written_since_is_not_merged_while_serving(
-        ext4, start_agent, disk_dir, served, monkeypatch) -> None:
+    ext4, start_agent, disk_dir, served, monkeypatch
+) -> None:
     need_root()
     agent = start_agent({"filesystems": {"mounts": [ext4.path]}})
     monkeypatch.setattr("host.serve_control.LIVE_MERGE_LIMIT", 0)  # any write since is too much
@@ -86,19 +89,26 @@ def test_a_snapshot_with_much_written_since_is_not_merged_while_serving(
             served.write(0, b"x" * 4096)  # a client wrote after the switch
 
     with pytest.raises(NotConfirmed, match="could not be deleted.*recorded as crash"):
-        take(open_target(disk_dir), "dead", f"unix:{agent.socket}",
-             faults=KillAndWrite(agent.pid))
+        take(open_target(disk_dir), "dead", f"unix:{agent.socket}", faults=KillAndWrite(agent.pid))
     assert load_snapshot(disk_dir, "dead")["consistency"] == "crash"
 
 
-def test_restore_artifacts_writes_the_label_into_a_data_directory(disk_dir, short_tmp,
-                                                                  capsys) -> None:
+def test_restore_artifacts_writes_the_label_into_a_data_directory(
+    disk_dir, short_tmp, capsys
+) -> None:
     label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n"
     with Disk.open(disk_dir) as d:
-        d.snapshot_create("pg", consistency="application",
-                          artifacts={"postgres:main": {"backup_label": label,
-                                                       "tablespace_map": "",
-                                                       "start_lsn": "0/2000028"}})
+        d.snapshot_create(
+            "pg",
+            consistency="application",
+            artifacts={
+                "postgres:main": {
+                    "backup_label": label,
+                    "tablespace_map": "",
+                    "start_lsn": "0/2000028",
+                }
+            },
+        )
     datadir = short_tmp / "data"
     assert run_cli(["snapshot", "restore-artifacts", str(disk_dir), "pg", str(datadir)]) == 2
     assert "not a PostgreSQL data directory" in capsys.readouterr().err

@@ -34,8 +34,9 @@ def fs_agent(start_agent, fs, **freeze):  # type: ignore[no-untyped-def]
     return start_agent(config)
 
 
-def cycle(disk_dir: Path, name: str, endpoint: str, mode: str = "required",
-          faults: Faults | None = None):  # type: ignore[no-untyped-def]
+def cycle(
+    disk_dir: Path, name: str, endpoint: str, mode: str = "required", faults: Faults | None = None
+):  # type: ignore[no-untyped-def]
     target = open_target(disk_dir)
     try:
         return take(target, name, endpoint, mode=mode, faults=faults)
@@ -43,8 +44,9 @@ def cycle(disk_dir: Path, name: str, endpoint: str, mode: str = "required",
         target.close()
 
 
-def test_a_quiesced_snapshot_records_its_level_report_and_window(ext4, start_agent, disk_dir,
-                                                                 deltas) -> None:
+def test_a_quiesced_snapshot_records_its_level_report_and_window(
+    ext4, start_agent, disk_dir, deltas
+) -> None:
     agent = fs_agent(start_agent, ext4)
     with Disk.open(disk_dir) as d:
         d.write(0, b"before" * 100)
@@ -56,12 +58,18 @@ def test_a_quiesced_snapshot_records_its_level_report_and_window(ext4, start_age
     host = snap["report"]["host"]
     assert host["confirmed"] and host["state"] == "done"
     split = host["split"]
-    assert all(split[k] is not None for k in ("prepare_ms", "lock_ms", "switch_ms",
-                                               "release_ms"))
+    assert all(split[k] is not None for k in ("prepare_ms", "lock_ms", "switch_ms", "release_ms"))
     assert host["window_ms"] >= split["switch_ms"] + split["release_ms"]
     events = [e["event"] for e in host["events"]]
-    assert events == ["ping", "freeze_sent", "frozen", "switch_start", "switch_end",
-                      "thaw_sent", "thawed"]
+    assert events == [
+        "ping",
+        "freeze_sent",
+        "frozen",
+        "switch_start",
+        "switch_end",
+        "thaw_sent",
+        "thawed",
+    ]
     writers = snap["report"]["agent"]["writers"]
     assert [w["state"] for w in writers] == ["thawed"]
     assert deltas(disk_dir) == ["disk-000001.vmdk"]
@@ -74,8 +82,7 @@ def test_a_quiesced_snapshot_records_its_level_report_and_window(ext4, start_age
 
 def test_the_cli_creates_and_shows_it(ext4, start_agent, disk_dir, capsys) -> None:
     agent = fs_agent(start_agent, ext4)
-    rc = run_cli(["snapshot", "create", str(disk_dir), "cli1", "--quiesce",
-                  f"unix:{agent.socket}"])
+    rc = run_cli(["snapshot", "create", str(disk_dir), "cli1", "--quiesce", f"unix:{agent.socket}"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "consistency: filesystem" in out and "snapshot switched" in out
@@ -86,8 +93,7 @@ def test_the_cli_creates_and_shows_it(ext4, start_agent, disk_dir, capsys) -> No
     assert "held window" in capsys.readouterr().out
 
 
-def test_unreachable_agent_required_fails_and_leaves_nothing(disk_dir, short_tmp,
-                                                             deltas) -> None:
+def test_unreachable_agent_required_fails_and_leaves_nothing(disk_dir, short_tmp, deltas) -> None:
     t0 = time.monotonic()
     with pytest.raises(QuiesceFailed, match="unreachable.*no snapshot was taken"):
         cycle(disk_dir, "nope", f"unix:{short_tmp}/none.sock")
@@ -96,8 +102,18 @@ def test_unreachable_agent_required_fails_and_leaves_nothing(disk_dir, short_tmp
 
 
 def test_unreachable_agent_preferred_gives_crash_loudly(disk_dir, short_tmp, capsys) -> None:
-    rc = run_cli(["snapshot", "create", str(disk_dir), "fallback", "--quiesce",
-                  f"unix:{short_tmp}/none.sock", "--quiesce-mode", "preferred"])
+    rc = run_cli(
+        [
+            "snapshot",
+            "create",
+            str(disk_dir),
+            "fallback",
+            "--quiesce",
+            f"unix:{short_tmp}/none.sock",
+            "--quiesce-mode",
+            "preferred",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 1
     assert "WARNING: QUIESCE FAILED, falling back to a crash-consistent" in captured.err
@@ -106,14 +122,19 @@ def test_unreachable_agent_preferred_gives_crash_loudly(disk_dir, short_tmp, cap
     assert "unreachable" in snap["report"]["host"]["fallback"]
 
 
-def test_agent_killed_mid_freeze_fails_cleanly_and_thaws(ext4, start_agent, short_tmp,
-                                                        disk_dir, deltas) -> None:
+def test_agent_killed_mid_freeze_fails_cleanly_and_thaws(
+    ext4, start_agent, short_tmp, disk_dir, deltas
+) -> None:
     # a script that takes 3 s to freeze keeps the agent in FREEZING; kill the agent while it
     # runs: the host must see the connection drop at once, not wait out its bound
     trace = short_tmp / "trace"
     make_scripts(short_tmp / "scripts", trace, ["10-slow"], sleep="10-slow", seconds=3)
-    agent = start_agent({"filesystems": {"mounts": [ext4.path]},
-                         "scripts": {"dir": str(short_tmp / "scripts"), "legacy_dir": None}})
+    agent = start_agent(
+        {
+            "filesystems": {"mounts": [ext4.path]},
+            "scripts": {"dir": str(short_tmp / "scripts"), "legacy_dir": None},
+        }
+    )
 
     def killer() -> None:
         deadline = time.monotonic() + 5
@@ -131,7 +152,8 @@ def test_agent_killed_mid_freeze_fails_cleanly_and_thaws(ext4, start_agent, shor
 
 
 def test_agent_killed_after_freezing_deletes_the_snapshot_in_required_mode(
-        ext4, start_agent, disk_dir, deltas) -> None:
+    ext4, start_agent, disk_dir, deltas
+) -> None:
     agent = fs_agent(start_agent, ext4)
 
     class Kill(Faults):
@@ -168,15 +190,19 @@ def test_no_thaw_before_the_ceiling_is_reported_inconsistent(ext4, start_agent, 
 
 
 def test_a_writer_failing_during_freeze_gets_freezefail_and_no_snapshot(
-        ext4, start_agent, short_tmp, disk_dir, deltas) -> None:
+    ext4, start_agent, short_tmp, disk_dir, deltas
+) -> None:
     trace = short_tmp / "trace"
     make_scripts(short_tmp / "scripts", trace, ["10-ok", "20-bad"], fail="20-bad")
-    agent = start_agent({"filesystems": {"mounts": [ext4.path]},
-                         "scripts": {"dir": str(short_tmp / "scripts"), "legacy_dir": None}})
+    agent = start_agent(
+        {
+            "filesystems": {"mounts": [ext4.path]},
+            "scripts": {"dir": str(short_tmp / "scripts"), "legacy_dir": None},
+        }
+    )
     with pytest.raises(QuiesceFailed, match="rolled back.*20-bad.*cannot lock") as info:
         cycle(disk_dir, "bad", f"unix:{agent.socket}")
-    assert _read(trace).split("\n")[:-1] == ["10-ok freeze", "20-bad freeze",
-                                             "10-ok freezeFail"]
+    assert _read(trace).split("\n")[:-1] == ["10-ok freeze", "20-bad freeze", "10-ok freezeFail"]
     states = {w["name"]: w["state"] for w in info.value.report["writers"]}
     assert states["scripts:20-bad"] == "failed"
     assert snapshots(disk_dir) == [] and deltas(disk_dir) == []
@@ -193,15 +219,21 @@ def _read(path: Path) -> str:
 
 
 def test_a_failed_release_keeps_the_snapshot_at_the_level_that_held(
-        ext4, start_agent, short_tmp, disk_dir) -> None:
+    ext4, start_agent, short_tmp, disk_dir
+) -> None:
     folder = short_tmp / "scripts"
     folder.mkdir(mode=0o755)
     script = folder / "10-app"
-    script.write_text('#!/bin/sh\n[ "$1" = thaw ] && { echo "restart failed" >&2; exit 3; }\n'
-                      "exit 0\n")
+    script.write_text(
+        '#!/bin/sh\n[ "$1" = thaw ] && { echo "restart failed" >&2; exit 3; }\nexit 0\n'
+    )
     script.chmod(0o755)
-    agent = start_agent({"filesystems": {"mounts": [ext4.path]},
-                         "scripts": {"dir": str(folder), "legacy_dir": None}})
+    agent = start_agent(
+        {
+            "filesystems": {"mounts": [ext4.path]},
+            "scripts": {"dir": str(folder), "legacy_dir": None},
+        }
+    )
     out = cycle(disk_dir, "thawfail", f"unix:{agent.socket}")
     # the hold was intact through the switch; the script's level no longer counts
     assert out.confirmed and out.consistency == "filesystem"

@@ -22,8 +22,10 @@ QEMU_IO = shutil.which("qemu-io")
 
 
 def need_qemu() -> None:
-    need(QEMU_IMG is not None and QEMU_IO is not None,
-         "qemu-img/qemu-io missing (apt install qemu-utils)")
+    need(
+        QEMU_IMG is not None and QEMU_IO is not None,
+        "qemu-img/qemu-io missing (apt install qemu-utils)",
+    )
 
 
 def run(*cmd: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -46,8 +48,7 @@ def qemu_judge(image: Path, expected: bytes | bytearray, tmp: Path) -> None:
     ref = tmp / "judge.raw"
     ref.write_bytes(bytes(expected))
     run(QEMU_IMG or "qemu-img", "check", "-f", "vmdk", image)
-    out = run(QEMU_IMG or "qemu-img", "compare", "-f", "vmdk", "-F", "raw", image, ref,
-              check=False)
+    out = run(QEMU_IMG or "qemu-img", "compare", "-f", "vmdk", "-F", "raw", image, ref, check=False)
     assert out.returncode == 0, f"qemu-img compare: {out.stdout}{out.stderr}"
     ref.unlink()
 

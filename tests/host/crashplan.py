@@ -41,15 +41,17 @@ def plan(seed: int, steps: int = STEPS) -> list[tuple[Op, State]]:
         cur = bytearray(state.current)
         snaps = dict(state.snapshots)
         if r < 0.5:
-            length = rng.choice([100, 4096, GRAIN, 3 * GRAIN, 16 * GRAIN, rng.randint(1, 9 * GRAIN)])
+            length = rng.choice(
+                [100, 4096, GRAIN, 3 * GRAIN, 16 * GRAIN, rng.randint(1, 9 * GRAIN)]
+            )
             off = rng.randrange(0, SIZE - length)
             data = bytes([n % 251 + 1]) * length
-            cur[off:off + length] = data
+            cur[off : off + length] = data
             op = Op("write", (off, data), grains_only=True)
         elif r < 0.55:
             length = rng.randint(1, 4 * GRAIN)
             off = rng.randrange(0, SIZE - length)
-            cur[off:off + length] = bytes(length)
+            cur[off : off + length] = bytes(length)
             op = Op("zero", (off, length), grains_only=True)
         elif r < 0.72 and len(snaps) < 12:
             op = Op("create", (f"s{n}",))

@@ -22,8 +22,9 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str
     return code, out.out, out.err
 
 
-def test_a_session_from_create_to_delete_all(tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_session_from_create_to_delete_all(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     d = tmp_path / "vm"
     assert cli(capsys, "disk", "create", d, "--size", "4M")[0] == 0
     with Disk.open(d) as disk:
@@ -45,8 +46,7 @@ def test_a_session_from_create_to_delete_all(tmp_path: Path,
     assert "└─ after" in out and "<- you are here" in out.splitlines()[1]
     assert json.loads(cli(capsys, "snapshot", "list", d, "--json")[1])[0]["name"] == "before"
 
-    code, _, err = cli(capsys, "disk", "export", d, tmp_path / "before.raw", "--snapshot",
-                       "before")
+    code, _, err = cli(capsys, "disk", "export", d, tmp_path / "before.raw", "--snapshot", "before")
     assert code == 0 and "export: 4.0 MiB/4.0 MiB 100%" in err and "MiB/s ETA" in err
     assert (tmp_path / "before.raw").read_bytes()[:6] == b"first\0"
     assert cli(capsys, "disk", "check", d)[:2] == (0, f"{d}: no problems found\n")
@@ -58,8 +58,9 @@ def test_a_session_from_create_to_delete_all(tmp_path: Path,
         assert disk.read(0, 6) == b"first\0" and disk.snapshot_list() == []
 
 
-def test_errors_name_the_file_and_exit_with_their_code(tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_errors_name_the_file_and_exit_with_their_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     d = tmp_path / "vm"
     cli(capsys, "disk", "create", d, "--size", "1M")
     code, _, err = cli(capsys, "snapshot", "revert", d, "missing")
@@ -74,8 +75,7 @@ def test_errors_name_the_file_and_exit_with_their_code(tmp_path: Path,
     assert code == 2 and "NAME or --all" in err
 
 
-def test_a_busy_disk_says_who_holds_it(tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_busy_disk_says_who_holds_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = tmp_path / "vm"
     cli(capsys, "disk", "create", d, "--size", "1M")
     with Disk.open(d):
@@ -92,8 +92,12 @@ def test_sizes_accept_units(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_the_console_entry_point_runs(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "host.cli", "disk", "create",
-                           str(tmp_path / "vm"), "--size", "1M"], capture_output=True,
-                          text=True, cwd=ROOT, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "host.cli", "disk", "create", str(tmp_path / "vm"), "--size", "1M"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "created" in proc.stdout

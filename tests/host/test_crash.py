@@ -44,6 +44,7 @@ def crash_at(step: int) -> Iterator[list[int]]:
                 raise Crash(name)
             count[0] += 1
             return fn(*args, **kwargs)
+
         return call
 
     for name, fn in saved.items():
@@ -83,8 +84,10 @@ def assert_before_or_after(got: State, before: State, after: State, op: Op) -> N
     if op.grains_only:
         assert got.snapshots == before.snapshots
         for s in range(0, SIZE, SECTOR):
-            assert got.current[s:s + SECTOR] in (before.current[s:s + SECTOR],
-                                                 after.current[s:s + SECTOR]), f"sector {s}"
+            assert got.current[s : s + SECTOR] in (
+                before.current[s : s + SECTOR],
+                after.current[s : s + SECTOR],
+            ), f"sector {s}"
         return
     assert got in (before, after), f"{op.kind} {op.args}: a state that is neither"
 
@@ -94,9 +97,10 @@ def build_scenario(folder: Path) -> tuple[State, list[Op]]:
     cur = bytearray(SIZE)
     snaps: dict[str, bytes] = {}
     with Disk.create(folder, SIZE) as d:
+
         def w(off: int, data: bytes) -> None:
             d.write(off, data)
-            cur[off:off + len(data)] = data
+            cur[off : off + len(data)] = data
 
         def snap(name: str) -> None:
             d.snapshot_create(name)
@@ -114,16 +118,18 @@ def build_scenario(folder: Path) -> tuple[State, list[Op]]:
         w(40 * GRAIN, b"\x05" * (8 * GRAIN))
         snap("d")
         w(41 * GRAIN, b"\x06" * (12 * GRAIN))
-    ops = [Op("delete", ("a",)),   # base has one child: that delta is merged into the base
-           Op("delete", ("d",)),   # the current delta is merged into d's delta
-           Op("delete", ("c",)),   # nothing descends from c: its delta is dropped
-           Op("delete", ("b",)),   # two branches need b's delta: it stays, unnamed
-           Op("delete_all"),
-           Op("revert", ("c",)),
-           Op("create", ("x",)),
-           Op("write", (GRAIN - 10, b"\x07" * (4 * GRAIN)), grains_only=True),
-           Op("write", (60 * GRAIN, b"\x08" * (2 * GRAIN)), grains_only=True),
-           Op("zero", (0, 3 * GRAIN), grains_only=True)]
+    ops = [
+        Op("delete", ("a",)),  # base has one child: that delta is merged into the base
+        Op("delete", ("d",)),  # the current delta is merged into d's delta
+        Op("delete", ("c",)),  # nothing descends from c: its delta is dropped
+        Op("delete", ("b",)),  # two branches need b's delta: it stays, unnamed
+        Op("delete_all"),
+        Op("revert", ("c",)),
+        Op("create", ("x",)),
+        Op("write", (GRAIN - 10, b"\x07" * (4 * GRAIN)), grains_only=True),
+        Op("write", (60 * GRAIN, b"\x08" * (2 * GRAIN)), grains_only=True),
+        Op("zero", (0, 3 * GRAIN), grains_only=True),
+    ]
     return State(bytes(cur), snaps), ops
 
 
@@ -131,10 +137,10 @@ def expected_after(state: State, op: Op) -> State:
     cur, snaps = bytearray(state.current), dict(state.snapshots)
     if op.kind == "write":
         off, data = op.args
-        cur[off:off + len(data)] = data
+        cur[off : off + len(data)] = data
     elif op.kind == "zero":
         off, length = op.args
-        cur[off:off + length] = bytes(length)
+        cur[off : off + length] = bytes(length)
     elif op.kind == "delete":
         del snaps[op.args[0]]
     elif op.kind == "delete_all":
@@ -175,8 +181,13 @@ def test_a_crash_at_every_durable_step_of_every_operation(tmp_path: Path) -> Non
 
 def start_worker(folder: Path, seed: int) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "tests.host.crashplan", str(folder),
-                             str(seed)], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.host.crashplan", str(folder), str(seed)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path: Path) -> None:
@@ -212,8 +223,10 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path: Path) -
             finished += 1
             assert got == before
         shutil.rmtree(folder)
-    print(f"{trials} kills: {finished} after the last op, {changed_by_the_killed_op} with the "
-          "killed op already (partly) visible")
+    print(
+        f"{trials} kills: {finished} after the last op, {changed_by_the_killed_op} with the "
+        "killed op already (partly) visible"
+    )
     assert finished < trials
 
 
@@ -228,7 +241,8 @@ def test_the_crash_plan_runs_to_completion(seed: int, tmp_path: Path) -> None:
 
 
 def test_unflushed_new_grains_survive_a_kill_but_not_a_reboot(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "disk"
     with Disk.create(folder, SIZE) as disk:
         disk.write(0, b"\x01" * GRAIN)

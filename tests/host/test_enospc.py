@@ -22,8 +22,9 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     need_root()
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True,
-                   timeout=30)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True, timeout=30
+    )
     try:
         yield mnt
     finally:
@@ -66,7 +67,7 @@ def test_writes_fail_cleanly_when_full_and_keep_everything_acknowledged(tiny_fs:
                 assert "no space left" in str(err) and "disk-000001.vmdk" in str(err)
                 failures += 1
                 continue
-            model[g * GRAIN + 1:(g + 1) * GRAIN] = data
+            model[g * GRAIN + 1 : (g + 1) * GRAIN] = data
         assert failures > 0
         assert disk.read(0, len(model)) == model
         before = files(folder)

@@ -25,23 +25,44 @@ def test_layout_matches_what_qemu_img_create_writes() -> None:
 
 def test_a_delta_has_the_header_qemu_and_vmware_need(disk: Disk) -> None:
     disk.snapshot_create("s")
-    (magic, version, flags, capacity, grain, desc_off, desc_size, ngtes, rgd, gd, overhead,
-     _unclean, eol, compress) = header(disk.current_file())
+    (
+        magic,
+        version,
+        flags,
+        capacity,
+        grain,
+        desc_off,
+        desc_size,
+        ngtes,
+        rgd,
+        gd,
+        overhead,
+        _unclean,
+        eol,
+        compress,
+    ) = header(disk.current_file())
     assert (magic, version, flags, grain, desc_off, desc_size, ngtes) == (
-        b"KDMV", 1, 3, 128, 1, 20, 512)
+        b"KDMV",
+        1,
+        3,
+        128,
+        1,
+        20,
+        512,
+    )
     assert capacity * 512 == SIZE and eol == b"\n \r\n" and compress == 0
     assert overhead % 128 == 0
     raw = disk.current_file().read_bytes()
     n_gts = 2
-    gdes = struct.unpack("<2I", raw[gd * 512:gd * 512 + 8])
-    rgdes = struct.unpack("<2I", raw[rgd * 512:rgd * 512 + 8])
+    gdes = struct.unpack("<2I", raw[gd * 512 : gd * 512 + 8])
+    rgdes = struct.unpack("<2I", raw[rgd * 512 : rgd * 512 + 8])
     assert all(gdes) and all(rgdes) and set(gdes).isdisjoint(rgdes)  # every table allocated
     assert len(raw) == overhead * 512 and n_gts == len(gdes)
 
 
 def test_descriptor_has_cid_first_and_parent_cid_on_the_next_line(disk: Disk) -> None:
     disk.snapshot_create("s")
-    text = disk.current_file().read_bytes()[512:512 * 21].split(b"\0")[0].decode()
+    text = disk.current_file().read_bytes()[512 : 512 * 21].split(b"\0")[0].decode()
     lines = text.splitlines()
     i = next(n for n, ln in enumerate(lines) if "CID" in ln)
     assert lines[i].startswith("CID=") and lines[i + 1].startswith("parentCID=")
@@ -65,14 +86,16 @@ def test_grains_are_appended_grain_aligned(disk: Disk) -> None:
 def test_qemu_opens_the_chain_and_agrees_on_every_byte(disk: Disk, tmp_path: Path) -> None:
     need_qemu()
     model = bytearray(SIZE)
-    for i, (off, data) in enumerate([(0, b"a" * 100_000), (GRAIN - 3, b"b" * 7),
-                                     (SIZE - 5, b"c" * 5), (33 * MiB, b"d" * GRAIN)]):
+    for i, (off, data) in enumerate(
+        [(0, b"a" * 100_000), (GRAIN - 3, b"b" * 7), (SIZE - 5, b"c" * 5), (33 * MiB, b"d" * GRAIN)]
+    ):
         disk.write(off, data)
-        model[off:off + len(data)] = data
+        model[off : off + len(data)] = data
         disk.snapshot_create(f"s{i}")
     disk.flush()
-    out = run(QEMU_IMG or "qemu-img", "info", "--backing-chain", "--output=json",
-              disk.current_file())
+    out = run(
+        QEMU_IMG or "qemu-img", "info", "--backing-chain", "--output=json", disk.current_file()
+    )
     chain = json.loads(out.stdout)
     assert [Path(c["filename"]).name for c in chain] == disk.tree.chain(disk.tree.current)[::-1]
     qemu_judge(disk.current_file(), model, tmp_path)
@@ -85,8 +108,14 @@ def test_qemu_io_writes_read_back_through_the_engine(folder: Path, tmp_path: Pat
         d.write(0, b"\x11" * (2 * GRAIN))
         d.snapshot_create("s")
         current = d.current_file()
-    qemu_io(current, "write -P 0xab 100 70000", "write -P 0xcd 33M 64k",
-            "write -z 128k 64k", "aio_write -P 0x01 2M 4k", "aio_flush")
+    qemu_io(
+        current,
+        "write -P 0xab 100 70000",
+        "write -P 0xcd 33M 64k",
+        "write -z 128k 64k",
+        "aio_write -P 0x01 2M 4k",
+        "aio_flush",
+    )
     with Disk.open(folder) as d:
         assert d.read(0, 100) == b"\x11" * 100
         assert d.read(100, 70000) == b"\xab" * 70000
@@ -103,8 +132,7 @@ def test_qemu_io_writes_read_back_through_the_engine(folder: Path, tmp_path: Pat
 
 
 @pytest.mark.qemu
-def test_qemu_can_write_the_base_while_there_are_no_snapshots(folder: Path,
-                                                              tmp_path: Path) -> None:
+def test_qemu_can_write_the_base_while_there_are_no_snapshots(folder: Path, tmp_path: Path) -> None:
     need_qemu()
     Disk.create(folder, SIZE).close()
     qemu_io(folder / "disk.vmdk", "write -P 0x5a 1000 3000")
@@ -136,8 +164,9 @@ def test_reads_of_unwritten_space_are_zeros_and_any_alignment_works(disk: Disk) 
 
 
 @pytest.mark.qemu
-def test_a_chain_qemu_img_commit_broke_is_refused_then_relinked(folder: Path,
-                                                                tmp_path: Path) -> None:
+def test_a_chain_qemu_img_commit_broke_is_refused_then_relinked(
+    folder: Path, tmp_path: Path
+) -> None:
     """qemu-img commit gives the base a new CID and leaves the child's parentCID stale."""
     need_qemu()
     with Disk.create(folder, SIZE) as d:

@@ -69,7 +69,7 @@ def test_bad_magic(chain: Path) -> None:
 def test_grain_table_entry_past_the_end(chain: Path) -> None:
     path = chain / "disk-000001.vmdk"
     gd = hdr(path)[9]
-    gt = struct.unpack("<I", path.read_bytes()[gd * 512:gd * 512 + 4])[0]
+    gt = struct.unpack("<I", path.read_bytes()[gd * 512 : gd * 512 + 4])[0]
     patch(path, gt * 512 + 4 * 5, struct.pack("<I", 10_000_000))
     with pytest.raises(CorruptFile, match="grain 5 points to sector 10000000, past the end"):
         Disk.open(chain)
@@ -111,25 +111,31 @@ def test_path_traversal_in_the_tree_is_refused(chain: Path) -> None:
 
 def rewrite_descriptor(path: Path, old: bytes, new: bytes) -> None:
     raw = bytearray(path.read_bytes())
-    window = bytes(raw[512:512 * 21])
+    window = bytes(raw[512 : 512 * 21])
     assert old in window
     window = window.replace(old, new)
-    raw[512:512 * 21] = window.ljust(512 * 20, b"\0")[:512 * 20]
+    raw[512 : 512 * 21] = window.ljust(512 * 20, b"\0")[: 512 * 20]
     path.write_bytes(bytes(raw))
 
 
 def test_path_traversal_in_parent_file_name_hint(chain: Path, tmp_path: Path) -> None:
     outside = tmp_path / "outside.vmdk"
     outside.write_bytes((chain / "disk.vmdk").read_bytes())  # a valid-looking parent
-    rewrite_descriptor(chain / "disk-000001.vmdk", b'parentFileNameHint="disk.vmdk"',
-                       b'parentFileNameHint="../outside.vmdk"')
+    rewrite_descriptor(
+        chain / "disk-000001.vmdk",
+        b'parentFileNameHint="disk.vmdk"',
+        b'parentFileNameHint="../outside.vmdk"',
+    )
     with pytest.raises(ForeignFile, match="resolves to .*outside.vmdk.*refusing"):
         Disk.open(chain)
 
 
 def test_hint_that_disagrees_with_the_tree(chain: Path) -> None:
-    rewrite_descriptor(chain / "disk-000002.vmdk", b'parentFileNameHint="disk-000001.vmdk"',
-                       b'parentFileNameHint="disk.vmdk"')
+    rewrite_descriptor(
+        chain / "disk-000002.vmdk",
+        b'parentFileNameHint="disk-000001.vmdk"',
+        b'parentFileNameHint="disk.vmdk"',
+    )
     with pytest.raises(ChainBroken, match="tree.json says its parent is disk-000001.vmdk"):
         Disk.open(chain)
 
@@ -154,8 +160,9 @@ def test_missing_parent_file(chain: Path) -> None:
 def test_a_parent_written_by_another_tool_is_a_cid_mismatch(chain: Path) -> None:
     need_qemu()
     qemu_io(chain / "disk-000001.vmdk", "write -P 0x66 0 512")  # qemu gives it a new CID
-    with pytest.raises(CidMismatch, match="disk-000002.vmdk: parentCID=.* its parent "
-                                          "disk-000001.vmdk has CID="):
+    with pytest.raises(
+        CidMismatch, match="disk-000002.vmdk: parentCID=.* its parent disk-000001.vmdk has CID="
+    ):
         Disk.open(chain)
 
 
@@ -211,8 +218,8 @@ def test_check_finds_what_qemu_img_check_misses(chain: Path) -> None:
     path = chain / "disk-000001.vmdk"
     h = hdr(path)
     gd, rgd = h[9], h[8]
-    gt = struct.unpack("<I", path.read_bytes()[gd * 512:gd * 512 + 4])[0]
-    first = struct.unpack("<I", path.read_bytes()[gt * 512 + 4:gt * 512 + 8])[0]  # grain 1
+    gt = struct.unpack("<I", path.read_bytes()[gd * 512 : gd * 512 + 4])[0]
+    first = struct.unpack("<I", path.read_bytes()[gt * 512 + 4 : gt * 512 + 8])[0]  # grain 1
     patch(path, gt * 512 + 4 * 7, struct.pack("<I", first))  # grain 7 shares grain 1's data
     with Disk.open(chain, readonly=True) as d:
         problems = d.check()
@@ -225,6 +232,7 @@ def test_check_finds_what_qemu_img_check_misses(chain: Path) -> None:
 def test_check_reports_stray_files(chain: Path) -> None:
     (chain / "disk-000009.vmdk").write_bytes(b"")
     with Disk.open(chain, readonly=True) as d:
-        assert d.check() == [f"{chain / 'disk-000009.vmdk'}: a delta file that no snapshot "
-                             "or layer uses"]
+        assert d.check() == [
+            f"{chain / 'disk-000009.vmdk'}: a delta file that no snapshot or layer uses"
+        ]
     assert DiskError  # the root every error above derives from

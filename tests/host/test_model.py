@@ -41,7 +41,9 @@ def random_write(rng: random.Random) -> tuple[int, bytes]:
     else:
         length = rng.randint(1, 200_000)
     off = min(max(0, rng.choice(HOT) + rng.randint(-GRAIN, 2 * GRAIN)), SIZE - length)
-    return off, rng.randbytes(length) if rng.random() < 0.5 else bytes([rng.randrange(256)]) * length
+    return off, rng.randbytes(length) if rng.random() < 0.5 else bytes(
+        [rng.randrange(256)]
+    ) * length
 
 
 def check_all(disk: Disk, model: Model) -> None:
@@ -76,21 +78,20 @@ def nbd_writes(rng: random.Random, disk: Disk, model: Model, n: int) -> None:
     finally:
         server.shutdown()
     for off, length, byte in spans:
-        model.current[off:off + length] = bytes([byte]) * length
+        model.current[off : off + length] = bytes([byte]) * length
 
 
-def step(rng: random.Random, disk: Disk, model: Model, n: int, tmp: Path,
-         use_qemu: bool) -> Disk:
+def step(rng: random.Random, disk: Disk, model: Model, n: int, tmp: Path, use_qemu: bool) -> Disk:
     op = rng.random()
     names = list(model.snapshots)
     if op < 0.45:
         off, data = random_write(rng)
         disk.write(off, data)
-        model.current[off:off + len(data)] = data
+        model.current[off : off + len(data)] = data
     elif op < 0.5:
         off, data = random_write(rng)
         disk.write_zeroes(off, len(data))
-        model.current[off:off + len(data)] = bytes(len(data))
+        model.current[off : off + len(data)] = bytes(len(data))
     elif op < 0.55 and use_qemu:
         nbd_writes(rng, disk, model, n)
     elif op < 0.6 and use_qemu:
@@ -99,7 +100,7 @@ def step(rng: random.Random, disk: Disk, model: Model, n: int, tmp: Path,
         off = rng.randrange(0, SIZE - 200_000)
         length = rng.randint(1, 200_000)
         qemu_io(current, f"write -P {n % 256} {off} {length}")
-        model.current[off:off + length] = bytes([n % 256]) * length
+        model.current[off : off + length] = bytes([n % 256]) * length
         disk = Disk.open(folder)
     elif op < 0.72:
         if disk.tree.depth() < 32:
@@ -138,8 +139,12 @@ def run_model(seed: int, steps: int, folder: Path, tmp: Path, use_qemu: bool) ->
         check_snapshots(disk, model, tmp)
     finally:
         disk.close()
-    left = {p.name for p in folder.iterdir()} - {".lock", "tree.json", "disk.vmdk",
-                                                 "disk-flat.vmdk"}
+    left = {p.name for p in folder.iterdir()} - {
+        ".lock",
+        "tree.json",
+        "disk.vmdk",
+        "disk-flat.vmdk",
+    }
     assert left == set(disk.tree.layers) - {"disk.vmdk"}  # no stray files
     if use_qemu:
         run(QEMU_IMG or "qemu-img", "info", "--backing-chain", folder / disk.tree.current)
@@ -152,8 +157,12 @@ def test_random_sequences_match_a_byte_array(seed: int, tmp_path: Path) -> None:
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("seed", [100, 101, 102])
-def test_random_sequences_with_qemu_io_writes_and_qemu_as_judge(seed: int,
-                                                                tmp_path: Path) -> None:
+def test_random_sequences_with_qemu_io_writes_and_qemu_as_judge(seed: int, tmp_path: Path) -> None:
     need_qemu()
-    run_model(seed, int(os.environ.get("QUIESCE_MODEL_STEPS", "50")), tmp_path / "disk",
-              tmp_path, use_qemu=True)
+    run_model(
+        seed,
+        int(os.environ.get("QUIESCE_MODEL_STEPS", "50")),
+        tmp_path / "disk",
+        tmp_path,
+        use_qemu=True,
+    )

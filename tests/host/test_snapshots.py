@@ -20,8 +20,9 @@ def state(disk: Disk, snapshot: str | None, tmp: Path) -> bytes:
 
 def test_create_freezes_the_current_layer_and_switches_writes(disk: Disk, tmp_path: Path) -> None:
     disk.write(0, b"before")
-    snap = disk.snapshot_create("one", "first", "application", report={"ms": 3},
-                                artifacts={"lsn": "0/16"})
+    snap = disk.snapshot_create(
+        "one", "first", "application", report={"ms": 3}, artifacts={"lsn": "0/16"}
+    )
     assert snap["layer"] == "disk.vmdk" and snap["consistency"] == "application"
     assert disk.current_file().name == "disk-000001.vmdk"
     disk.write(0, b"after!")
@@ -44,8 +45,9 @@ def test_list_is_a_tree_with_the_current_position(disk: Disk) -> None:
     assert disk.info()["position"] == "c"
 
 
-def test_revert_discards_the_current_state_and_keeps_other_branches(disk: Disk,
-                                                                    tmp_path: Path) -> None:
+def test_revert_discards_the_current_state_and_keeps_other_branches(
+    disk: Disk, tmp_path: Path
+) -> None:
     disk.write(0, b"A")
     disk.snapshot_create("a")
     disk.write(0, b"B")
@@ -61,8 +63,7 @@ def test_revert_discards_the_current_state_and_keeps_other_branches(disk: Disk,
     assert disk.check() == []
 
 
-def test_delete_merges_into_the_parent_and_repoints_children(disk: Disk,
-                                                             tmp_path: Path) -> None:
+def test_delete_merges_into_the_parent_and_repoints_children(disk: Disk, tmp_path: Path) -> None:
     for i, name in enumerate("abc"):
         disk.write(i * GRAIN, name.encode() * GRAIN)
         disk.snapshot_create(name)
@@ -99,7 +100,7 @@ def test_delete_all_merges_the_current_chain_into_the_base(disk: Disk) -> None:
     for i in range(5):
         data = bytes([i + 1]) * (GRAIN + 100)
         disk.write(i * 50_000, data)
-        model[i * 50_000:i * 50_000 + len(data)] = data
+        model[i * 50_000 : i * 50_000 + len(data)] = data
         disk.snapshot_create(f"s{i}")
     disk.snapshot_revert("s1")
     disk.write(0, b"branch")
@@ -108,7 +109,11 @@ def test_delete_all_merges_the_current_chain_into_the_base(disk: Disk) -> None:
     disk.snapshot_delete_all(progress=lambda d, t: progress.append((d, t)))
     assert disk.read(0, SIZE) == model
     assert sorted(p.name for p in disk.folder.iterdir()) == [
-        ".lock", "disk-flat.vmdk", "disk.vmdk", "tree.json"]
+        ".lock",
+        "disk-flat.vmdk",
+        "disk.vmdk",
+        "tree.json",
+    ]
     assert disk.current_file().name == "disk.vmdk" and disk.snapshot_list() == []
     assert progress[-1][0] == progress[-1][1] > 0
 
@@ -251,9 +256,14 @@ def test_an_update_replaces_the_record_not_the_data(disk: Disk) -> None:
     disk.snapshot_update("q", consistency="application", artifacts={"postgres:main": {"x": 1}})
     snap = disk.snapshot_get("q")
     assert (snap["consistency"], snap["report"], snap["artifacts"]) == (
-        "application", {"step": "inside the window"}, {"postgres:main": {"x": 1}})
-    assert json.loads((disk.folder / "tree.json").read_text())["snapshots"][0]["consistency"] \
+        "application",
+        {"step": "inside the window"},
+        {"postgres:main": {"x": 1}},
+    )
+    assert (
+        json.loads((disk.folder / "tree.json").read_text())["snapshots"][0]["consistency"]
         == "application"
+    )
     with pytest.raises(DiskError, match="consistency 'perfect'"):
         disk.snapshot_update("q", consistency="perfect")
     with pytest.raises(SnapshotNotFound):

@@ -188,8 +188,11 @@ def test_the_snapshot_just_taken_can_be_taken_back_while_serving(live, disk):
     assert client.write(0, b"A" * BLOCK) == 0
     request(disk.folder, "snapshot-create", {"name": "oops"})
     assert client.write(BLOCK, b"B" * BLOCK) == 0  # written after the cut
-    request(disk.folder, "snapshot-update",
-            {"name": "oops", "consistency": "crash", "report": {"why": "thaw not confirmed"}})
+    request(
+        disk.folder,
+        "snapshot-update",
+        {"name": "oops", "consistency": "crash", "report": {"why": "thaw not confirmed"}},
+    )
     assert disk.snapshot_get("oops")["report"] == {"why": "thaw not confirmed"}
     with pytest.raises(ServeRequestFailed) as err:
         request(disk.folder, "snapshot-update", {"name": "oops", "consistency": "perfect"})
@@ -216,13 +219,17 @@ def test_a_snapshot_exports_while_clients_write_and_deletes_wait_for_it(live, di
             progress(done, total)
             started.set()
             release.wait(10)
+
         export_raw(out, snapshot, progress=step)
 
     disk.export_raw = held_export
     out = short_tmp / "backup.raw"
     reply = {}
-    worker = threading.Thread(target=lambda: reply.update(request(
-        disk.folder, "export", {"snapshot": "backup", "out": str(out)})))
+    worker = threading.Thread(
+        target=lambda: reply.update(
+            request(disk.folder, "export", {"snapshot": "backup", "out": str(out)})
+        )
+    )
     worker.start()
     try:
         assert started.wait(10)

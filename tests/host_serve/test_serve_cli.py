@@ -100,20 +100,31 @@ def test_the_cli_exports_a_snapshot_of_a_served_disk_through_the_server(served, 
     subprocess.run([*cli, "disk", "create", str(disk), "--size", "64M"], check=True, timeout=60)
     s = served(str(disk), "--nbd", "127.0.0.1:0")
     qemu = ["qemu-io", "-f", "raw"]
-    subprocess.run([*qemu, "-c", "write -P 0x11 0 8M", s.uri], check=True, capture_output=True,
-                   timeout=60)
+    subprocess.run(
+        [*qemu, "-c", "write -P 0x11 0 8M", s.uri], check=True, capture_output=True, timeout=60
+    )
     subprocess.run([*cli, "snapshot", "create", str(disk), "nightly"], check=True, timeout=60)
-    subprocess.run([*qemu, "-c", "write -P 0x22 0 1M", s.uri], check=True, capture_output=True,
-                   timeout=60)
+    subprocess.run(
+        [*qemu, "-c", "write -P 0x22 0 1M", s.uri], check=True, capture_output=True, timeout=60
+    )
     out = short_tmp / "nightly.raw"
-    done = subprocess.run([*cli, "disk", "export", str(disk), str(out), "--snapshot", "nightly"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*cli, "disk", "export", str(disk), str(out), "--snapshot", "nightly"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "by the server holding the disk" in done.stdout
-    check = subprocess.run([*qemu, "-c", "read -P 0x11 0 8M", str(out)], capture_output=True,
-                           text=True, timeout=60)
+    check = subprocess.run(
+        [*qemu, "-c", "read -P 0x11 0 8M", str(out)], capture_output=True, text=True, timeout=60
+    )
     assert "Pattern verification failed" not in check.stdout and check.returncode == 0
-    live = subprocess.run([*cli, "disk", "export", str(disk), str(short_tmp / "live.raw")],
-                          capture_output=True, text=True, timeout=60)
+    live = subprocess.run(
+        [*cli, "disk", "export", str(disk), str(short_tmp / "live.raw")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert live.returncode == 17 and "--snapshot NAME" in live.stderr
     assert s.stop(signal.SIGTERM) == 0

@@ -28,13 +28,17 @@ from tests.dbservers import (
 
 
 def _need_pg() -> None:
-    need(pg_bindir() is not None, "PostgreSQL is not installed (scripts/setup installs it) "
-         f"and {PG_ENV} is not set")
+    need(
+        pg_bindir() is not None,
+        f"PostgreSQL is not installed (scripts/setup installs it) and {PG_ENV} is not set",
+    )
 
 
 def _need_maria() -> None:
-    need(mariadbd_path() is not None, "MariaDB is not installed (scripts/setup installs it) "
-         f"and {MYSQL_ENV} is not set")
+    need(
+        mariadbd_path() is not None,
+        f"MariaDB is not installed (scripts/setup installs it) and {MYSQL_ENV} is not set",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -34,16 +34,31 @@ pytestmark = [pytest.mark.pg, pytest.mark.mysql, pytest.mark.root]
 REPO = Path(__file__).resolve().parents[2]
 BRIDGE = REPO / "backupScripts.d" / "50-quiesce-agent-bridge"
 CLI = REPO / ".venv" / "bin" / "quiesce-agent"
-IGNORED = ("~", ".bak", ".orig", ".rpmnew", ".rpmorig", ".rpmsave", ".sample", ".dpkg-old",
-           ".dpkg-new", ".dpkg-tmp", ".dpkg-dist", ".dpkg-bak", ".dpkg-backup", ".dpkg-remove")
-RECORDER = "#!/bin/sh\necho \"$1\" >> {log}\n"
+IGNORED = (
+    "~",
+    ".bak",
+    ".orig",
+    ".rpmnew",
+    ".rpmorig",
+    ".rpmsave",
+    ".sample",
+    ".dpkg-old",
+    ".dpkg-new",
+    ".dpkg-tmp",
+    ".dpkg-dist",
+    ".dpkg-bak",
+    ".dpkg-backup",
+    ".dpkg-remove",
+)
+RECORDER = '#!/bin/sh\necho "$1" >> {log}\n'
 
 
 class Setup:
     """A daemon with postgres + mysql + scripts + (the test's) filesystems configured."""
 
-    def __init__(self, root: Path, pg: PgServer, maria: MariaServer, fs: Any,
-                 ceiling: float = 20) -> None:
+    def __init__(
+        self, root: Path, pg: PgServer, maria: MariaServer, fs: Any, ceiling: float = 20
+    ) -> None:
         self.root, self.pg, self.maria, self.fs = root, pg, maria, fs
         self.table = f"bridge_{os.getpid()}_{int(time.monotonic() * 1000)}"
         maria.sql("CREATE DATABASE IF NOT EXISTS bridge")
@@ -53,16 +68,30 @@ class Setup:
         self.script_log = root / "agent-scripts.log"
         (scripts / "10-record").write_text(RECORDER.format(log=self.script_log))
         (scripts / "10-record").chmod(0o755)
-        self.agent = AgentProcess(root, {
-            "freeze": {"ceiling_seconds": ceiling, "timeout_seconds": min(ceiling, 10)},
-            "scripts": {"dir": str(scripts), "legacy_dir": None},
-            "filesystems": {"mounts": [fs.path]},
-            "postgres": [{"name": "main", "dsn": pg.dsn}],
-            "mysql": [{"name": "main", "unix_socket": maria.socket, "user": maria.user,
-                       "lock": "backup_stage", "lock_wait_timeout": 1}],
-        }).start()
-        self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C",
-                    "QUIESCE_AGENT": str(CLI), "QUIESCE_AGENT_SOCKET": self.agent.socket}
+        self.agent = AgentProcess(
+            root,
+            {
+                "freeze": {"ceiling_seconds": ceiling, "timeout_seconds": min(ceiling, 10)},
+                "scripts": {"dir": str(scripts), "legacy_dir": None},
+                "filesystems": {"mounts": [fs.path]},
+                "postgres": [{"name": "main", "dsn": pg.dsn}],
+                "mysql": [
+                    {
+                        "name": "main",
+                        "unix_socket": maria.socket,
+                        "user": maria.user,
+                        "lock": "backup_stage",
+                        "lock_wait_timeout": 1,
+                    }
+                ],
+            },
+        ).start()
+        self.env = {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C",
+            "QUIESCE_AGENT": str(CLI),
+            "QUIESCE_AGENT_SOCKET": self.agent.socket,
+        }
 
     def install(self, folder: str) -> Path:
         """Drop the bridge into a tool's folder, as the install instructions say."""
@@ -73,16 +102,24 @@ class Setup:
         return d
 
     def run(self, script: Path, arg: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(script), arg], env=self.env, cwd="/", text=True,
-                              stdin=subprocess.DEVNULL, capture_output=True, timeout=90)
+        return subprocess.run(
+            [str(script), arg],
+            env=self.env,
+            cwd="/",
+            text=True,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=90,
+        )
 
     # what a user would look at
     def status(self) -> dict[str, Any]:
         return self.agent.call("status")["return"]
 
     def pg_holders(self) -> int:
-        return len(self.pg.sql("SELECT pid FROM pg_stat_activity "
-                               "WHERE application_name = 'quiesce-agent'"))
+        return len(
+            self.pg.sql("SELECT pid FROM pg_stat_activity WHERE application_name = 'quiesce-agent'")
+        )
 
     def insert(self, i: int) -> Background:
         return Background(self.maria, f"INSERT INTO bridge.{self.table} VALUES ({i})")
@@ -92,8 +129,9 @@ class Setup:
 
 
 @pytest.fixture
-def setup(short_tmp: Path, pg: PgServer, maria: MariaServer,
-          make_fs: Callable[..., Any]) -> Iterator[Callable[..., Setup]]:
+def setup(
+    short_tmp: Path, pg: PgServer, maria: MariaServer, make_fs: Callable[..., Any]
+) -> Iterator[Callable[..., Setup]]:
     if pg.external or maria.external:
         pytest.skip("the daemon tests use the private servers")
     made: list[Setup] = []
@@ -155,8 +193,11 @@ def test_vmware_freeze_holds_databases_not_filesystems_then_thaws(setup: Any) ->
     st = s.status()
     assert st["state"] == "frozen" and st["label"].startswith("vmware-")
     held = {w["name"]: w["state"] for w in st["last_report"]["writers"]}
-    assert held == {"scripts:10-record": "frozen", "mysql:main": "frozen",
-                    "postgres:main": "frozen"}
+    assert held == {
+        "scripts:10-record": "frozen",
+        "mysql:main": "frozen",
+        "postgres:main": "frozen",
+    }
     insert = s.insert(1)
     time.sleep(0.5)
     assert insert.done_at is None and s.pg_holders() == 1
@@ -177,10 +218,13 @@ def test_vmware_freeze_holds_databases_not_filesystems_then_thaws(setup: Any) ->
 def test_vmware_freezefail_after_a_later_script_fails(setup: Any) -> None:
     s = setup()
     folder = s.install("vmware-tools/backupScripts.d")
-    (folder / "90-fails").write_text("#!/bin/sh\n[ \"$1\" = freeze ] && exit 3\nexit 0\n")
+    (folder / "90-fails").write_text('#!/bin/sh\n[ "$1" = freeze ] && exit 3\nexit 0\n')
     (folder / "90-fails").chmod(0o755)
     assert vmtoolsd(s, folder, "freeze") == [
-        (BRIDGE.name, 0), ("90-fails", 3), (f"{BRIDGE.name} freezeFail", 0)]
+        (BRIDGE.name, 0),
+        ("90-fails", 3),
+        (f"{BRIDGE.name} freezeFail", 0),
+    ]
     assert s.status()["state"] == "idle" and s.pg_holders() == 0
     assert s.insert(2).join() < 2
     assert s.scripts_saw() == ["freeze", "freezeFail"]

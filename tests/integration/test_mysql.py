@@ -88,8 +88,10 @@ def test_version_gating_and_auto_choice() -> None:
     assert "MariaDB 10.4" in (refuse_lock("backup_stage", "mysql", (8, 0, 36)) or "")
     assert refuse_lock("ftwrl", "mysql", (5, 6, 0)) is None
     # statements named in errors and logs never show their string literals
-    assert _mask("ALTER USER 'app'@'%' IDENTIFIED BY 'hunter2'") == \
-        "ALTER USER '?'@'?' IDENTIFIED BY '?'"
+    assert (
+        _mask("ALTER USER 'app'@'%' IDENTIFIED BY 'hunter2'")
+        == "ALTER USER '?'@'?' IDENTIFIED BY '?'"
+    )
 
 
 def test_instance_lock_is_refused_on_mariadb(maria: MariaServer) -> None:
@@ -113,7 +115,8 @@ def test_auto_falls_back_to_ftwrl_for_myisam(maria: MariaServer, db: str) -> Non
 
 @pytest.mark.parametrize("lock", ["ftwrl", "backup_stage", "auto"])
 def test_write_blocks_while_locked_and_completes_after(
-        maria: MariaServer, db: str, lock: str) -> None:
+    maria: MariaServer, db: str, lock: str
+) -> None:
     play = Play(writer(maria, lock=lock)).freeze()
     art = play.writer.artifacts()
     gtid_locked = maria.sql("SELECT @@gtid_binlog_pos")[0][0]
@@ -137,7 +140,8 @@ def test_write_blocks_while_locked_and_completes_after(
 
 
 def test_long_query_makes_ftwrl_wait_then_fail_without_stalling(
-        maria: MariaServer, db: str) -> None:
+    maria: MariaServer, db: str
+) -> None:
     long = Background(maria, f"UPDATE {db}.t SET v = v + SLEEP(2.5)")
     time.sleep(0.3)
     w = writer(maria, lock="ftwrl", long_query_wait=1.0, long_query_threshold=0.2)
@@ -154,8 +158,9 @@ def test_long_query_makes_ftwrl_wait_then_fail_without_stalling(
 def test_long_query_is_killed_when_configured(maria: MariaServer, db: str) -> None:
     long = Background(maria, f"UPDATE {db}.t SET v = v + SLEEP(6)")
     time.sleep(0.3)
-    w = writer(maria, lock="ftwrl", long_query_wait=0.5, long_query_threshold=0.2,
-               kill_long_queries=True)
+    w = writer(
+        maria, lock="ftwrl", long_query_wait=0.5, long_query_threshold=0.2, kill_long_queries=True
+    )
     play = Play(w).freeze()
     assert long.join() < 3
     assert isinstance(long.error, pymysql.err.OperationalError) and long.error.args[0] == 1317
@@ -178,7 +183,8 @@ def test_stuck_ftwrl_is_killed_from_a_second_session(maria: MariaServer, db: str
 
 
 def test_backup_stage_queues_behind_another_holder_and_is_bounded(
-        maria: MariaServer, db: str) -> None:
+    maria: MariaServer, db: str
+) -> None:
     other = maria.connect()
     try:
         other.cursor().execute("BACKUP STAGE START")  # a running mariabackup, say
@@ -237,9 +243,16 @@ def test_emergency_release_while_the_lock_attempt_waits(maria: MariaServer, db: 
         assert not t.is_alive() and time.monotonic() - t0 < 3
         assert errors and isinstance(errors[0], WriterError)
         held = w._held_id  # noqa: SLF001
-        assert wait_until(lambda: not maria.sql(
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'BACKUP STAGE%%' "
-            "AND ID <> %s", [other.thread_id()]), 5), held
+        assert wait_until(
+            lambda: (
+                not maria.sql(
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'BACKUP STAGE%%' "
+                    "AND ID <> %s",
+                    [other.thread_id()],
+                )
+            ),
+            5,
+        ), held
     finally:
         other.close()
 
@@ -258,9 +271,13 @@ time.sleep(600)
 def test_sigkilled_holder_takes_the_lock_with_it(maria: MariaServer, db: str, lock: str) -> None:
     if maria.password:
         pytest.skip("the holder subprocess connects without a password")
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, maria.socket, lock], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, maria.socket, lock],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "frozen"
         insert = Background(maria, f"INSERT INTO {db}.t (i) VALUES (5)")
@@ -289,8 +306,15 @@ def test_unreachable_server_and_bad_password(maria: MariaServer, db: str, tmp_pa
             w.check()
         assert "wrong-pw" not in str(info.value)
         pw.write_text("right-pw\n")
-        play = Play(MysqlWriter(name="x", unix_socket=maria.socket, user=user,
-                                password_file=str(pw), lock="backup_stage")).freeze()
+        play = Play(
+            MysqlWriter(
+                name="x",
+                unix_socket=maria.socket,
+                user=user,
+                password_file=str(pw),
+                lock="backup_stage",
+            )
+        ).freeze()
         assert play.thaw()["lock"] == "backup_stage"
     finally:
         maria.sql(f"DROP USER '{user}'@'localhost'")

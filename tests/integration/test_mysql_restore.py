@@ -22,13 +22,16 @@ pytestmark = [pytest.mark.mysql, pytest.mark.root, pytest.mark.slow]
 
 
 def phases(server: MariaServer) -> list[tuple[str, int]]:
-    return [(p, int(n)) for p, n in server.sql(
-        "SELECT phase, COUNT(*) FROM d.t GROUP BY phase ORDER BY phase")]
+    return [
+        (p, int(n))
+        for p, n in server.sql("SELECT phase, COUNT(*) FROM d.t GROUP BY phase ORDER BY phase")
+    ]
 
 
 @pytest.mark.parametrize("lock", ["backup_stage", "ftwrl"])
 def test_frozen_copy_restores_with_rows_before_and_none_after(
-        make_fs: object, maria_factory: object, tmp_path: Path, lock: str) -> None:
+    make_fs: object, maria_factory: object, tmp_path: Path, lock: str
+) -> None:
     fs = make_fs("ext4", 400)  # type: ignore[operator]
     server = maria_factory(datadir=Path(fs.path) / "mydata").start()  # type: ignore[operator]
     server.sql("CREATE DATABASE d")

@@ -29,8 +29,9 @@ def writer(server: PgServer, **kw: object) -> PostgresWriter:
 
 
 def holders(server: PgServer) -> list[tuple[int, str]]:
-    return server.sql("SELECT pid, query FROM pg_stat_activity "
-                      "WHERE application_name = 'quiesce-agent'")
+    return server.sql(
+        "SELECT pid, query FROM pg_stat_activity WHERE application_name = 'quiesce-agent'"
+    )
 
 
 def wait_until(cond: object, timeout: float = 10.0) -> bool:
@@ -46,8 +47,9 @@ def wait_until(cond: object, timeout: float = 10.0) -> bool:
 
 
 def test_wal_names_match_the_server(pg: PgServer) -> None:
-    lsn, name = pg.sql("SELECT pg_current_wal_lsn()::text, "
-                       "pg_walfile_name(pg_current_wal_lsn())")[0]
+    lsn, name = pg.sql("SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())")[
+        0
+    ]
     seg = parse_size(pg.sql("SHOW wal_segment_size")[0][0])
     assert wal_file_name(1, parse_lsn(lsn) // seg, seg) == name
     assert parse_lsn("16/B374D848") == 0x16B374D848
@@ -58,7 +60,8 @@ def test_wal_names_match_the_server(pg: PgServer) -> None:
 
 
 def test_a_tablespace_is_named_in_the_tablespace_map_and_written_beside_the_label(
-        pg: PgServer, tmp_path: Path) -> None:
+    pg: PgServer, tmp_path: Path
+) -> None:
     if pg.external:
         pytest.skip("the tablespace folder must be on the server's machine")
     location = pg.base / "ts_fast"
@@ -74,7 +77,6 @@ def test_a_tablespace_is_named_in_the_tablespace_map_and_written_beside_the_labe
         assert written.read_text() == art["tablespace_map"]
     finally:
         pg.sql("DROP TABLESPACE ts_fast")
-
 
 
 def test_cycle_returns_label_wal_files_and_writes_artifacts(pg: PgServer, tmp_path: Path) -> None:
@@ -137,7 +139,7 @@ def test_abort_ends_backup_mode(pg: PgServer) -> None:
 
 def test_killed_session_fails_the_thaw_clearly(pg: PgServer) -> None:
     play = Play(writer(pg)).freeze()
-    (pid, _), = holders(pg)
+    ((pid, _),) = holders(pg)
     pg.sql("SELECT pg_terminate_backend(%s)", [pid])
     with pytest.raises(WriterError, match="lost .*no backup_label was returned"):
         play.thaw()
@@ -155,8 +157,11 @@ def test_server_restart_during_freeze_fails_the_thaw(pg_factory: object) -> None
 
 
 def test_unreachable_server_names_where_but_not_the_password(tmp_path: Path) -> None:
-    w = PostgresWriter(name="main", dsn=f"host={tmp_path} port=5999 user=postgres "
-                       "password=s3cret-pw dbname=postgres", connect_timeout=2)
+    w = PostgresWriter(
+        name="main",
+        dsn=f"host={tmp_path} port=5999 user=postgres password=s3cret-pw dbname=postgres",
+        connect_timeout=2,
+    )
     with pytest.raises(WriterUnavailable) as info:
         Play(w).freeze()
     assert str(tmp_path) in str(info.value)
@@ -164,7 +169,8 @@ def test_unreachable_server_names_where_but_not_the_password(tmp_path: Path) -> 
 
 
 def test_stuck_archiver_is_bounded_and_the_label_still_reported(
-        pg_factory: object, tmp_path: Path) -> None:
+    pg_factory: object, tmp_path: Path
+) -> None:
     server = pg_factory(extra_conf="archive_command = 'false'").start()  # type: ignore[operator]
     w = writer(server, archive_timeout=1.5, artifacts_dir=str(tmp_path))
     play = Play(w, label="stuck").freeze()
@@ -213,9 +219,13 @@ time.sleep(600)
 
 
 def test_sigkilled_holder_takes_backup_mode_with_it(pg: PgServer) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, pg.dsn], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, pg.dsn],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "frozen"
         assert len(holders(pg)) == 1
@@ -234,11 +244,28 @@ def test_standby(pg: PgServer, pg_factory: object) -> None:
         pytest.skip("the standby is cloned from the private server")
     standby = pg_factory()  # type: ignore[operator]
     subprocess.run(["rm", "-rf", str(standby.datadir)], check=True)
-    subprocess.run([str(standby.bindir / "pg_basebackup"),
-                    "-d", pg.dsn, "-D", str(standby.datadir), "-R", "-X", "stream",
-                    "-c", "fast"], check=True, capture_output=True, timeout=60,
-                   **({"user": standby.owner[0], "group": standby.owner[1], "extra_groups": []}
-                      if standby.owner else {}))
+    subprocess.run(
+        [
+            str(standby.bindir / "pg_basebackup"),
+            "-d",
+            pg.dsn,
+            "-D",
+            str(standby.datadir),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+        **(
+            {"user": standby.owner[0], "group": standby.owner[1], "extra_groups": []}
+            if standby.owner
+            else {}
+        ),
+    )
     standby.configure(archive=False)
     standby.start()
     assert standby.sql("SELECT pg_is_in_recovery()") == [(True,)]
@@ -249,8 +276,9 @@ def test_standby(pg: PgServer, pg_factory: object) -> None:
 
 
 def checkpointer(server: PgServer) -> int:
-    return int(server.sql("SELECT pid FROM pg_stat_activity "
-                          "WHERE backend_type = 'checkpointer'")[0][0])
+    return int(
+        server.sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")[0][0]
+    )
 
 
 def test_stuck_backup_start_is_bounded_then_released(pg_factory: object) -> None:

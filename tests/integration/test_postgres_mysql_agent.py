@@ -31,8 +31,10 @@ def rows_pg(server: PgServer) -> list[tuple[str, int]]:
 
 
 def rows_my(server: MariaServer) -> list[tuple[str, int]]:
-    return [(p, int(n)) for p, n in server.sql(
-        "SELECT phase, COUNT(*) FROM d.t GROUP BY phase ORDER BY phase")]
+    return [
+        (p, int(n))
+        for p, n in server.sql("SELECT phase, COUNT(*) FROM d.t GROUP BY phase ORDER BY phase")
+    ]
 
 
 def writer_report(report: dict[str, Any], name: str) -> dict[str, Any]:
@@ -40,8 +42,12 @@ def writer_report(report: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def test_agent_freezes_both_databases_and_their_filesystem(
-        make_fs: Callable[..., Any], pg_factory: Callable[..., PgServer],
-        maria_factory: Callable[..., MariaServer], short_tmp: Path, tmp_path: Path) -> None:
+    make_fs: Callable[..., Any],
+    pg_factory: Callable[..., PgServer],
+    maria_factory: Callable[..., MariaServer],
+    short_tmp: Path,
+    tmp_path: Path,
+) -> None:
     fs = make_fs("ext4", 500)
     pg = pg_factory(datadir=Path(fs.path) / "pgdata", archive=True).start()
     my = maria_factory(datadir=Path(fs.path) / "mydata").start()
@@ -51,18 +57,24 @@ def test_agent_freezes_both_databases_and_their_filesystem(
     my.sql("CREATE TABLE d.t (i INT PRIMARY KEY, phase VARCHAR(10)) ENGINE=InnoDB")
     my.sql("INSERT INTO d.t SELECT seq, 'before' FROM d.seq_1_to_500")
 
-    agent = AgentProcess(short_tmp, {
-        "freeze": {"ceiling_seconds": 30, "timeout_seconds": 15},
-        "filesystems": {"mounts": [fs.path]},
-        "postgres": [{"name": "main", "dsn": pg.dsn, "artifacts_dir": str(tmp_path / "art")}],
-        "mysql": [{"name": "main", "unix_socket": my.socket, "user": my.user}],
-    }).start()
+    agent = AgentProcess(
+        short_tmp,
+        {
+            "freeze": {"ceiling_seconds": 30, "timeout_seconds": 15},
+            "filesystems": {"mounts": [fs.path]},
+            "postgres": [{"name": "main", "dsn": pg.dsn, "artifacts_dir": str(tmp_path / "art")}],
+            "mysql": [{"name": "main", "unix_socket": my.socket, "user": my.user}],
+        },
+    ).start()
     try:
         frozen = agent.call("freeze", {"label": "agent-snap"})
         assert "return" in frozen, frozen
         assert frozen["return"]["consistency"] == "application"
         assert [w["name"] for w in frozen["return"]["writers"]] == [
-            "mysql:main", "postgres:main", "filesystems:listed"]
+            "mysql:main",
+            "postgres:main",
+            "filesystems:listed",
+        ]
         with pytest.raises(OSError) as busy:  # a second FIFREEZE: the agent holds it frozen
             freeze_path(fs.path)
         assert busy.value.errno == errno.EBUSY
@@ -89,9 +101,14 @@ def test_agent_freezes_both_databases_and_their_filesystem(
     assert rows_pg(crash) == [("before", 500)]
     crash.stop()
     # PostgreSQL, path 2: the report's backup_label + the WAL archive
-    labelled = pg_factory(source=tmp_path / "pg-snap", archive=False, extra_conf=(
-        f"restore_command = 'cp {pg.archive_dir}/%f %p'\n"
-        "recovery_target = 'immediate'\nrecovery_target_action = 'promote'\n"))
+    labelled = pg_factory(
+        source=tmp_path / "pg-snap",
+        archive=False,
+        extra_conf=(
+            f"restore_command = 'cp {pg.archive_dir}/%f %p'\n"
+            "recovery_target = 'immediate'\nrecovery_target_action = 'promote'\n"
+        ),
+    )
     for name, text in (("backup_label", pg_art["backup_label"]), ("recovery.signal", "")):
         (labelled.datadir / name).write_text(text)
         if labelled.owner:
@@ -101,15 +118,17 @@ def test_agent_freezes_both_databases_and_their_filesystem(
     assert "consistent recovery state reached" in labelled.log_text()
 
     # MariaDB: its own crash recovery; binlog and GTID as reported
-    assert os.path.getsize(tmp_path / "my-snap" / my_art["binlog_file"]) == \
-        my_art["binlog_position"]
+    assert (
+        os.path.getsize(tmp_path / "my-snap" / my_art["binlog_file"]) == my_art["binlog_position"]
+    )
     restored = maria_factory(source=tmp_path / "my-snap").start()
     assert rows_my(restored) == [("before", 500)]
     assert restored.sql("SELECT @@gtid_binlog_pos")[0][0] == my_art["gtid"]
 
 
 def test_killed_database_sessions_fail_the_thaw_by_name(
-        pg: PgServer, maria: MariaServer, short_tmp: Path) -> None:
+    pg: PgServer, maria: MariaServer, short_tmp: Path
+) -> None:
     """An admin kills the agent's sessions while it holds them: the thaw reply is an error
     naming both database writers; the locks are gone, the agent is idle again."""
     if pg.external or maria.external:
@@ -117,19 +136,27 @@ def test_killed_database_sessions_fail_the_thaw_by_name(
     maria.sql("CREATE DATABASE IF NOT EXISTS killed")
     maria.sql("CREATE TABLE IF NOT EXISTS killed.t (i INT PRIMARY KEY) ENGINE=InnoDB")
     maria.sql("DELETE FROM killed.t")
-    agent = AgentProcess(short_tmp, {
-        "freeze": {"ceiling_seconds": 30, "timeout_seconds": 10},
-        "postgres": [{"name": "main", "dsn": pg.dsn}],
-        "mysql": [{"name": "main", "unix_socket": maria.socket, "user": maria.user,
-                   "lock": "ftwrl"}],
-    }).start()
+    agent = AgentProcess(
+        short_tmp,
+        {
+            "freeze": {"ceiling_seconds": 30, "timeout_seconds": 10},
+            "postgres": [{"name": "main", "dsn": pg.dsn}],
+            "mysql": [
+                {"name": "main", "unix_socket": maria.socket, "user": maria.user, "lock": "ftwrl"}
+            ],
+        },
+    ).start()
     try:
         assert "return" in agent.call("freeze", {"label": "killed"})
         insert = Background(maria, "INSERT INTO killed.t VALUES (1)")
-        pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-               "WHERE application_name = 'quiesce-agent'")
-        mine = maria.sql("SELECT ID FROM information_schema.PROCESSLIST "
-                         "WHERE COMMAND = 'Sleep' AND USER = %s", [maria.user])
+        pg.sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'quiesce-agent'"
+        )
+        mine = maria.sql(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND = 'Sleep' AND USER = %s",
+            [maria.user],
+        )
         for (session_id,) in mine:
             maria.sql(f"KILL {int(session_id)}")
         assert insert.join() < 5 and insert.error is None  # the lock went with the session

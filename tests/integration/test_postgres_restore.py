@@ -30,7 +30,8 @@ def put(server: PgServer, name: str, text: str) -> None:
 
 
 def test_frozen_copy_restores_by_crash_recovery_and_with_the_label(
-        make_fs: object, pg_factory: object, tmp_path: Path) -> None:
+    make_fs: object, pg_factory: object, tmp_path: Path
+) -> None:
     fs = make_fs("ext4", 300)  # type: ignore[operator]
     datadir = Path(fs.path) / "pgdata"
     server = pg_factory(datadir=datadir, archive=True).start()  # type: ignore[operator]
@@ -58,8 +59,10 @@ def test_frozen_copy_restores_by_crash_recovery_and_with_the_label(
     crash.stop()
 
     # 2. with the reported backup_label and the WAL archive (archive recovery)
-    recovery = (f"restore_command = 'cp {server.archive_dir}/%f %p'\n"
-                "recovery_target = 'immediate'\nrecovery_target_action = 'promote'\n")
+    recovery = (
+        f"restore_command = 'cp {server.archive_dir}/%f %p'\n"
+        "recovery_target = 'immediate'\nrecovery_target_action = 'promote'\n"
+    )
     labelled = pg_factory(source=copy, archive=False, extra_conf=recovery)  # type: ignore[operator]
     put(labelled, "backup_label", art["backup_label"])
     put(labelled, "recovery.signal", "")
@@ -70,8 +73,11 @@ def test_frozen_copy_restores_by_crash_recovery_and_with_the_label(
     assert "restored log file" in log and "consistent recovery state reached" in log
 
     # 3. the label without the archived WAL does not restore (why the archive is required)
-    broken = pg_factory(source=copy, archive=False,  # type: ignore[operator]
-                        extra_conf="restore_command = 'false'\n")
+    broken = pg_factory(
+        source=copy,
+        archive=False,  # type: ignore[operator]
+        extra_conf="restore_command = 'false'\n",
+    )
     put(broken, "backup_label", art["backup_label"])
     put(broken, "recovery.signal", "")
     with pytest.raises(RuntimeError):

@@ -18,15 +18,24 @@ def test_an_empty_file_gives_the_documented_defaults() -> None:
 
 
 def test_the_design_example_loads() -> None:
-    cfg = config.parse({
-        "listen": {"unix": "/run/quiesce-agent/agent.sock"},
-        "freeze": {"ceiling_seconds": 60, "timeout_seconds": 30},
-        "scripts": {"dir": "/etc/quiesce-agent/backupScripts.d", "timeout_seconds": 30},
-        "filesystems": {"mounts": "auto", "exclude": []},
-        "postgres": [{"name": "main", "dsn": "host=/var/run/postgresql user=postgres"}],
-        "mysql": [{"name": "main", "unix_socket": "/run/mysqld/mysqld.sock", "user": "root",
-                   "password_file": "/etc/quiesce-agent/mysql.password", "lock": "auto"}],
-    })
+    cfg = config.parse(
+        {
+            "listen": {"unix": "/run/quiesce-agent/agent.sock"},
+            "freeze": {"ceiling_seconds": 60, "timeout_seconds": 30},
+            "scripts": {"dir": "/etc/quiesce-agent/backupScripts.d", "timeout_seconds": 30},
+            "filesystems": {"mounts": "auto", "exclude": []},
+            "postgres": [{"name": "main", "dsn": "host=/var/run/postgresql user=postgres"}],
+            "mysql": [
+                {
+                    "name": "main",
+                    "unix_socket": "/run/mysqld/mysqld.sock",
+                    "user": "root",
+                    "password_file": "/etc/quiesce-agent/mysql.password",
+                    "lock": "auto",
+                }
+            ],
+        }
+    )
     assert cfg.filesystems is not None and cfg.filesystems.mounts is None  # auto
     assert cfg.mysql[0].lock == "auto"
     assert cfg.postgres[0].name == "main"
@@ -34,17 +43,24 @@ def test_the_design_example_loads() -> None:
 
 def test_every_problem_is_reported_at_once_with_its_key() -> None:
     with pytest.raises(ConfigError) as err:
-        config.parse({
-            "freeze": {"ceiling_seconds": 90, "timout_seconds": 5},
-            "filesystems": {"mounts": "everything"},
-            "mysql": [{"name": "a", "lock": "global"}],
-            "postgres": [{"dsn": "host=/tmp"}],
-            "bogus": 1,
-        })
+        config.parse(
+            {
+                "freeze": {"ceiling_seconds": 90, "timout_seconds": 5},
+                "filesystems": {"mounts": "everything"},
+                "mysql": [{"name": "a", "lock": "global"}],
+                "postgres": [{"dsn": "host=/tmp"}],
+                "bogus": 1,
+            }
+        )
     text = str(err.value)
-    for key in ("freeze.ceiling_seconds: must be 1..60", "freeze.timout_seconds: unknown key",
-                "filesystems.mounts", "mysql[0].lock: must be one of", "postgres[0].name: is required",
-                "bogus: unknown key"):
+    for key in (
+        "freeze.ceiling_seconds: must be 1..60",
+        "freeze.timout_seconds: unknown key",
+        "filesystems.mounts",
+        "mysql[0].lock: must be one of",
+        "postgres[0].name: is required",
+        "bogus: unknown key",
+    ):
         assert key in text
 
 

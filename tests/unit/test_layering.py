@@ -42,5 +42,6 @@ def test_the_agent_uses_no_lazy_imports_on_the_freeze_path() -> None:
             for node in ast.walk(tree):
                 if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                     for inner in ast.walk(node):
-                        assert not isinstance(inner, ast.Import | ast.ImportFrom), \
+                        assert not isinstance(inner, ast.Import | ast.ImportFrom), (
                             f"{path.name}: import inside {node.name}()"
+                        )

@@ -28,7 +28,9 @@ def mounts(monkeypatch: pytest.MonkeyPatch) -> list[fsfreeze.Mount]:
     return fsfreeze.read_mounts(MOUNTINFO)
 
 
-def test_auto_freezes_local_writable_filesystems_children_first(mounts: list[fsfreeze.Mount]) -> None:
+def test_auto_freezes_local_writable_filesystems_children_first(
+    mounts: list[fsfreeze.Mount],
+) -> None:
     order, skipped = fsfreeze.plan(mounts, None, [])
     assert order == ["/with space", "/var/lib/images", "/var", "/"]
     reasons = dict(skipped)

@@ -17,17 +17,20 @@ def test_a_request_round_trips() -> None:
     assert (req.execute, req.arguments, req.id) == ("freeze", {"label": "nightly"}, 7)
 
 
-@pytest.mark.parametrize("line, error_class", [
-    (b"not json", protocol.BAD_REQUEST),
-    (b"[1, 2]", protocol.BAD_REQUEST),
-    (b'{"arguments": {}}', protocol.BAD_REQUEST),
-    (b'{"execute": 5}', protocol.BAD_REQUEST),
-    (b'{"execute": "ping", "arguments": []}', protocol.BAD_REQUEST),
-    (b'{"execute": "ping", "extra": 1}', protocol.BAD_REQUEST),
-    (b'{"execute": "reboot"}', protocol.UNKNOWN_COMMAND),
-    (b"\xff\xfe", protocol.BAD_REQUEST),
-    (b'{"execute": "' + b"a" * protocol.MAX_LINE + b'"}', protocol.LINE_TOO_LONG),
-])
+@pytest.mark.parametrize(
+    "line, error_class",
+    [
+        (b"not json", protocol.BAD_REQUEST),
+        (b"[1, 2]", protocol.BAD_REQUEST),
+        (b'{"arguments": {}}', protocol.BAD_REQUEST),
+        (b'{"execute": 5}', protocol.BAD_REQUEST),
+        (b'{"execute": "ping", "arguments": []}', protocol.BAD_REQUEST),
+        (b'{"execute": "ping", "extra": 1}', protocol.BAD_REQUEST),
+        (b'{"execute": "reboot"}', protocol.UNKNOWN_COMMAND),
+        (b"\xff\xfe", protocol.BAD_REQUEST),
+        (b'{"execute": "' + b"a" * protocol.MAX_LINE + b'"}', protocol.LINE_TOO_LONG),
+    ],
+)
 def test_bad_lines_get_a_named_error_class(line: bytes, error_class: str) -> None:
     with pytest.raises(protocol.ProtocolError) as err:
         protocol.parse_request(line)
@@ -42,9 +45,13 @@ def test_arbitrary_bytes_never_escape_as_another_exception(data: bytes) -> None:
         pass
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
-                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
-                    max_leaves=10))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+        max_leaves=10,
+    )
+)
 def test_arbitrary_json_never_escapes_as_another_exception(value: object) -> None:
     try:
         protocol.parse_request(json.dumps(value).encode())

@@ -56,12 +56,18 @@ def test_scripts_someone_else_could_change_are_refused(folder: Path) -> None:
     folder.chmod(0o777)
     script(folder, "fine")
     found, skipped = scripts.discover(str(folder), require_root=True)
-    assert found == [] and "its folder is writable" in dict(
-        (Path(p).name, r) for p, r in skipped)["fine"]
+    assert (
+        found == []
+        and "its folder is writable" in dict((Path(p).name, r) for p, r in skipped)["fine"]
+    )
 
 
 def test_a_script_gets_its_argument_and_its_output_is_kept_bounded(folder: Path) -> None:
-    s = script(folder, "talk", 'echo "arg=$1 label=$QUIESCE_LABEL"; head -c 100000 /dev/zero | tr "\\0" x; echo err >&2; exit 3')
+    s = script(
+        folder,
+        "talk",
+        'echo "arg=$1 label=$QUIESCE_LABEL"; head -c 100000 /dev/zero | tr "\\0" x; echo err >&2; exit 3',
+    )
     result = scripts.run_script(str(s), "freeze", 10, "nightly")
     assert result.exit_code == 3
     assert result.stdout.startswith("arg=freeze label=nightly")
@@ -88,7 +94,8 @@ def test_a_backgrounded_child_holding_the_pipes_does_not_stall_the_run(folder: P
 
 
 def test_without_pidfd_the_run_still_collects_output_and_honours_the_timeout(
-        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def no_pidfd(pid: int) -> int:  # as on kernels before 5.3
         raise OSError(38, "Function not implemented")
 

@@ -23,12 +23,17 @@ from hooks.errors import WriterError, WriterTimeout
 class Recorder(Writer):
     """A writer that logs every call into a shared journal; can fail or hang on a step."""
 
-    def __init__(self, name: str, stage: Stage, journal: list[str], fail: str = "",
-                 hang: str = "") -> None:
+    def __init__(
+        self, name: str, stage: Stage, journal: list[str], fail: str = "", hang: str = ""
+    ) -> None:
         super().__init__(name)
         self.stage = stage  # type: ignore[misc]
-        self.kind = {Stage.SCRIPTS: "scripts", Stage.MYSQL: "mysql", Stage.POSTGRES: "postgres",
-                     Stage.FILESYSTEMS: "filesystems"}[stage]  # type: ignore[misc]
+        self.kind = {
+            Stage.SCRIPTS: "scripts",
+            Stage.MYSQL: "mysql",
+            Stage.POSTGRES: "postgres",
+            Stage.FILESYSTEMS: "filesystems",
+        }[stage]  # type: ignore[misc]
         self.journal, self.fail, self.hang = journal, fail, hang
         self.released = threading.Event()
         self.locked = False
@@ -81,7 +86,9 @@ class FakeHooks:
         self.logging_held.append(frozen)
 
 
-def make(writers: list[Writer], ceiling: float = 60, timeout: float = 5) -> tuple[Session, FakeHooks]:
+def make(
+    writers: list[Writer], ceiling: float = 60, timeout: float = 5
+) -> tuple[Session, FakeHooks]:
     hooks = FakeHooks()
     return Session(lambda names: (list(writers), []), hooks, ceiling, timeout), hooks
 
@@ -92,9 +99,13 @@ def run(coro: Any) -> Any:
 
 def test_writers_lock_in_stage_order_and_release_in_reverse() -> None:
     j: list[str] = []
-    ws = [Recorder("fs", Stage.FILESYSTEMS, j), Recorder("pg", Stage.POSTGRES, j),
-          Recorder("a", Stage.SCRIPTS, j), Recorder("b", Stage.SCRIPTS, j),
-          Recorder("my", Stage.MYSQL, j)]
+    ws = [
+        Recorder("fs", Stage.FILESYSTEMS, j),
+        Recorder("pg", Stage.POSTGRES, j),
+        Recorder("a", Stage.SCRIPTS, j),
+        Recorder("b", Stage.SCRIPTS, j),
+        Recorder("my", Stage.MYSQL, j),
+    ]
     s, hooks = make(ws)
 
     async def cycle() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -116,20 +127,28 @@ def test_writers_lock_in_stage_order_and_release_in_reverse() -> None:
 
 def test_a_failed_freeze_rolls_back_what_was_locked_in_reverse() -> None:
     j: list[str] = []
-    ws = [Recorder("a", Stage.SCRIPTS, j), Recorder("my", Stage.MYSQL, j),
-          Recorder("pg", Stage.POSTGRES, j, fail="freeze"), Recorder("fs", Stage.FILESYSTEMS, j)]
+    ws = [
+        Recorder("a", Stage.SCRIPTS, j),
+        Recorder("my", Stage.MYSQL, j),
+        Recorder("pg", Stage.POSTGRES, j, fail="freeze"),
+        Recorder("fs", Stage.FILESYSTEMS, j),
+    ]
     s, hooks = make(ws)
     with pytest.raises(WriterError) as err:
         run(s.freeze("x"))
     assert "postgres:pg" in str(err.value)
-    after = j[j.index("freeze pg") + 1:]
+    after = j[j.index("freeze pg") + 1 :]
     # fs only prepared: it gets the chance to free what prepare took, and is reported so
     assert after == ["abort fs", "abort pg", "abort my", "abort a"]
     report = err.value.data["report"]
     assert report["outcome"] == "failed" and report["consistency"] == "crash"
     states = {w["name"]: w["state"] for w in report["writers"]}
-    assert states == {"scripts:a": "aborted", "mysql:my": "aborted", "postgres:pg": "failed",
-                      "filesystems:fs": "not frozen"}
+    assert states == {
+        "scripts:a": "aborted",
+        "mysql:my": "aborted",
+        "postgres:pg": "failed",
+        "filesystems:fs": "not frozen",
+    }
     assert s.state is State.IDLE and hooks.armed is None
 
 
@@ -222,8 +241,11 @@ def test_the_ceiling_fires_even_when_the_event_loop_is_blocked() -> None:
 
 def test_a_failing_thaw_still_thaws_the_rest_and_reports_it() -> None:
     j: list[str] = []
-    ws = [Recorder("a", Stage.SCRIPTS, j), Recorder("pg", Stage.POSTGRES, j, fail="thaw"),
-          Recorder("fs", Stage.FILESYSTEMS, j)]
+    ws = [
+        Recorder("a", Stage.SCRIPTS, j),
+        Recorder("pg", Stage.POSTGRES, j, fail="thaw"),
+        Recorder("fs", Stage.FILESYSTEMS, j),
+    ]
     s, _ = make(ws)
 
     async def scenario() -> None:
@@ -231,7 +253,11 @@ def test_a_failing_thaw_still_thaws_the_rest_and_reports_it() -> None:
         with pytest.raises(WriterError, match="thaw finished with errors") as err:
             await s.thaw()
         states = {w["name"]: w["state"] for w in err.value.data["report"]["writers"]}
-        assert states == {"scripts:a": "thawed", "postgres:pg": "failed", "filesystems:fs": "thawed"}
+        assert states == {
+            "scripts:a": "thawed",
+            "postgres:pg": "failed",
+            "filesystems:fs": "thawed",
+        }
 
     run(scenario())
     assert [e for e in j if e.startswith("thaw")] == ["thaw fs", "thaw pg", "thaw a"]

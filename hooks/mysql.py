@@ -433,8 +433,9 @@ class MysqlWriter(Writer):
                 self.qualified_name,
                 (
                     f"{len(long)} statement(s) still running after waiting {wait:.1f} s would "
-                    f"make FLUSH TABLES WITH READ LOCK stall every client ({listing}); retry later, "
-                    "set mysql[].kill_long_queries: true, or use lock: backup_stage / instance_lock"
+                    f"make FLUSH TABLES WITH READ LOCK stall every client ({listing}); retry "
+                    "later, set mysql[].kill_long_queries: true, or use lock: backup_stage / "
+                    "instance_lock"
                 ),
             )
         for row in long:

@@ -461,10 +461,10 @@ class PostgresWriter(Writer):
             self.qualified_name,
             (
                 f"WAL segment {need} was not archived within {self.archive_timeout:.0f} s (last "
-                f"archived {last or 'none'}, last failed {failed or 'none'}); backup mode has ended "
-                "and the backup_label is in the report, but a restore from the WAL archive fails "
-                "until that segment is archived: fix archive_command (see pg_stat_archiver), or "
-                "raise postgres[].archive_timeout"
+                f"archived {last or 'none'}, last failed {failed or 'none'}); backup mode has "
+                "ended and the backup_label is in the report, but a restore from the WAL archive "
+                "fails until that segment is archived: fix archive_command (see "
+                "pg_stat_archiver), or raise postgres[].archive_timeout"
             ),
         )
 

@@ -182,7 +182,7 @@ def _export_through_server(args: argparse.Namespace, busy: DiskBusy) -> None:
                 busy,
                 timeout=EXPORT_TIMEOUT,
             )
-        except BaseException as err:  # re-raised in the main thread
+        except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
             result["error"] = err
 
     worker = threading.Thread(target=work, daemon=True)

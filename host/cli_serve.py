@@ -93,7 +93,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except (NBDConfigError, ServeError) as err:
         print(f"quiesce-host serve: {err}", file=sys.stderr)
         return err.exit_code
-    except Exception as err:  # the engine's own errors carry a message and an exit code
+    except Exception as err:  # noqa: BLE001 - the engine's errors carry an exit code
         print(f"quiesce-host serve: {err}", file=sys.stderr)
         return int(getattr(err, "exit_code", 2))
     try:

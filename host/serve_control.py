@@ -9,7 +9,8 @@ the agent's wire format (``agent/protocol.py``): one JSON object per line,
     {"return": {...}, "id": 1}   or   {"error": {"class": "...", "desc": "..."}, "id": 1}
 
 Commands: ``ping``, ``status``, ``info`` (the engine's ``Disk.info``), ``flush``,
-``snapshot-create`` (name, description, consistency, report, artifacts), ``snapshot-update`` (the same record fields, after a quiesce's thaw),
+``snapshot-create`` (name, description, consistency, report, artifacts), ``snapshot-update``
+(the same record fields, after a quiesce's thaw),
 ``snapshot-list``, ``export`` (a snapshot to a raw file, progress in ``status``; deletes wait
 for it), ``snapshot-delete`` (when the merges it sets off copy at most
 ``LIVE_MERGE_LIMIT``, client I/O held meanwhile: the snapshot just taken, say, which is how a
@@ -526,8 +527,8 @@ class ControlServer:
         if not isinstance(snapshot, str) or not snapshot:
             raise _CommandError(
                 protocol.BAD_REQUEST,
-                "export needs a 'snapshot': the served state changes "
-                "while it is read; take a snapshot ('quiesce-host snapshot create') and export that",
+                "export needs a 'snapshot': the served state changes while it is read; take a "
+                "snapshot ('quiesce-host snapshot create') and export that",
             )
         if not isinstance(out, str) or not os.path.isabs(out):
             raise _CommandError(protocol.BAD_REQUEST, "export needs 'out', an absolute path")

@@ -47,7 +47,7 @@ class FuseMount:
         def run() -> None:
             try:
                 serve_fuse(self.gated, str(mountpoint), readonly=readonly, on_ready=ready.set)
-            except BaseException as err:  # reported to the test below
+            except BaseException as err:  # noqa: BLE001 - reported to the test below
                 self.error = err
                 ready.set()
 

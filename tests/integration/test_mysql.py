@@ -246,8 +246,8 @@ def test_emergency_release_while_the_lock_attempt_waits(maria: MariaServer, db: 
         assert wait_until(
             lambda: (
                 not maria.sql(
-                    "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'BACKUP STAGE%%' "
-                    "AND ID <> %s",
+                    "SELECT ID FROM information_schema.PROCESSLIST "
+                    "WHERE INFO LIKE 'BACKUP STAGE%%' AND ID <> %s",
                     [other.thread_id()],
                 )
             ),

@@ -66,7 +66,8 @@ def test_a_script_gets_its_argument_and_its_output_is_kept_bounded(folder: Path)
     s = script(
         folder,
         "talk",
-        'echo "arg=$1 label=$QUIESCE_LABEL"; head -c 100000 /dev/zero | tr "\\0" x; echo err >&2; exit 3',
+        'echo "arg=$1 label=$QUIESCE_LABEL"; head -c 100000 /dev/zero | tr "\\0" x; '
+        "echo err >&2; exit 3",
     )
     result = scripts.run_script(str(s), "freeze", 10, "nightly")
     assert result.exit_code == 3

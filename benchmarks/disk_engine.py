@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from host.disk import Disk  # noqa: E402
+from host.engine.disk import Disk  # noqa: E402
 
 MiB = 1024 * 1024
 GRAIN = 64 * 1024
@@ -193,7 +193,7 @@ def bench_consolidate(work: Path, merge_mib: int, qemu: bool) -> None:
 MEMORY_PROBE = """
 import random, sys
 sys.path.insert(0, sys.argv[3])
-from host.disk import Disk
+from host.engine.disk import Disk
 
 def status(key):
     for line in open("/proc/self/status"):

@@ -8,7 +8,7 @@ it, private PostgreSQL and MariaDB with their data there, the agent configured f
 for that one filesystem) and runs a paced single-row insert load into each database. Then:
 
 1. baseline: the load alone, no snapshot;
-2. CYCLES quiesced snapshots (``host.snapshot_cycle.take`` through the served disk's control
+2. CYCLES quiesced snapshots (``host.snapshots.cycle.take`` through the served disk's control
    socket, as ``quiesce-host snapshot create --quiesce`` does), one every INTERVAL seconds;
 3. CYCLES crash-consistent snapshots (no agent: flush + switch only), the floor.
 
@@ -33,9 +33,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from host.lab import InsertLoad, Lab, create_tables, missing_requirements, start_loads  # noqa: E402
-from host.snapshot_cycle import take  # noqa: E402
-from host.snapshot_target import ServedTarget  # noqa: E402
+from host.lab.local import InsertLoad, Lab, create_tables, missing_requirements, start_loads  # noqa: E402
+from host.snapshots.cycle import take  # noqa: E402
+from host.snapshots.target import ServedTarget  # noqa: E402
 
 
 def overlapping(load: InsertLoad, spans: list[tuple[float, float]]) -> list[float]:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from host import cli
-from host.disk import Disk
+from host.cli import main as cli
+from host.engine.disk import Disk
 from tests.e2e.conftest import start_agent  # noqa: F401 - a fixture, used by the tests
 
 __all__ = ["run_cli", "make_scripts"]

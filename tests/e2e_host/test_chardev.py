@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from host.snapshot_cycle import take
-from host.snapshot_target import load_snapshot, open_target
+from host.snapshots.cycle import take
+from host.snapshots.target import load_snapshot, open_target
 from tests.conftest import need_root
 from tests.e2e.conftest import frozen_now
 

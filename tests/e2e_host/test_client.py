@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from host.quiesce import (
+from host.snapshots.agent import (
     AgentClient,
     AgentGarbage,
     AgentRefused,

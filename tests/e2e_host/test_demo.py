@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from host.demo import SNAPSHOT, Clock, scenario
-from host.lab import Lab, missing_requirements
-from host.snapshot_target import load_snapshot
+from host.lab.demo import SNAPSHOT, Clock, scenario
+from host.lab.local import Lab, missing_requirements
+from host.snapshots.target import load_snapshot
 from tests.conftest import FREEZE_ROOT, need, need_root
 
 pytestmark = [pytest.mark.root, pytest.mark.pg, pytest.mark.mysql, pytest.mark.slow]
@@ -68,7 +68,7 @@ def test_the_demo_scenario_keeps_every_row_before_the_snapshot_and_none_after(ca
 
 def test_ctrl_c_in_the_middle_cleans_up_everything() -> None:
     code = (
-        "import argparse,sys; from host.demo import run_demo; sys.exit(run_demo("
+        "import argparse,sys; from host.lab.demo import run_demo; sys.exit(run_demo("
         f"argparse.Namespace(seconds=30.0, rate=100.0, keep=False, lab_parent={FREEZE_ROOT!r})))"
     )
     proc = subprocess.Popen(
@@ -99,7 +99,8 @@ def test_ctrl_c_in_the_middle_cleans_up_everything() -> None:
 
 
 def test_the_demo_says_clearly_when_it_cannot_run(monkeypatch, capsys) -> None:
-    from host import demo, lab
+    from host.lab import demo
+    from host.lab import local as lab
 
     monkeypatch.setattr(lab.os, "geteuid", lambda: 1000)
     assert demo.run_demo(argparse.Namespace(seconds=1, rate=1, keep=False)) == 2

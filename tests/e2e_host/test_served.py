@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from host.disk import Disk
-from host.serve_control import ControlServer, IOGate
-from host.snapshot_cycle import Faults, NotConfirmed, QuiesceFailed, take
-from host.snapshot_target import ServedTarget, load_snapshot, open_target
+from host.engine.disk import Disk
+from host.serve.control import ControlServer, IOGate
+from host.snapshots.cycle import Faults, NotConfirmed, QuiesceFailed, take
+from host.snapshots.target import ServedTarget, load_snapshot, open_target
 from tests.conftest import need_root
 from tests.e2e.conftest import frozen_now
 from tests.e2e_host.conftest import run_cli
@@ -82,7 +82,7 @@ def test_a_snapshot_with_much_written_since_is_not_merged_while_serving(
 ) -> None:
     need_root()
     agent = start_agent({"filesystems": {"mounts": [ext4.path]}})
-    monkeypatch.setattr("host.serve_control.LIVE_MERGE_LIMIT", 0)  # any write since is too much
+    monkeypatch.setattr("host.serve.control.LIVE_MERGE_LIMIT", 0)  # any write since is too much
 
     class KillAndWrite(KillAgentAfterFreeze):
         def before_thaw(self) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from host.disk import Disk
-from host.snapshot_cycle import Faults, QuiesceFailed, take
-from host.snapshot_target import load_snapshot, open_target
+from host.engine.disk import Disk
+from host.snapshots.cycle import Faults, QuiesceFailed, take
+from host.snapshots.target import load_snapshot, open_target
 from tests.conftest import need_root
 from tests.e2e.conftest import frozen_now
 from tests.e2e_host.conftest import make_scripts, run_cli, snapshots

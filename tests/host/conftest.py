@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from host.disk import Disk
+from host.engine.disk import Disk
 from tests.conftest import need
 
 MiB = 1024 * 1024

@@ -90,7 +90,7 @@ def apply(disk: Any, op: Op) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from host.disk import Disk
+    from host.engine.disk import Disk
 
     folder, seed = argv[0], int(argv[1])
     with Disk.open(folder) as disk:

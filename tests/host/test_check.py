@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from host.cli import main
-from host.disk import Disk
+from host.cli.main import main
+from host.engine.disk import Disk
 from tests.host.conftest import GRAIN, QEMU_IMG, need_qemu, qemu_io, run
 
 SMALL = 64 * GRAIN

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from host.cli import main
-from host.disk import Disk
+from host.cli.main import main
+from host.engine.disk import Disk
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAIN = 64 * 1024

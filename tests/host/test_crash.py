@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from host.disk import Disk
+from host.engine.disk import Disk
 from tests.host import crashplan
 from tests.host.crashplan import GRAIN, SIZE, Op, State
 
@@ -257,7 +257,7 @@ def test_unflushed_new_grains_survive_a_kill_but_not_a_reboot(
     with Disk.open(folder, readonly=True) as ro:
         assert ro.read(0, 200) == b"\x01" * 10 + b"\x02" * 100 + b"\x01" * 90
         assert any("not in the grain tables yet" in p for p in ro.check())
-    monkeypatch.setattr("host.durable.boot_id", lambda: b"another-boot".ljust(36, b"-"))
+    monkeypatch.setattr("host.engine.durable.boot_id", lambda: b"another-boot".ljust(36, b"-"))
     with Disk.open(folder, readonly=True) as after_reboot:  # the log is not trusted
         assert after_reboot.read(0, 200) == b"\x01" * 200
     monkeypatch.undo()

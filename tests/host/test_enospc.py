@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from host.disk import Disk, NoSpace
+from host.engine.disk import Disk, NoSpace
 from tests.conftest import need_root
 
 GRAIN = 64 * 1024

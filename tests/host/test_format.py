@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from host.disk import CidMismatch, Disk
-from host.vmdk import HEADER, Layout, parse_descriptor
+from host.engine.disk import CidMismatch, Disk
+from host.engine.vmdk import HEADER, Layout, parse_descriptor
 from tests.host.conftest import GRAIN, QEMU_IMG, SIZE, MiB, need_qemu, qemu_io, qemu_judge, run
 
 

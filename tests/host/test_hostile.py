@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from host.disk import (
+from host.engine.disk import (
     ChainBroken,
     CidMismatch,
     CorruptFile,
@@ -19,7 +19,7 @@ from host.disk import (
     DiskError,
     ForeignFile,
 )
-from host.vmdk import HEADER
+from host.engine.vmdk import HEADER
 from tests.host.conftest import GRAIN, need_qemu, qemu_io
 
 SMALL = 64 * GRAIN

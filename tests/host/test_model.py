@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from host.disk import Disk
-from host.nbd import NBDServer
-from host.serve_control import GatedDevice, IOGate
+from host.engine.disk import Disk
+from host.serve.control import GatedDevice, IOGate
+from host.serve.nbd import NBDServer
 from tests.host.conftest import (
     GRAIN,
     QEMU_IMG,

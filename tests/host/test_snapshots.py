@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from host.disk import MAX_CHAIN, ChainTooDeep, Disk, DiskError, SnapshotExists, SnapshotNotFound
+from host.engine.disk import (
+    MAX_CHAIN,
+    ChainTooDeep,
+    Disk,
+    DiskError,
+    SnapshotExists,
+    SnapshotNotFound,
+)
 from tests.host.conftest import GRAIN, SIZE
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from host.nbd import NBDServer
-from host.serve_control import GatedDevice, IOGate
+from host.serve.control import GatedDevice, IOGate
+from host.serve.nbd import NBDServer
 from tests.conftest import need
 
 
@@ -133,13 +133,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Served:
-    """A running ``python -m host.cli_serve``; stopped (and unmounted) on cleanup."""
+    """A running ``python -m host.cli.serve``; stopped (and unmounted) on cleanup."""
 
     def __init__(self, *args: str) -> None:
         self.args = args
         self.errfile = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "host.cli_serve", *args],
+            [sys.executable, "-m", "host.cli.serve", *args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=self.errfile,

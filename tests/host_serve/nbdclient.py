@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from host import nbd
+from host.serve import nbd
 
 
 class Client:

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from host import serve_control
-from host.nbd import RawFile
-from host.serve_control import (
+from host.serve import control as serve_control
+from host.serve.control import (
     ControlServer,
     GatedDevice,
     IOGate,
@@ -23,6 +22,7 @@ from host.serve_control import (
     ServeUnreachable,
     request,
 )
+from host.serve.nbd import RawFile
 from tests.host_serve.conftest import MemDisk
 from tests.host_serve.nbdclient import Client
 

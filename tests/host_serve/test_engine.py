@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from host.disk import Disk
-from host.serve_control import ControlServer, IOGate, ServeRequestFailed, request
+from host.engine.disk import Disk
+from host.serve.control import ControlServer, IOGate, ServeRequestFailed, request
 from tests.conftest import need
 from tests.host_serve.nbdclient import Client
 
@@ -168,7 +168,7 @@ def test_revert_and_delete_while_serving(short_tmp, serve, monkeypatch):
         assert client.read(0, 4) == (0, b"AAAA")
         assert client.write(0, b"C" * 4096) == 0
         with monkeypatch.context() as m:  # as if much had been written since 'a'
-            m.setattr("host.serve_control.LIVE_MERGE_LIMIT", 0)
+            m.setattr("host.serve.control.LIVE_MERGE_LIMIT", 0)
             with pytest.raises(ServeRequestFailed) as err:
                 request(folder, "snapshot-delete", {"name": "a"})
             assert err.value.error_class == "Refused" and "merges 0.1 MiB" in err.value.desc

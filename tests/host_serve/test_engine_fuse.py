@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from host.disk import Disk
-from host.serve_control import request
+from host.engine.disk import Disk
+from host.serve.control import request
 from tests.conftest import need, need_root
 
 pytestmark = pytest.mark.root

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from host.fuse import FILE_NAME, serve_fuse
-from host.serve_control import ControlServer, GatedDevice, IOGate, request
+from host.serve.control import ControlServer, GatedDevice, IOGate, request
+from host.serve.fuse import FILE_NAME, serve_fuse
 from tests.conftest import need, need_root
 from tests.host_serve.conftest import MemDisk
 

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from host import nbd
-from host.nbd import NBDConfigError, NBDServer, RawFile, parse_hostport, resolve_bind
+from host.serve import nbd
+from host.serve.nbd import NBDConfigError, NBDServer, RawFile, parse_hostport, resolve_bind
 from tests.host_serve.conftest import MemDisk
 from tests.host_serve.nbdclient import Client
 

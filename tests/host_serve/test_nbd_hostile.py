@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from host import nbd
+from host.serve import nbd
 from tests.host_serve.conftest import MemDisk
 from tests.host_serve.nbdclient import Client
 

@@ -1,6 +1,6 @@
 """``quiesce-host demo``: the whole promise in one command, on a throw-away lab.
 
-1. build the lab (host.lab): engine disk served through FUSE, ext4 on it, PostgreSQL and
+1. build the lab (host.lab.local): engine disk served through FUSE, ext4 on it, PostgreSQL and
    MariaDB with their data there, an agent configured for exactly those;
 2. a steady insert load into both databases;
 3. a quiesced snapshot through the agent and the server's control socket;
@@ -25,13 +25,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from host.lab import Lab, create_tables, missing_requirements, present_ids, start_loads
-from host.labdb import LabError
-from host.quiesce import QuiesceHostError
-from host.serve_control import ServeError
-from host.snapshot_cycle import Outcome, take
-from host.snapshot_report import full
-from host.snapshot_target import open_target
+from host.lab.databases import LabError
+from host.lab.local import Lab, create_tables, missing_requirements, present_ids, start_loads
+from host.serve.control import ServeError
+from host.snapshots.agent import QuiesceHostError
+from host.snapshots.cycle import Outcome, take
+from host.snapshots.report import full
+from host.snapshots.target import open_target
 
 SNAPSHOT = "demo-before-change"
 

@@ -24,8 +24,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from host.durable import ChainBroken, CorruptFile, SnapshotNotFound, write_json
-from host.vmdk import BASE_NAME, GRAIN, SAFE_NAME
+from host.engine.durable import ChainBroken, CorruptFile, SnapshotNotFound, write_json
+from host.engine.vmdk import BASE_NAME, GRAIN, SAFE_NAME
 
 TREE = "tree.json"
 FORMAT = "quiesce-disk/1"

@@ -35,9 +35,9 @@ from typing import Any
 
 import yaml
 
-from host.disk import Disk
-from host.labdb import LabError, LabMaria, LabPostgres, mariadbd_path, pg_bindir
-from host.quiesce import AgentClient, QuiesceHostError
+from host.engine.disk import Disk
+from host.lab.databases import LabError, LabMaria, LabPostgres, mariadbd_path, pg_bindir
+from host.snapshots.agent import AgentClient, QuiesceHostError
 
 Say = Callable[[str], None]
 

@@ -9,7 +9,7 @@ One thread per connection, requests handled in order on it. The device API is sy
 (file I/O, an flock-holding engine), so asyncio would only add a hop to a thread for every
 request; a connection thread keeps the code straight and the GIL is released during I/O.
 Several connections at once are fine: the device serialises its writers itself (see
-``host.serve_control.GatedDevice``), and a FLUSH on one connection flushes the whole device,
+``host.serve.control.GatedDevice``), and a FLUSH on one connection flushes the whole device,
 so CAN_MULTI_CONN is advertised truthfully.
 
 The server binds loopback by default and refuses any other address unless ``allow_remote``.

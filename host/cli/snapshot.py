@@ -1,4 +1,4 @@
-"""``quiesce-host snapshot create|list|revert|delete``: thin verbs over ``host.disk.Disk``.
+"""``quiesce-host snapshot create|list|revert|delete``: thin verbs over ``host.engine.disk.Disk``.
 
 When the disk is being served (``quiesce-host serve`` holds its lock), create, list and delete
 go to the server through its control socket, which takes the snapshot at a clean cut.
@@ -11,9 +11,9 @@ import json
 import sys
 from typing import Any
 
-from host.cli_progress import Progress
-from host.disk import CONSISTENCY, Disk, DiskBusy, DiskError
-from host.serve_control import ServeError, request, socket_path
+from host.cli.progress import Progress
+from host.engine.disk import CONSISTENCY, Disk, DiskBusy, DiskError
+from host.serve.control import ServeError, request, socket_path
 
 DISK_HELP = "the disk folder (made by 'quiesce-host disk create'); may be served"
 

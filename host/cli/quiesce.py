@@ -1,6 +1,6 @@
 """``snapshot create --quiesce``, ``snapshot show`` and ``snapshot restore-artifacts``.
 
-``install(verbs)`` extends the ``snapshot`` verb group that ``host.cli_snapshot`` builds:
+``install(verbs)`` extends the ``snapshot`` verb group that ``host.cli.snapshot`` builds:
 ``create`` gains ``--quiesce ENDPOINT`` and ``--quiesce-mode`` (without ``--quiesce`` it runs
 exactly as before), and two verbs are added. Exit codes: 0 ok, 1 warning (``preferred`` fell
 back to a crash-consistent snapshot), 3 quiesce failed (required: nothing left behind), 4 not
@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from host.quiesce import QuiesceHostError
-from host.serve_control import ServeError
-from host.snapshot_cycle import MODES, QuiesceFailed, take
-from host.snapshot_report import full
-from host.snapshot_target import load_snapshot, open_target
+from host.serve.control import ServeError
+from host.snapshots.agent import QuiesceHostError
+from host.snapshots.cycle import MODES, QuiesceFailed, take
+from host.snapshots.report import full
+from host.snapshots.target import load_snapshot, open_target
 
 
 def _subverbs(verbs: Any, name: str) -> Any:

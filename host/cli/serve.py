@@ -1,7 +1,7 @@
 """``quiesce-host serve DISK (--nbd HOST:PORT | --fuse MOUNTPOINT)``: serve a disk live.
 
-A thin verb over ``host.nbd``, ``host.fuse`` and ``host.serve_control``: it opens the disk
-(taking its writer lock), puts every client request through one I/O gate, starts the control
+A thin verb over ``host.serve.nbd``, ``host.serve.fuse`` and ``host.serve.control``: it opens the
+disk (taking its writer lock), puts every client request through one I/O gate, starts the control
 socket ``DISK/.serve.sock`` and the servers asked for (both at once is fine: they share the
 gate), prints where it serves, and stops cleanly on SIGTERM or SIGINT (FUSE: unmount first,
 then NBD clients are hung up on, then the disk is flushed and closed).
@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from host.nbd import NBDConfigError, NBDServer, RawFile, parse_hostport
-from host.serve_control import ControlServer, GatedDevice, IOGate, ServeError
+from host.serve.control import ControlServer, GatedDevice, IOGate, ServeError
+from host.serve.nbd import NBDConfigError, NBDServer, RawFile, parse_hostport
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def open_device(path: str, readonly: bool) -> Any:
         return RawFile(path, readonly=readonly)
     if not os.path.isdir(path):
         raise ServeError(f"{path}: no such disk folder or image file")
-    from host.disk import Disk  # the engine; imported here so a raw file needs none of it
+    from host.engine.disk import Disk  # the engine; imported here so a raw file needs none of it
 
     return Disk.open(path, readonly=readonly)
 
@@ -151,7 +151,7 @@ def _serve(args: argparse.Namespace, device: Any, nbd_addr: tuple[str, int] | No
 
 
 def _run_fuse(args: argparse.Namespace, gated: GatedDevice, serving: list[dict[str, Any]]) -> int:
-    from host.fuse import FILE_NAME, FuseServeError, serve_fuse
+    from host.serve.fuse import FILE_NAME, FuseServeError, serve_fuse
 
     path = os.path.join(os.path.abspath(args.fuse), FILE_NAME)
 
@@ -195,7 +195,7 @@ def _wait_for_signal() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m host.cli_serve``) until host/cli.py registers the verb."""
+    """Standalone entry (``python -m host.cli.serve``) until host/cli.py registers the verb."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="quiesce-host")
     add_serve_parser(parser.add_subparsers(dest="verb", required=True))

@@ -34,9 +34,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from host.chain import Chain, Progress, allocated, flatten, merge_up
-from host.check import examine, link_error, role
-from host.durable import (
+from host.engine.chain import Chain, Progress, allocated, flatten, merge_up
+from host.engine.check import examine, link_error, role
+from host.engine.durable import (
     INTENT,
     ChainBroken,
     ChainTooDeep,
@@ -58,8 +58,8 @@ from host.durable import (
     unlink_durably,
     write_intent,
 )
-from host.tree import DELTA_NAME, MAX_CHAIN, TREE, Tree
-from host.vmdk import (
+from host.engine.tree import DELTA_NAME, MAX_CHAIN, TREE, Tree
+from host.engine.vmdk import (
     BASE_NAME,
     GRAIN,
     MAX_CAPACITY,

@@ -16,7 +16,7 @@ before the ceiling for the switch and the thaw; the switch is not attempted when
 ``SWITCH_RESERVE`` remains before the earliest moment the ceiling could fire (the ceiling
 starts at the agent's first lock, which is after we sent the freeze).
 
-Errors (``QuiesceHostError`` tree of ``host.quiesce``)::
+Errors (``QuiesceHostError`` tree of ``host.snapshots.agent``)::
 
     QuiesceHostError
      └── QuiesceFailed   exit 3: the quiesce failed in required mode; no snapshot was left
@@ -32,14 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import protocol
-from host.quiesce import (
+from host.snapshots.agent import (
     AgentClient,
     AgentRefused,
     Endpoint,
     QuiesceHostError,
     ceiling_of,
 )
-from host.snapshot_target import Target
+from host.snapshots.target import Target
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""``quiesce-host disk create|info|check|export``: thin verbs over ``host.disk.Disk``."""
+"""``quiesce-host disk create|info|check|export``: thin verbs over ``host.engine.disk.Disk``."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import threading
 import time
 from typing import Any
 
-from host.check import check_folder
-from host.cli_progress import Progress, human_bytes
-from host.cli_snapshot import DISK_HELP, ask_server
-from host.disk import Disk, DiskBusy, DiskError
-from host.serve_control import ServeError, request
+from host.cli.progress import Progress, human_bytes
+from host.cli.snapshot import DISK_HELP, ask_server
+from host.engine.check import check_folder
+from host.engine.disk import Disk, DiskBusy, DiskError
+from host.serve.control import ServeError, request
 
 UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 

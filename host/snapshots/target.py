@@ -8,7 +8,7 @@ known only after the thaw. So a target can ``create`` (flush + switch to a new d
 - ``EngineTarget``: the disk is not served; we hold its writer lock for the whole cycle (opened
   before the freeze, so opening and checking the chain is not inside the window).
 - ``ServedTarget``: ``quiesce-host serve`` holds the disk; create and delete go through its
-  control socket (``host.serve_control``), which cuts between client writes.
+  control socket (``host.serve.control``), which cuts between client writes.
 
 The final record goes in with ``Disk.snapshot_update`` (the server's ``snapshot-update``); a
 failed quiesce takes its snapshot back with ``snapshot_delete``, which merges only what was
@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from host.disk import Disk, DiskBusy
-from host.serve_control import ServeError, ServeRequestFailed, request, socket_path
-from host.tree import Tree
+from host.engine.disk import Disk, DiskBusy
+from host.engine.tree import Tree
+from host.serve.control import ServeError, ServeRequestFailed, request, socket_path
 
 RECORD_KEYS = ("consistency", "report", "artifacts")
 

@@ -18,8 +18,8 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from host.durable import space_error
-from host.vmdk import GRAIN, GRAIN_SECTORS, SECTOR, ZERO_GRAIN, FlatBase, Layer, SparseExtent
+from host.engine.durable import space_error
+from host.engine.vmdk import GRAIN, GRAIN_SECTORS, SECTOR, ZERO_GRAIN, FlatBase, Layer, SparseExtent
 
 Progress = Callable[[int, int], Any]  # (bytes done, bytes total)
 RUN = 64  # grains per copy run (4 MiB)

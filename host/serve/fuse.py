@@ -36,7 +36,7 @@ from typing import Any
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy  # type: ignore[import-untyped]  # noqa: E402
 
-from host.nbd import BlockDevice
+from host.serve.nbd import BlockDevice
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ The exact layout and its crash states are in ``docs/internals/disk-format.md``.
 
 Durability: a grain table entry is written (primary table, then redundant table) only after
 the data it points to was ``fdatasync``-ed. Writes that allocate grains keep their entries in
-memory and in a pending log (``host.durable.PendingLog``) until the next flush, so that they
+memory and in a pending log (``host.engine.durable.PendingLog``) until the next flush, so that they
 need no fsync each and still survive the death of the process.
 
 Raises ForeignFile (not a file we can use), CorruptFile (damaged), DiskError, NoSpace.
@@ -28,7 +28,7 @@ from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from host.durable import (
+from host.engine.durable import (
     ChainBroken,
     CorruptFile,
     DiskError,

@@ -7,7 +7,7 @@ One module per verb group (borg's way): ``cli_disk`` (create, info, check, expor
 its parser and sets ``func``; a verb returns its exit code. The engine never sees argparse.
 
 Exit codes (borg's): 0 ok, 1 warning (``disk check`` found problems), 2 error, the specific
-codes of ``host.durable`` above that (10 ForeignFile ... 19 NoSpace), 130 on Ctrl-C, 141 when
+codes of ``host.engine.durable`` above that (10 ForeignFile ... 19 NoSpace), 130 on Ctrl-C, 141 when
 the reader of the output went away (``| head``).
 """
 
@@ -20,8 +20,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from host import cli_disk, cli_quiesce, cli_snapshot, demo
-from host.durable import DiskError
+from host.cli import disk as cli_disk
+from host.cli import quiesce as cli_quiesce
+from host.cli import snapshot as cli_snapshot
+from host.engine.durable import DiskError
+from host.lab import demo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_disk.add_parser(verbs)
     cli_snapshot.add_parser(verbs)
     try:
-        from host.cli_serve import add_serve_parser
+        from host.cli.serve import add_serve_parser
     except ImportError as err:  # the servers are optional (their binding may be missing)
         missing = err
         serve = verbs.add_parser("serve", help=f"unavailable: {missing}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from host.durable import (
+from host.engine.durable import (
     INTENT,
     ChainBroken,
     CidMismatch,
@@ -24,8 +24,8 @@ from host.durable import (
     FolderLock,
     read_intent,
 )
-from host.tree import DELTA_NAME, Tree
-from host.vmdk import BASE_NAME, FlatBase, Layer, SparseExtent, inside, safe_name
+from host.engine.tree import DELTA_NAME, Tree
+from host.engine.vmdk import BASE_NAME, FlatBase, Layer, SparseExtent, inside, safe_name
 
 
 def check_folder(folder: str | Path) -> list[str]:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import protocol
-from host.nbd import BlockDevice
+from host.serve.nbd import BlockDevice
 
 logger = logging.getLogger(__name__)
 

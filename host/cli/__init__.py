@@ -1,0 +1,1 @@
+"""``quiesce-host``: the command line, one module per verb group (see ``host.cli.main``)."""

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from hooks.base import Deadline, Operation  # noqa: E402
 from hooks.mysql import MysqlWriter  # noqa: E402
 from hooks.postgres import PostgresWriter  # noqa: E402
-from tests.dbservers import MariaServer, PgServer, remove_templates  # noqa: E402
+from tests.helpers.dbservers import MariaServer, PgServer, remove_templates  # noqa: E402
 
 Span = tuple[float, float]  # (wall-clock start, latency seconds)
 

@@ -29,7 +29,7 @@ os.environ["QUIESCE_FREEZE_ONLY_UNDER"] = WORK  # this benchmark freezes nothing
 
 import psutil  # noqa: E402
 
-from tests.agentproc import AgentProcess  # noqa: E402
+from tests.helpers.agentproc import AgentProcess  # noqa: E402
 
 
 def make_fs(n: int) -> list[str]:

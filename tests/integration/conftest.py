@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import need
-from tests.dbservers import (
+from tests.helpers.dbservers import (
     MYSQL_ENV,
     PG_ENV,
     ExternalMaria,

@@ -1,72 +1,16 @@
-"""Suite-wide fixtures and the freeze safety net.
-
-Before anything else is imported, the suite confines FIFREEZE to one directory it made
-itself (QUIESCE_FREEZE_ONLY_UNDER, enforced by hooks/fsfreeze.py in this process and in every
-daemon or guard it starts): no test can freeze this machine's root filesystem, not even by
-reaching ``filesystems.mounts: auto``, which is refused outright while the variable is set.
-"""
+"""Suite-wide fixtures. Importing tests.helpers.env sets the freeze safety net for the run."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-FREEZE_ROOT = tempfile.mkdtemp(prefix="quiesce-test-mnt-")
-os.environ["QUIESCE_FREEZE_ONLY_UNDER"] = FREEZE_ROOT
-os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
-
-REQUIRE = os.environ.get("QUIESCE_REQUIRE_SERVERS") == "1"
-
-
-def need(condition: bool, reason: str) -> None:
-    """Skip with ``reason`` unless the CI demands everything (QUIESCE_REQUIRE_SERVERS=1)."""
-    if condition:
-        return
-    if REQUIRE:
-        pytest.fail(f"required for CI: {reason}")
-    pytest.skip(reason)
-
-
-def need_root() -> None:
-    need(os.geteuid() == 0, "needs root for loop devices and FIFREEZE")
-
-
-class LoopFS:
-    """A filesystem on a loop-mounted image that this test made, under FREEZE_ROOT."""
-
-    def __init__(self, fstype: str, size_mb: int = 300) -> None:
-        need_root()
-        mkfs = shutil.which(f"mkfs.{fstype}")
-        need(mkfs is not None, f"mkfs.{fstype} is not installed (scripts/setup installs it)")
-        self.fstype = fstype
-        self.dir = Path(tempfile.mkdtemp(prefix=f"{fstype}-", dir=FREEZE_ROOT))
-        self.image = self.dir / "image"
-        self.mountpoint = self.dir / "mnt"
-        self.mountpoint.mkdir()
-        with open(self.image, "wb") as f:
-            f.truncate(size_mb * 1024 * 1024)
-        quiet = ["-q"] if fstype == "xfs" else ["-q", "-F"]
-        subprocess.run([mkfs, *quiet, str(self.image)], check=True, timeout=60)
-        subprocess.run(
-            ["mount", "-o", "loop", str(self.image), str(self.mountpoint)], check=True, timeout=30
-        )
-
-    @property
-    def path(self) -> str:
-        return str(self.mountpoint)
-
-    def cleanup(self) -> None:
-        # thaw first in case a test failed while frozen; EINVAL (not frozen) is fine
-        subprocess.run(["fsfreeze", "-u", self.path], capture_output=True, timeout=10)
-        subprocess.run(["umount", "-l", self.path], capture_output=True, timeout=30)
-        shutil.rmtree(self.dir, ignore_errors=True)
+from tests.helpers.env import FREEZE_ROOT
+from tests.helpers.loopfs import LoopFS
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ from typing import Any
 import yaml
 
 from agent.client import Client
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.env import REPO
 
 
 class AgentProcess:
@@ -32,14 +31,14 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: float = 10.0) -> AgentProcess:
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(REPO))
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "--config", str(self.config_path), "serve"],
             stdout=self._log,
             stderr=self._log,
             env=env,
-            cwd=str(ROOT),
+            cwd=str(REPO),
         )
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import need
 from tests.helpers.dbservers import (
     MYSQL_ENV,
     PG_ENV,
@@ -25,6 +24,7 @@ from tests.helpers.dbservers import (
     pg_bindir,
     remove_templates,
 )
+from tests.helpers.env import need
 
 
 def _need_pg() -> None:

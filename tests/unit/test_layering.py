@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.env import REPO
 
 
 def _imports(package: str) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
-    for path in (ROOT / package).rglob("*.py"):
+    for path in (REPO / package).rglob("*.py"):
         names: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
@@ -18,7 +17,7 @@ def _imports(package: str) -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names.add(node.module)
                 names |= {f"{node.module}.{a.name}" for a in node.names}
-        found[str(path.relative_to(ROOT))] = names
+        found[str(path.relative_to(REPO))] = names
     return found
 
 
@@ -37,7 +36,7 @@ def test_the_agent_uses_no_lazy_imports_on_the_freeze_path() -> None:
     # every import of agent/ and hooks/ sits at module level, so nothing is loaded from a
     # frozen filesystem in the middle of a freeze
     for package in ("agent", "hooks"):
-        for path in (ROOT / package).rglob("*.py"):
+        for path in (REPO / package).rglob("*.py"):
             tree = ast.parse(path.read_text())
             for node in ast.walk(tree):
                 if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):

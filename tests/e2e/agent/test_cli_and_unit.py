@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.agentproc import ROOT, AgentProcess
+from tests.helpers.agentproc import AgentProcess
+from tests.helpers.env import REPO
 
 pytestmark = pytest.mark.root
 
@@ -23,8 +24,8 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
     )
 
 
@@ -98,7 +99,7 @@ def test_the_daemon_tells_systemd_it_is_ready_and_alive(short_tmp) -> None:
 def test_the_unit_file_passes_systemd_analyze(tmp_path: Path) -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
-    unit = (ROOT / "systemd" / "quiesce-agent.service").read_text()
+    unit = (REPO / "systemd" / "quiesce-agent.service").read_text()
     exe = shutil.which("quiesce-agent") or str(Path(sys.executable).parent / "quiesce-agent")
     local = tmp_path / "quiesce-agent.service"
     local.write_text(unit.replace("/opt/quiesce-agent/bin/quiesce-agent", exe))

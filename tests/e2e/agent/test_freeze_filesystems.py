@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.e2e.agent.conftest import Writer, frozen_now
+from tests.helpers.freeze import Writer, frozen_now
 
 pytestmark = pytest.mark.root
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import protocol
-from tests.e2e.agent.conftest import frozen_now
+from tests.helpers.freeze import frozen_now
 
 pytestmark = pytest.mark.root
 

@@ -17,7 +17,6 @@ import socket
 import struct
 import termios
 import threading
-import time
 import tty
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +25,9 @@ import pytest
 
 from host.snapshots.cycle import take
 from host.snapshots.target import load_snapshot, open_target
-from tests.conftest import need_root
-from tests.e2e.agent.conftest import frozen_now
+from tests.helpers.env import need_root
+from tests.helpers.freeze import frozen_now
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.root
 
@@ -100,15 +100,6 @@ def waiting_in_port(bridge: Chardev) -> int:
     return struct.unpack("i", fcntl.ioctl(bridge.port_fd, termios.FIONREAD, b"\0" * 4))[0]
 
 
-def wait_for(cond, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def quiesced_snapshot(disk_dir: Path, name: str, bridge: Chardev):  # type: ignore[no-untyped-def]
     target = open_target(disk_dir)
     try:
@@ -134,6 +125,6 @@ def test_a_reply_left_in_the_port_by_an_earlier_host_is_skipped(chardev, disk_di
     # an earlier host's request reached the guest and that host left before the answer:
     # with no host connected the chardev reads nothing, so the answer waits in the port
     os.write(bridge.port_fd, b'{"execute": "status", "id": "someone-else"}\n')
-    assert wait_for(lambda: waiting_in_port(bridge) > 0)
+    assert wait_until(lambda: waiting_in_port(bridge) > 0, timeout=5.0, poll=0.02)
     out = quiesced_snapshot(disk_dir, "after-a-stale-reply", bridge)
     assert out.confirmed and out.consistency == "filesystem"

@@ -17,10 +17,9 @@ import pytest
 from host.lab.demo import SNAPSHOT, Clock, scenario
 from host.lab.local import Lab, missing_requirements
 from host.snapshots.target import load_snapshot
-from tests.conftest import FREEZE_ROOT, need, need_root
+from tests.helpers.env import FREEZE_ROOT, REPO, need, need_root
 
 pytestmark = [pytest.mark.root, pytest.mark.pg, pytest.mark.mysql, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +72,7 @@ def test_ctrl_c_in_the_middle_cleans_up_everything() -> None:
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code],
-        cwd=ROOT,
+        cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

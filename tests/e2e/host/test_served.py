@@ -15,9 +15,9 @@ from host.engine.disk import Disk
 from host.serve.control import ControlServer, IOGate
 from host.snapshots.cycle import Faults, NotConfirmed, QuiesceFailed, take
 from host.snapshots.target import ServedTarget, load_snapshot, open_target
-from tests.conftest import need_root
-from tests.e2e.agent.conftest import frozen_now
-from tests.e2e.host.conftest import run_cli
+from tests.helpers.env import need_root
+from tests.helpers.freeze import frozen_now
+from tests.helpers.hostcli import run_cli
 
 pytestmark = pytest.mark.root
 

@@ -15,9 +15,9 @@ import pytest
 from host.engine.disk import Disk
 from host.snapshots.cycle import Faults, QuiesceFailed, take
 from host.snapshots.target import load_snapshot, open_target
-from tests.conftest import need_root
-from tests.e2e.agent.conftest import frozen_now
-from tests.e2e.host.conftest import make_scripts, run_cli, snapshots
+from tests.helpers.env import need_root
+from tests.helpers.freeze import frozen_now
+from tests.helpers.hostcli import make_scripts, run_cli, snapshots
 
 pytestmark = pytest.mark.root
 

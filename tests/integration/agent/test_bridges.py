@@ -28,10 +28,10 @@ import pytest
 from hooks.fsfreeze import freeze_path, thaw_path
 from tests.helpers.agentproc import AgentProcess
 from tests.helpers.dbservers import MariaServer, PgServer
-from tests.integration.hooks.test_mysql import Background
+from tests.helpers.env import REPO
+from tests.helpers.waiting import Background
 
 pytestmark = [pytest.mark.pg, pytest.mark.mysql, pytest.mark.root]
-REPO = Path(__file__).resolve().parents[3]
 BRIDGE = REPO / "backupScripts.d" / "50-quiesce-agent-bridge"
 CLI = REPO / ".venv" / "bin" / "quiesce-agent"
 IGNORED = (

@@ -21,7 +21,7 @@ import pytest
 from hooks.fsfreeze import freeze_path
 from tests.helpers.agentproc import AgentProcess
 from tests.helpers.dbservers import MariaServer, PgServer, copy_tree
-from tests.integration.hooks.test_mysql import Background
+from tests.helpers.waiting import Background
 
 pytestmark = [pytest.mark.pg, pytest.mark.mysql, pytest.mark.root, pytest.mark.slow]
 

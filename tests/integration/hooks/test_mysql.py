@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pymysql
@@ -18,9 +18,10 @@ import pytest
 from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
 from hooks.mysql import MysqlWriter, _mask, choose_lock, parse_version, refuse_lock
 from tests.helpers.dbservers import MariaServer, Play
+from tests.helpers.env import REPO
+from tests.helpers.waiting import Background, wait_until
 
 pytestmark = pytest.mark.mysql
-REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -36,38 +37,6 @@ def db(maria: MariaServer) -> Iterator[str]:
 
 def writer(maria: MariaServer, **kw: object) -> MysqlWriter:
     return MysqlWriter(**maria.writer_config(**kw))
-
-
-class Background:
-    """A statement running in its own thread and connection; records when it finished."""
-
-    def __init__(self, maria: MariaServer, sql: str) -> None:
-        self.done_at: float | None = None
-        self.error: BaseException | None = None
-        self.started = time.monotonic()
-        self.thread = threading.Thread(target=self._run, args=(maria, sql), daemon=True)
-        self.thread.start()
-
-    def _run(self, maria: MariaServer, sql: str) -> None:
-        try:
-            maria.sql(sql)
-        except BaseException as err:  # noqa: BLE001 - reported to the test
-            self.error = err
-        self.done_at = time.monotonic()
-
-    def join(self, timeout: float = 15) -> float:
-        self.thread.join(timeout)
-        assert self.done_at is not None, "the statement never finished"
-        return self.done_at - self.started
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 # -- strategy choice (pure) ---------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 
 from hooks.mysql import MysqlWriter
 from tests.helpers.dbservers import MariaServer, Play, copy_tree, fsfreeze
-from tests.integration.hooks.test_mysql import Background
+from tests.helpers.waiting import Background
 
 pytestmark = [pytest.mark.mysql, pytest.mark.root, pytest.mark.slow]
 

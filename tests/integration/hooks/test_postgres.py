@@ -18,9 +18,10 @@ import pytest
 from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
 from hooks.postgres import PostgresWriter, parse_lsn, parse_size, safe_label, wal_file_name
 from tests.helpers.dbservers import PgServer, Play
+from tests.helpers.env import REPO
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.pg
-REPO = Path(__file__).resolve().parents[3]
 
 
 def writer(server: PgServer, **kw: object) -> PostgresWriter:
@@ -32,15 +33,6 @@ def holders(server: PgServer) -> list[tuple[int, str]]:
     return server.sql(
         "SELECT pid, query FROM pg_stat_activity WHERE application_name = 'quiesce-agent'"
     )
-
-
-def wait_until(cond: object, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 # -- pure helpers -------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import pytest
 
 from agent import config
 from hooks.errors import ConfigError
+from tests.helpers.env import REPO
 
 
 def test_an_empty_file_gives_the_documented_defaults() -> None:
@@ -95,8 +96,7 @@ def test_a_broken_file_names_the_file(tmp_path) -> None:  # type: ignore[no-unty
 
 
 def test_the_shipped_example_config_is_valid() -> None:
-    from pathlib import Path
 
-    example = Path(__file__).resolve().parents[3] / "docs" / "agent.yaml.example"
+    example = REPO / "docs" / "agent.yaml.example"
     cfg = config.load(example)
     assert cfg.filesystems is not None and cfg.scripts is not None

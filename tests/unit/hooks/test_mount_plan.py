@@ -54,7 +54,7 @@ def test_a_listed_path_that_is_not_a_mount_point_is_an_error(mounts: list[fsfree
 
 
 def test_the_suite_cannot_freeze_the_root_filesystem() -> None:
-    # tests/conftest.py confines FIFREEZE to its own directory for the whole run
+    # tests/helpers/env.py confines FIFREEZE to its own directory for the whole run
     # checked without ever calling FIFREEZE on them: if the guard broke, this must fail, not
     # freeze the machine; freeze_path itself is shown to check first on a path that does not
     # exist (a broken guard gives FileNotFoundError there, never a freeze)

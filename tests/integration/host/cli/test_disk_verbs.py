@@ -11,8 +11,8 @@ import pytest
 
 from host.cli.main import main
 from host.engine.disk import Disk
+from tests.helpers.env import REPO
 
-ROOT = Path(__file__).resolve().parents[4]
 GRAIN = 64 * 1024
 
 
@@ -96,7 +96,7 @@ def test_the_console_entry_point_runs(tmp_path: Path) -> None:
         [sys.executable, "-m", "host.cli", "disk", "create", str(tmp_path / "vm"), "--size", "1M"],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=REPO,
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr

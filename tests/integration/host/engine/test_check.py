@@ -13,7 +13,7 @@ import pytest
 
 from host.cli.main import main
 from host.engine.disk import Disk
-from tests.integration.host.engine.conftest import GRAIN, QEMU_IMG, need_qemu, qemu_io, run
+from tests.helpers.disks import GRAIN, QEMU_IMG, need_qemu, qemu_io, run
 
 SMALL = 64 * GRAIN
 

@@ -23,8 +23,8 @@ import pytest
 from host.engine.disk import Disk
 from tests.helpers import crashplan
 from tests.helpers.crashplan import GRAIN, SIZE, Op, State
+from tests.helpers.env import REPO
 
-ROOT = Path(__file__).resolve().parents[4]
 DURABLE = ("pwrite", "write", "rename", "unlink", "fsync", "fdatasync", "ftruncate")
 
 
@@ -180,13 +180,13 @@ def test_a_crash_at_every_durable_step_of_every_operation(tmp_path: Path) -> Non
 
 
 def start_worker(folder: Path, seed: int) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen(
         [sys.executable, "-m", "tests.helpers.crashplan", str(folder), str(seed)],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
-        cwd=ROOT,
+        cwd=REPO,
     )
 
 

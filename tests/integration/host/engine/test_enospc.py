@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from host.engine.disk import Disk, NoSpace
-from tests.conftest import need_root
+from tests.helpers.env import need_root
 
 GRAIN = 64 * 1024
 

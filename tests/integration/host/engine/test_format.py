@@ -10,7 +10,7 @@ import pytest
 
 from host.engine.disk import CidMismatch, Disk
 from host.engine.vmdk import HEADER, Layout, parse_descriptor
-from tests.integration.host.engine.conftest import (
+from tests.helpers.disks import (
     GRAIN,
     QEMU_IMG,
     SIZE,

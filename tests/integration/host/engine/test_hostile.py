@@ -20,7 +20,7 @@ from host.engine.disk import (
     ForeignFile,
 )
 from host.engine.vmdk import HEADER
-from tests.integration.host.engine.conftest import GRAIN, need_qemu, qemu_io
+from tests.helpers.disks import GRAIN, need_qemu, qemu_io
 
 SMALL = 64 * GRAIN
 

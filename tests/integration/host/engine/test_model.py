@@ -13,7 +13,7 @@ import pytest
 from host.engine.disk import Disk
 from host.serve.control import GatedDevice, IOGate
 from host.serve.nbd import NBDServer
-from tests.integration.host.engine.conftest import (
+from tests.helpers.disks import (
     GRAIN,
     QEMU_IMG,
     QEMU_IO,

@@ -16,7 +16,7 @@ from host.engine.disk import (
     SnapshotExists,
     SnapshotNotFound,
 )
-from tests.integration.host.engine.conftest import GRAIN, SIZE
+from tests.helpers.disks import GRAIN, SIZE
 
 
 def state(disk: Disk, snapshot: str | None, tmp: Path) -> bytes:

@@ -23,8 +23,8 @@ from host.serve.control import (
     request,
 )
 from host.serve.nbd import RawFile
+from tests.helpers.memdisk import MemDisk
 from tests.helpers.nbdclient import Client
-from tests.integration.host.serve.conftest import MemDisk
 
 MiB = 1024 * 1024
 BLOCK = 4096

@@ -15,7 +15,7 @@ import pytest
 
 from host.engine.disk import Disk
 from host.serve.control import ControlServer, IOGate, ServeRequestFailed, request
-from tests.conftest import need
+from tests.helpers.env import need
 from tests.helpers.nbdclient import Client
 
 pytestmark = pytest.mark.qemu

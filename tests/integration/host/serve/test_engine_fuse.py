@@ -13,7 +13,7 @@ import pytest
 
 from host.engine.disk import Disk
 from host.serve.control import request
-from tests.conftest import need, need_root
+from tests.helpers.env import need, need_root
 
 pytestmark = pytest.mark.root
 

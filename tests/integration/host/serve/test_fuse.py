@@ -15,8 +15,8 @@ import pytest
 
 from host.serve.control import ControlServer, GatedDevice, IOGate, request
 from host.serve.fuse import FILE_NAME, serve_fuse
-from tests.conftest import need, need_root
-from tests.integration.host.serve.conftest import MemDisk
+from tests.helpers.env import need, need_root
+from tests.helpers.memdisk import MemDisk
 
 pytestmark = pytest.mark.root
 

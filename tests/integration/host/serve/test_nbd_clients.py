@@ -11,8 +11,8 @@ import pytest
 
 from host.serve import nbd
 from host.serve.nbd import NBDConfigError, NBDServer, RawFile, parse_hostport, resolve_bind
+from tests.helpers.memdisk import MemDisk
 from tests.helpers.nbdclient import Client
-from tests.integration.host.serve.conftest import MemDisk
 
 pytestmark = pytest.mark.qemu
 

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from host.serve import nbd
+from tests.helpers.memdisk import MemDisk
 from tests.helpers.nbdclient import Client
-from tests.integration.host.serve.conftest import MemDisk
 
 MiB = 1024 * 1024
 

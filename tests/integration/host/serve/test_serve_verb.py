@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from host.serve.control import ServeUnreachable, request, socket_path
-from tests.conftest import need, need_root
+from tests.helpers.env import need, need_root
 
 MiB = 1024 * 1024
 

@@ -1,0 +1,35 @@
+"""Driving ``quiesce-host`` in-process, and the backupScripts.d entries the scenarios use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from host.cli import main as cli
+from host.engine.disk import Disk
+
+
+def run_cli(argv: list[str]) -> int:
+    """``quiesce-host ARGV`` in this process: its exit code, as a shell would see it."""
+    return cli.main(argv)
+
+
+def make_scripts(
+    folder: Path, trace: Path, names: list[str], fail: str = "", sleep: str = "", seconds: float = 0
+) -> None:
+    """backupScripts.d entries that log ``NAME ARG`` to ``trace``; one may fail or sleep."""
+    folder.mkdir(mode=0o755, exist_ok=True)
+    for name in names:
+        body = f'echo "{name} $1" >> {trace}\n'
+        if name == fail:
+            body += '[ "$1" = freeze ] && { echo "cannot lock" >&2; exit 2; }\n'
+        if name == sleep:
+            body += f'[ "$1" = freeze ] && sleep {seconds}\n'
+        p = folder / name
+        p.write_text(f"#!/bin/sh\n{body}exit 0\n")
+        p.chmod(0o755)
+
+
+def snapshots(folder: Path) -> list[dict[str, Any]]:
+    with Disk.open(folder, readonly=True) as disk:
+        return disk.snapshot_list()

@@ -1,13 +1,8 @@
 """quiesce-agent: the guest daemon and its command-line client.
 
-Exit codes (stable, for scripts):
-    0  success
-    2  error (bad request, internal error)
-    3  configuration error
-    4  a writer failed (the freeze was rolled back, or a thaw had errors)
-    5  wrong state (freeze while frozen, thaw while nothing is frozen)
-    6  not consistent: the ceiling thawed before the thaw came
-    7  the agent cannot be reached
+Exit codes (stable, for scripts): the one table of common/errors.py, shared with
+``quiesce-host``; ``--help`` lists the ones this command returns. A client verb returns the
+code of the error class the daemon answered with.
 """
 
 from __future__ import annotations
@@ -20,19 +15,20 @@ from typing import Any
 
 from agent import config as config_mod
 from agent import daemon, logbuffer, marker, protocol
+from agent import errors as _errors  # noqa: F401 - their classes answer over the wire
 from agent.client import Client
 from agent.writers import build_all
-from hooks.errors import QuiesceError, WriterError
+from common.errors import (
+    EXIT_INTERRUPTED,
+    QuiesceError,
+    exit_code_by_class,
+    exit_code_help,
+)
+from hooks.errors import WriterError
 
-EXIT_BY_CLASS = {
-    "ConfigError": 3,
-    "WriterFailed": 4,
-    "WriterTimeout": 4,
-    "WriterUnavailable": 4,
-    "UnsafeFreezeTarget": 4,
-    "StateError": 5,
-    "NotConsistent": 6,
-}
+# what quiesce-agent can return: a client verb gives the code of the class the daemon sent
+EXIT_CODES = [0, 2, 3, 4, 5, 6, 7, 8, EXIT_INTERRUPTED]
+
 
 DESCRIPTION = """\
 Freeze applications and filesystems for an application-consistent VM snapshot, hold them
@@ -51,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="quiesce-agent",
         description=DESCRIPTION,
+        epilog=exit_code_help(EXIT_CODES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -122,7 +119,7 @@ def _client_command(args: argparse.Namespace) -> int:
     else:
         _print_human(args.command, reply)
     if "error" in reply:
-        return EXIT_BY_CLASS.get(reply["error"]["class"], 2)
+        return exit_code_by_class().get(reply["error"]["class"], 2)
     return 0
 
 
@@ -232,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quiesce-agent: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as err:  # noqa: BLE001 - the last place: log it and fail with 2
         logging.getLogger("quiesce-agent").exception("unexpected error: %s", err)
         return 2

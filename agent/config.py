@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from hooks.errors import ConfigError
+from common.errors import ConfigError
 
 DEFAULT_PATH = "/etc/quiesce-agent/agent.yaml"
 MYSQL_LOCKS = ("auto", "ftwrl", "backup_stage", "instance_lock")

@@ -27,7 +27,7 @@ from agent.server import (
 )
 from agent.session import Session
 from agent.writers import factory
-from hooks.errors import QuiesceError
+from common.errors import QuiesceError
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ QuiesceError
 
 from __future__ import annotations
 
-from hooks.errors import QuiesceError
+from common.errors import QuiesceError
 
 
 class StateError(QuiesceError):

@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.errors import QuiesceError
+
 MAX_LINE = 64 * 1024  # bytes; a longer request line is refused and the connection closed
 COMMANDS = ("ping", "freeze", "thaw", "abort", "status", "writers")
 DEFAULT_SOCKET = "/run/quiesce-agent/agent.sock"
@@ -28,8 +30,10 @@ WRITER_FAILED = "WriterFailed"
 INTERNAL = "InternalError"
 
 
-class ProtocolError(Exception):
-    """A line that is not a valid request or reply."""
+class ProtocolError(QuiesceError):
+    """A line that is not a valid request or reply; ``error_class`` says which kind."""
+
+    code = BAD_REQUEST
 
     def __init__(self, error_class: str, desc: str) -> None:
         super().__init__(desc)

@@ -22,7 +22,7 @@ from typing import Any
 
 from agent import protocol
 from agent.session import Session
-from hooks.errors import QuiesceError
+from common.errors import QuiesceError
 
 logger = logging.getLogger(__name__)
 Dispatch = Callable[[bytes], Awaitable[dict[str, Any]]]

@@ -26,8 +26,10 @@ from enum import Enum
 from typing import Any, Protocol
 
 from agent.errors import NotConsistent, StateError
-from hooks.base import Deadline, Operation, Stage, Writer
-from hooks.errors import QuiesceError, WriterError, WriterTimeout
+from common.deadline import Deadline
+from common.errors import QuiesceError
+from hooks.base import Operation, Stage, Writer
+from hooks.errors import WriterError, WriterTimeout
 
 logger = logging.getLogger(__name__)
 THAW_STEP_SECONDS = 30.0  # bound for each writer's thaw (pg_backup_stop waits for archiving)

@@ -9,9 +9,9 @@ import dataclasses
 from collections.abc import Callable
 
 from agent.config import Config
+from common.errors import QuiesceError
 from hooks import fsfreeze, scripts
 from hooks.base import Writer
-from hooks.errors import QuiesceError
 from hooks.mysql import MysqlWriter
 from hooks.postgres import PostgresWriter
 

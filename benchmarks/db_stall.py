@@ -37,7 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hooks.base import Deadline, Operation  # noqa: E402
+from common.deadline import Deadline  # noqa: E402
+from hooks.base import Operation  # noqa: E402
 from hooks.mysql import MysqlWriter  # noqa: E402
 from hooks.postgres import PostgresWriter  # noqa: E402
 from tests.helpers.dbservers import MariaServer, PgServer, remove_templates  # noqa: E402

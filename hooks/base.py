@@ -20,13 +20,13 @@ imports. ``op.log()`` keeps messages in memory for the report.
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
 
+from common.deadline import Deadline
 from hooks.errors import WriterTimeout
 
 
@@ -37,36 +37,6 @@ class Stage(int, Enum):
     MYSQL = 20  # MySQL / MariaDB servers
     POSTGRES = 30  # PostgreSQL clusters
     FILESYSTEMS = 40  # FIFREEZE
-
-
-class Deadline:
-    """A point in time on the monotonic clock; made once per freeze and handed down."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.start = time.monotonic()
-        self.at = self.start + seconds
-
-    def remaining(self) -> float:
-        """Seconds left, never negative."""
-        return max(0.0, self.at - time.monotonic())
-
-    def expired(self) -> bool:
-        return time.monotonic() >= self.at
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.start
-
-    def check(self, writer: str, step: str) -> float:
-        """Return the time left, or raise WriterTimeout naming ``writer`` and ``step``."""
-        left = self.remaining()
-        if left <= 0:
-            raise WriterTimeout(
-                writer,
-                f"{step}: freeze budget of {self.seconds:.1f} s used up; "
-                "raise freeze.timeout_seconds or find what is slow",
-            )
-        return left
 
 
 @dataclass
@@ -86,6 +56,17 @@ class Operation:
 
     def hold(self, path: str, held: bool) -> None:
         self.holder(path, held)
+
+    def time_left(self, writer: str, step: str) -> float:
+        """Seconds left of the freeze budget, or WriterTimeout naming ``writer`` and ``step``."""
+        left = self.deadline.remaining()
+        if left <= 0:
+            raise WriterTimeout(
+                writer,
+                f"{step}: freeze budget of {self.deadline.seconds:.1f} s used up; "
+                "raise freeze.timeout_seconds or find what is slow",
+            )
+        return left
 
 
 class Writer(ABC):

@@ -1,35 +1,17 @@
-"""The exception tree shared by writers and the agent.
+"""The writers' errors, in the tree rooted in common/errors.py.
 
-    QuiesceError                 root; ``code`` is the protocol error class
-     ├── ConfigError             a config key is missing or wrong (names the key)
+    QuiesceError                 root (common/errors.py); ``code`` is the protocol error class
      ├── WriterError             a writer failed; names the writer and the cause
      │    ├── WriterTimeout      a writer step ran out of its time budget
      │    └── WriterUnavailable  a writer cannot work at all (server down, no permission)
-     ├── UnsafeFreezeTarget      a freeze of a filesystem outside the allowed set was refused
-     └── (agent/errors.py adds StateError, NotConsistent, ProtocolError, ...)
+     └── UnsafeFreezeTarget      a freeze of a filesystem outside the allowed set was refused
 
 Every class carries a stable ``code`` (the protocol's ``error.class``) and a CLI exit code.
 """
 
 from __future__ import annotations
 
-
-class QuiesceError(Exception):
-    """Root of every error this project raises on purpose."""
-
-    code = "GenericError"
-    exit_code = 2
-
-    def __init__(self, message: str, **data: object) -> None:
-        super().__init__(message)
-        self.data: dict[str, object] = dict(data)
-
-
-class ConfigError(QuiesceError):
-    """The configuration is invalid; the message lists every bad key."""
-
-    code = "ConfigError"
-    exit_code = 3
+from common.errors import QuiesceError
 
 
 class WriterError(QuiesceError):

@@ -314,7 +314,7 @@ class FilesystemsWriter(Writer):
 
     def freeze(self, op: Operation) -> None:
         for path in self.targets:
-            op.deadline.check(self.qualified_name, f"before freezing {path}")
+            op.time_left(self.qualified_name, f"before freezing {path}")
             op.hold(path, True)
             try:
                 freeze_path(path)

@@ -369,7 +369,7 @@ class MysqlWriter(Writer):
     def prepare(self, op: Operation) -> None:
         self._artifacts, self._ms, self._locked = {}, {}, False
         self._prepared_at = time.monotonic()
-        self._open(op.deadline.check(self.qualified_name, "connect"))
+        self._open(op.time_left(self.qualified_name, "connect"))
         try:
             self._read_facts(min(self.lock_wait_timeout, op.deadline.remaining()))
             op.log(self.qualified_name, f"lock {self.strategy}: {self.reason}")
@@ -386,7 +386,7 @@ class MysqlWriter(Writer):
 
     def _bounded(self, op: Operation, step: str, sql: str) -> list[tuple[Any, ...]]:
         """A lock statement: session lock_wait_timeout, and the watchdog, within the budget."""
-        left = op.deadline.check(self.qualified_name, step)
+        left = op.time_left(self.qualified_name, step)
         bound = min(self.lock_wait_timeout, left)
         if bound < self.lock_wait_timeout:
             self._exec(

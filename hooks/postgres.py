@@ -291,7 +291,7 @@ class PostgresWriter(Writer):
         self._close()
         self._reset_facts()
         self._cut, self._started = False, False
-        budget = op.deadline.check(self.qualified_name, "connect")
+        budget = op.time_left(self.qualified_name, "connect")
         conn = self._connect(budget)
         with self._lock:
             self._conn = conn
@@ -317,7 +317,7 @@ class PostgresWriter(Writer):
         """CHECKPOINT now, so the one pg_backup_start does inside the window is quick."""
         t0 = time.monotonic()
         try:
-            left = op.deadline.check(self.qualified_name, "CHECKPOINT")
+            left = op.time_left(self.qualified_name, "CHECKPOINT")
             self._exec("CHECKPOINT", "CHECKPOINT", None, min(self.statement_timeout, left))
             op.log(self.qualified_name, f"CHECKPOINT in {time.monotonic() - t0:.3f} s")
         except WriterUnavailable as err:  # not allowed: only a slower start, not a failure
@@ -332,7 +332,7 @@ class PostgresWriter(Writer):
             )
 
     def freeze(self, op: Operation) -> None:
-        left = op.deadline.check(self.qualified_name, "pg_backup_start")
+        left = op.time_left(self.qualified_name, "pg_backup_start")
         if self.version >= 150000:
             sql = "SELECT pg_backup_start(%s, true)::text"
         else:

@@ -25,7 +25,8 @@ from typing import Any
 
 import psutil
 
-from hooks.base import Deadline, Operation, Stage, Writer
+from common.deadline import Deadline
+from hooks.base import Operation, Stage, Writer
 from hooks.errors import WriterError, WriterTimeout
 
 OUTPUT_LIMIT = 8192  # bytes kept per stream for the report
@@ -254,7 +255,7 @@ class ScriptWriter(Writer):
 
     def freeze(self, op: Operation) -> None:
         self.runs, self._frozen = [], False
-        budget = min(self.timeout, op.deadline.check(self.qualified_name, "before freeze"))
+        budget = min(self.timeout, op.time_left(self.qualified_name, "before freeze"))
         if not os.path.exists(self.path):  # legacy pair with only post-thaw-script
             self._frozen = True
             return

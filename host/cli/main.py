@@ -6,9 +6,8 @@ One module per verb group (borg's way): ``cli_disk`` (create, info, check, expor
 ``demo``. Each module adds
 its parser and sets ``func``; a verb returns its exit code. The engine never sees argparse.
 
-Exit codes (borg's): 0 ok, 1 warning (``disk check`` found problems), 2 error, the specific
-codes of ``host.engine.durable`` above that (10 ForeignFile ... 19 NoSpace), 130 on Ctrl-C, 141 when
-the reader of the output went away (``| head``).
+Exit codes: the one table of common/errors.py (``MEANINGS``), shared with ``quiesce-agent``;
+``--help`` lists them.
 """
 
 from __future__ import annotations
@@ -16,21 +15,30 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 
+from common.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OUTPUT_CLOSED,
+    QuiesceError,
+    exit_code_help,
+)
 from host.cli import disk as cli_disk
 from host.cli import quiesce as cli_quiesce
 from host.cli import snapshot as cli_snapshot
-from host.engine.durable import DiskError
 from host.lab import demo
+
+# what quiesce-host can return (the agent's own failures reach it as 9, or 20 in a quiesce)
+EXIT_CODES = [0, 1, 2, 7, 8, 9, *range(10, 22), EXIT_INTERRUPTED, EXIT_OUTPUT_CLOSED]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quiesce-host",
         description="Host side of quiesce-agent: VMware-style delta disks and their snapshots.",
+        epilog=exit_code_help(EXIT_CODES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -63,15 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except DiskError as err:
+    except QuiesceError as err:
         print(f"quiesce-host: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("quiesce-host: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # 'disk info --json | head': the reader left, as with SIGPIPE
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
-        return 128 + signal.SIGPIPE
+        return EXIT_OUTPUT_CLOSED
 
 
 if __name__ == "__main__":

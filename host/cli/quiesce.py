@@ -3,8 +3,8 @@
 ``install(verbs)`` extends the ``snapshot`` verb group that ``host.cli.snapshot`` builds:
 ``create`` gains ``--quiesce ENDPOINT`` and ``--quiesce-mode`` (without ``--quiesce`` it runs
 exactly as before), and two verbs are added. Exit codes: 0 ok, 1 warning (``preferred`` fell
-back to a crash-consistent snapshot), 3 quiesce failed (required: nothing left behind), 4 not
-confirmed and not deletable, 6/7/8 the agent refused / unreachable / garbage, and the engine's.
+back to a crash-consistent snapshot), 20 quiesce failed (required: nothing left behind), 21 not
+confirmed and not deletable, 7/8/9 the agent unreachable / garbage / refused, and the engine's.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common.errors import QuiesceError
 from host.serve.control import ServeError
-from host.snapshots.agent import QuiesceHostError
-from host.snapshots.cycle import MODES, QuiesceFailed, take
+from host.snapshots.cycle import MODES, take
 from host.snapshots.report import full
 from host.snapshots.target import load_snapshot, open_target
 
@@ -92,10 +92,7 @@ def run_create(args: argparse.Namespace, plain: Any) -> int:
         outcome = take(
             target, args.name, args.quiesce, description=args.description, mode=args.quiesce_mode
         )
-    except QuiesceFailed as err:
-        _err(str(err))
-        return err.exit_code
-    except (QuiesceHostError, ServeError) as err:
+    except QuiesceError as err:  # QuiesceFailed, the agent, the server, the engine
         _err(str(err))
         return err.exit_code
     finally:

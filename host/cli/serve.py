@@ -22,8 +22,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from common.errors import QuiesceError
 from host.serve.control import ControlServer, GatedDevice, IOGate, ServeError
-from host.serve.nbd import NBDConfigError, NBDServer, RawFile, parse_hostport
+from host.serve.nbd import NBDServer, RawFile, parse_hostport
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +91,9 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         nbd_addr = parse_hostport(args.nbd) if args.nbd else None
         device = open_device(args.disk, args.readonly)
-    except (NBDConfigError, ServeError) as err:
+    except QuiesceError as err:  # a bad address, no such disk, the engine's errors
         print(f"quiesce-host serve: {err}", file=sys.stderr)
         return err.exit_code
-    except Exception as err:  # noqa: BLE001 - the engine's errors carry an exit code
-        print(f"quiesce-host serve: {err}", file=sys.stderr)
-        return int(getattr(err, "exit_code", 2))
     try:
         return _serve(args, device, nbd_addr)
     finally:
@@ -132,7 +130,7 @@ def _serve(args: argparse.Namespace, device: Any, nbd_addr: tuple[str, int] | No
                     allow_remote=args.allow_remote,
                 )
                 nbd_server.start()
-    except (NBDConfigError, ServeError) as err:
+    except QuiesceError as err:
         print(f"quiesce-host serve: {err}", file=sys.stderr)
         return err.exit_code
     try:

@@ -14,7 +14,8 @@ boot replays; after a reboot the log is ignored: those writes were never flushed
 
 The errors live here because this is the bottom module every other one imports::
 
-    DiskError                    root; every message names the file and what is wrong
+    DiskError                    root of the engine's (a QuiesceError); every message names
+                                 the file and what is wrong
      ├── ForeignFile             not a file this engine can use (bad magic, unsupported format)
      ├── CorruptFile             our format, damaged (truncated, table past the end, ...)
      ├── ChainBroken             missing parent, parent loop, hint outside the folder
@@ -37,8 +38,10 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from common.errors import QuiesceError
 
-class DiskError(Exception):
+
+class DiskError(QuiesceError):
     """Root of the host engine's errors."""
 
     code = "DiskError"

@@ -25,8 +25,10 @@ from typing import Any
 import psycopg
 import pymysql
 
+from common.errors import QuiesceError
 
-class LabError(Exception):
+
+class LabError(QuiesceError):
     """A lab step failed; the message carries the tool's output."""
 
     code = "LabError"

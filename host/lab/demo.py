@@ -25,10 +25,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from common.errors import QuiesceError
 from host.lab.databases import LabError
 from host.lab.local import Lab, create_tables, missing_requirements, present_ids, start_loads
-from host.serve.control import ServeError
-from host.snapshots.agent import QuiesceHostError
 from host.snapshots.cycle import Outcome, take
 from host.snapshots.report import full
 from host.snapshots.target import open_target
@@ -171,9 +170,9 @@ def run_demo(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             clock.say("interrupted: cleaning up")
             return 130
-        except (LabError, QuiesceHostError, ServeError) as err:
+        except QuiesceError as err:  # a lab step, the quiesce, the server, the engine
             print(f"quiesce-host demo: {err}", file=sys.stderr)
-            return int(getattr(err, "exit_code", 2))
+            return err.exit_code
         finally:
             if lab is not None:
                 with _no_interrupts():

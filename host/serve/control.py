@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import protocol
+from common.errors import QuiesceError
 from host.serve.nbd import BlockDevice
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ PAUSE_TIMEOUT_CLASS = "PauseTimeout"  # client I/O did not drain in time
 UNSUPPORTED = "Unsupported"  # the served device has no such operation (raw file)
 
 
-class ServeError(Exception):
+class ServeError(QuiesceError):
     """Root of the serving errors; ``code`` is stable, ``exit_code`` for the CLI."""
 
     code = "ServeError"
@@ -75,6 +76,7 @@ class ServeUnreachable(ServeError):
 
 class ServeRequestFailed(ServeError):
     code = "ServeRequestFailed"
+    exit_code = 9
 
     def __init__(self, error_class: str, desc: str, data: Any = None) -> None:
         super().__init__(f"{error_class}: {desc}")
@@ -399,14 +401,12 @@ class ControlServer:
             )
         except _CommandError as err:
             return protocol.failure(err.error_class, err.desc, id=rid)
-        except Exception as err:  # the handler's one broad catch: an error reply, server lives on
+        except QuiesceError as err:  # the engine's errors go back with their own class
+            logger.warning("control: %s", err)
+            return protocol.failure(err.code, str(err), id=rid)
+        except Exception as err:  # noqa: BLE001 - the handler's one broad catch: server lives on
             logger.exception("control: request failed")
-            code = getattr(err, "code", None)
-            return protocol.failure(
-                code if isinstance(code, str) else protocol.INTERNAL,
-                str(err) or type(err).__name__,
-                id=rid,
-            )
+            return protocol.failure(protocol.INTERNAL, str(err) or type(err).__name__, id=rid)
 
     def execute(self, command: str, args: dict[str, Any]) -> Any:
         handler = {

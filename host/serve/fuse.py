@@ -36,6 +36,8 @@ from typing import Any
 os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy  # type: ignore[import-untyped]  # noqa: E402
 
+from common.errors import QuiesceError
+from host.serve.device import errno_of
 from host.serve.nbd import BlockDevice
 
 logger = logging.getLogger(__name__)
@@ -44,14 +46,11 @@ FILE_NAME = "disk.raw"
 FILE_PATH = "/" + FILE_NAME
 
 
-class FuseServeError(Exception):
+class FuseServeError(QuiesceError):
     """The FUSE mount could not be made or ended badly."""
 
     code = "FuseServeError"
     exit_code = 2
-
-
-ENGINE_ERRNO = {"NoSpace": errno.ENOSPC, "ReadOnly": errno.EROFS}
 
 
 @contextmanager
@@ -63,8 +62,7 @@ def _as_oserror(what: str) -> Iterator[None]:
         raise
     except Exception as err:
         logger.warning("FUSE: %s failed: %s", what, err)
-        code = str(getattr(err, "code", ""))
-        raise mfusepy.FuseOSError(ENGINE_ERRNO.get(code, errno.EIO)) from err
+        raise mfusepy.FuseOSError(errno_of(err)) from err
 
 
 class DiskFile(mfusepy.Operations):  # type: ignore[misc]

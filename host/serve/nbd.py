@@ -30,6 +30,9 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from common.errors import QuiesceError
+from host.serve.device import errno_of
+
 logger = logging.getLogger(__name__)
 
 # --- protocol constants (NetworkBlockDevice/nbd doc/proto.md) ---------------------------------
@@ -163,7 +166,7 @@ class RawFile:
         os.close(self.fd)
 
 
-class NBDConfigError(Exception):
+class NBDConfigError(QuiesceError):
     """The server cannot start as asked (address refused, port taken)."""
 
     code = "NBDConfigError"
@@ -206,21 +209,22 @@ def resolve_bind(host: str, port: int, allow_remote: bool) -> tuple[int, tuple[s
     return int(family), (str(sockaddr[0]), int(sockaddr[1]))
 
 
-ENGINE_ERRNO = {"NoSpace": ENOSPC, "ReadOnly": EPERM}  # the engine's error codes (durable.py)
+NBD_ERRNO = {  # the errno of a device failure (device.errno_of) -> the one NBD's wire has
+    errno.EPERM: EPERM,
+    errno.EROFS: EPERM,  # NBD has no EROFS: a read-only export answers EPERM (proto.md)
+    errno.EACCES: EPERM,
+    errno.ENOSPC: ENOSPC,
+    errno.EDQUOT: ENOSPC,
+    errno.ENOMEM: ENOMEM,
+    errno.EINVAL: EINVAL,
+    errno.EOVERFLOW: EOVERFLOW,
+    errno.ENOTSUP: ENOTSUP,
+}
 
 
-def _errno_of(err: BaseException) -> int:
-    """The NBD error for a device failure: ENOSPC and EPERM where they apply, else EIO."""
-    code = getattr(err, "code", None)
-    if isinstance(code, str) and code in ENGINE_ERRNO:
-        return ENGINE_ERRNO[code]
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ENOSPC
-    if isinstance(err, OSError) and err.errno in (errno.EPERM, errno.EROFS, errno.EACCES):
-        return EPERM
-    if isinstance(err, MemoryError):
-        return ENOMEM
-    return EIO
+def nbd_error(err: BaseException) -> int:
+    """The NBD error for a device failure: the shared errno table, narrowed to NBD's."""
+    return NBD_ERRNO.get(errno_of(err), EIO)
 
 
 class NBDServer:
@@ -550,7 +554,7 @@ class _Connection:
                 data = self.execute(cmd, flags, offset, length, payload, cookie)
             except Exception as exc:  # noqa: BLE001 - an NBD error reply, the server lives on
                 stats["errors"] += 1
-                code = _errno_of(exc)
+                code = nbd_error(exc)
                 logger.warning("NBD: command %d at %d+%d failed: %s", cmd, offset, length, exc)
                 self.reply_error(cookie, code, str(exc)[:200], cmd)
                 continue

@@ -17,7 +17,7 @@ Errors (``code`` is stable; ``exit_code`` for the CLI)::
      ├── AgentUnreachable       exit 7: no connection, or the connection was lost mid-call
      │    └── AgentTimeout      no reply within the bound
      ├── AgentGarbage           exit 8: the reply is not the agent protocol
-     └── AgentRefused           exit 6: the agent answered with an error; ``error_class``,
+     └── AgentRefused           exit 9: the agent answered with an error; ``error_class``,
                                 ``desc`` and ``report`` (the cycle's report, when it sent one)
 """
 
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent import protocol
+from common.errors import QuiesceError
 
 CONNECT_TIMEOUT = 5.0  # seconds to connect (and for ping/status replies)
 REPLY_MARGIN = 2.0  # seconds on top of the agent's own bound, for transit and scheduling
@@ -39,7 +40,7 @@ MAX_REPLY = 4 * 1024 * 1024  # a report with backup_label texts and messages sta
 MAX_CEILING = 60.0  # the protocol's ceiling: no agent holds longer
 
 
-class QuiesceHostError(Exception):
+class QuiesceHostError(QuiesceError):
     """Root of the host-side quiesce errors."""
 
     code = "QuiesceHostError"
@@ -68,7 +69,7 @@ class AgentRefused(QuiesceHostError):
     """The agent answered with an error reply."""
 
     code = "AgentRefused"
-    exit_code = 6
+    exit_code = 9
 
     def __init__(
         self, command: str, error_class: str, desc: str, data: dict[str, Any] | None

@@ -19,8 +19,8 @@ starts at the agent's first lock, which is after we sent the freeze).
 Errors (``QuiesceHostError`` tree of ``host.snapshots.agent``)::
 
     QuiesceHostError
-     └── QuiesceFailed   exit 3: the quiesce failed in required mode; no snapshot was left
-          └── NotConfirmed  exit 4: the thaw was not confirmed and the snapshot could not be
+     └── QuiesceFailed   exit 20: the quiesce failed in required mode; no snapshot was left
+          └── NotConfirmed  exit 21: the thaw was not confirmed and the snapshot could not be
                             deleted (a server refused); it is recorded as ``crash``
 """
 
@@ -50,7 +50,7 @@ ABORT_TIMEOUT = 5.0
 
 class QuiesceFailed(QuiesceHostError):
     code = "QuiesceFailed"
-    exit_code = 3
+    exit_code = 20
 
     def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -59,7 +59,7 @@ class QuiesceFailed(QuiesceHostError):
 
 class NotConfirmed(QuiesceFailed):
     code = "NotConfirmed"
-    exit_code = 4
+    exit_code = 21
 
 
 class Timeline:

@@ -34,7 +34,8 @@ from typing import Any
 import psycopg
 import pymysql
 
-from hooks.base import Deadline, Operation
+from common.deadline import Deadline
+from hooks.base import Operation
 from hooks.fsfreeze import freeze_path, thaw_path
 
 IS_ROOT = os.geteuid() == 0

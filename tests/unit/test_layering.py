@@ -21,6 +21,12 @@ def _imports(package: str) -> dict[str, set[str]]:
     return found
 
 
+def test_common_imports_nothing_of_ours() -> None:
+    for module, names in _imports("common").items():
+        ours = {n for n in names if n.split(".")[0] in ("agent", "hooks", "host")}
+        assert not ours, f"{module} imports {ours}"
+
+
 def test_hooks_never_import_the_agent() -> None:
     for module, names in _imports("hooks").items():
         assert not any(n == "agent" or n.startswith("agent.") for n in names), module

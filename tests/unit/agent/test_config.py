@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent import config
-from hooks.errors import ConfigError
+from common.errors import ConfigError
 from tests.helpers.env import REPO
 
 

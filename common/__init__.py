@@ -1,0 +1,5 @@
+"""What agent/, hooks/ and host/ all stand on: the error tree's root and the deadline.
+
+Standard library only; importing any of it changes nothing in the importing process. Each
+part imports from here and from nowhere beside it (DESIGN.md "The pieces").
+"""

@@ -1,4 +1,4 @@
-"""What agent/, hooks/ and host/ all stand on: the error tree's root and the deadline.
+"""What agent/, hooks/ and host/ all stand on: the error root, the deadline, atomic files.
 
 Standard library only; importing any of it changes nothing in the importing process. Each
 part imports from here and from nowhere beside it (DESIGN.md "The pieces").

@@ -1,6 +1,6 @@
-"""quiesce-agent: the guest daemon (see DESIGN.md). Importing it turns off bytecode writing,
-because the daemon may run while the filesystems it would write to are frozen."""
+"""quiesce-agent: the guest daemon and its command line (see DESIGN.md "The pieces").
 
-import sys
-
-sys.dont_write_bytecode = True
+Importing this package changes nothing: the host imports ``agent.protocol`` from it. The
+daemon turns bytecode writing off where it starts (``agent.daemon.run``), since it may run
+while the filesystems it would write to are frozen.
+"""

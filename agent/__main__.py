@@ -16,7 +16,6 @@ from typing import Any
 from agent import config as config_mod
 from agent import daemon, logbuffer, marker, protocol
 from agent import errors as _errors  # noqa: F401 - their classes answer over the wire
-from agent.client import Client
 from agent.writers import build_all
 from common.errors import (
     EXIT_INTERRUPTED,
@@ -24,6 +23,7 @@ from common.errors import (
     exit_code_by_class,
     exit_code_help,
 )
+from common.tables import table
 from hooks.errors import WriterError
 
 # what quiesce-agent can return: a client verb gives the code of the class the daemon sent
@@ -112,8 +112,11 @@ def _client_command(args: argparse.Namespace) -> int:
             arguments["writers"] = [w.strip() for w in args.writers.split(",") if w.strip()]
         if args.timeout:
             arguments["timeout"] = args.timeout
-    with Client(_socket_path(args), timeout=args.wait) as client:
-        reply = client.call(args.command, arguments)
+    with protocol.Client(protocol.Endpoint("unix", path=_socket_path(args))) as client:
+        try:
+            reply = protocol.success(client.call(args.command, arguments, timeout=args.wait))
+        except protocol.Refused as err:  # the daemon's answer: printed, and its exit code
+            reply = protocol.failure(err.error_class, err.desc, err.data)
     if args.json:
         print(json.dumps(reply, indent=2))
     else:
@@ -187,10 +190,7 @@ def _ms(v: float | None) -> str:
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> None:
-    rows = [[str(c) for c in row] for row in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)]
-    for row in [head, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
+    print("\n".join(table(head, rows)))
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 
 from agent import marker, systemd
 from agent.config import Config
@@ -110,7 +111,6 @@ class Daemon:
         dispatch = Dispatcher(self.session)
         listen = self.config.listen
         policy = PeerPolicy(listen.group)
-        limit = 64 * 1024 + 1
 
         async def on_client(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             await serve_stream(r, w, dispatch, policy)
@@ -118,11 +118,11 @@ class Daemon:
         servers, channels = [], []
         if listen.unix:
             sock = unix_listener(listen.unix, listen.group)
-            servers.append(await asyncio.start_unix_server(on_client, sock=sock, limit=limit))
+            servers.append(await asyncio.start_unix_server(on_client, sock=sock))
             logger.info("listening on unix:%s", listen.unix)
         if listen.vsock_port is not None:
             sock = vsock_listener(listen.vsock_port)
-            servers.append(await asyncio.start_server(on_client, sock=sock, limit=limit))
+            servers.append(await asyncio.start_server(on_client, sock=sock))
             logger.info("listening on vsock port %d", listen.vsock_port)
         if listen.virtio_serial:
             channel = SerialChannel(listen.virtio_serial, dispatch)
@@ -142,6 +142,7 @@ class Daemon:
 
 def run(config: Config, log: HoldingHandler) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
+    sys.dont_write_bytecode = True  # nothing may write a .pyc while a filesystem is frozen
     return asyncio.run(Daemon(config, log).run())
 
 

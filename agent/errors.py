@@ -1,9 +1,10 @@
-"""Agent-side errors, added to the tree rooted in hooks/errors.py.
+"""The daemon's own errors, in the tree rooted in common/errors.py.
 
-QuiesceError
- ├── StateError        the command does not fit the current state (freeze while frozen, ...)
- ├── NotConsistent     the ceiling thawed before the thaw came: the snapshot is not consistent
- └── AgentUnreachable  the CLI could not talk to the daemon
+    QuiesceError
+     ├── StateError     5  the command does not fit the current state (freeze while frozen, ...)
+     └── NotConsistent  6  the ceiling thawed before the thaw came: the snapshot is not consistent
+
+(A client that cannot reach the daemon raises the protocol's Unreachable, exit 7.)
 """
 
 from __future__ import annotations
@@ -19,8 +20,3 @@ class StateError(QuiesceError):
 class NotConsistent(QuiesceError):
     code = "NotConsistent"
     exit_code = 6
-
-
-class AgentUnreachable(QuiesceError):
-    code = "AgentUnreachable"
-    exit_code = 7

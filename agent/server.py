@@ -107,30 +107,20 @@ async def serve_stream(
             writer.write(protocol.encode(protocol.failure("Unauthorized", refusal)))
             await writer.drain()
             return
+        lines = protocol.LineBuffer(protocol.MAX_LINE)
         while True:
             try:
-                line = await reader.readuntil(b"\n")
-            except asyncio.LimitOverrunError:
-                writer.write(
-                    protocol.encode(
-                        protocol.failure(
-                            protocol.LINE_TOO_LONG,
-                            f"request line longer than {protocol.MAX_LINE} bytes; "
-                            "closing the connection",
-                        )
-                    )
-                )
+                batch = await protocol.read_lines(reader, lines)
+            except protocol.ProtocolError as err:  # a line too long: say so and hang up
+                refused = protocol.failure(err.error_class, f"{err.desc}; closing the connection")
+                writer.write(protocol.encode(refused))
                 await writer.drain()
                 return
-            except asyncio.IncompleteReadError as err:
-                if err.partial.strip():
-                    writer.write(protocol.encode(await dispatch(err.partial)))
-                    await writer.drain()
+            if batch is None:
                 return
-            if not line.strip():
-                continue
-            writer.write(protocol.encode(await dispatch(line)))
-            await writer.drain()
+            for line in batch:
+                writer.write(protocol.encode(await dispatch(line)))
+                await writer.drain()
     except (ConnectionError, OSError):
         pass  # the client went away; whatever it started goes on
     finally:
@@ -243,7 +233,7 @@ class SerialChannel:
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         loop.add_reader(fd, ready.set)
-        buf = b""
+        lines = protocol.LineBuffer(protocol.MAX_LINE)
         try:
             while True:
                 await ready.wait()
@@ -254,19 +244,14 @@ class SerialChannel:
                     continue
                 if not chunk:
                     return
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if line.strip():
-                        await self._reply(fd, await self.dispatch(line))
-                if len(buf) > protocol.MAX_LINE:
-                    buf = b""
-                    await self._reply(
-                        fd,
-                        protocol.failure(
-                            protocol.LINE_TOO_LONG, "request line too long; discarded"
-                        ),
-                    )
+                try:
+                    batch = lines.feed(chunk)
+                except protocol.ProtocolError as err:
+                    discarded = protocol.failure(err.error_class, f"{err.desc}; discarded")
+                    await self._reply(fd, discarded)
+                    continue
+                for line in batch:
+                    await self._reply(fd, await self.dispatch(line))
         finally:
             loop.remove_reader(fd)
             os.close(fd)

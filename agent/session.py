@@ -26,6 +26,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from agent.errors import NotConsistent, StateError
+from agent.protocol import Consistency, Report, Status, WriterEntry
 from common.deadline import Deadline
 from common.errors import QuiesceError
 from hooks.base import Operation, Stage, Writer
@@ -65,16 +66,18 @@ class Entry:
     error: str | None = None
     artifacts: dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.writer.qualified_name,
-            "kind": self.writer.kind,
-            "state": self.state,
-            **{f"{k}_ms": round(v, 1) for k, v in self.ms.items()},
-            "messages": self.messages,
-            "error": self.error,
-            "artifacts": self.artifacts,
-        }
+    def as_dict(self) -> WriterEntry:
+        entry = WriterEntry(
+            name=self.writer.qualified_name,
+            kind=self.writer.kind,
+            state=self.state,
+            messages=self.messages,
+            error=self.error,
+            artifacts=self.artifacts,
+        )
+        for step, ms in self.ms.items():  # prepare, freeze, thaw, abort: the steps it ran
+            entry[f"{step}_ms"] = round(ms, 1)  # type: ignore[literal-required]
+        return entry
 
 
 @dataclass
@@ -93,15 +96,15 @@ class Cycle:
     outcome: str = "in progress"
     ceiling_hit: bool = False
 
-    def consistency(self) -> str:
+    def consistency(self) -> Consistency:
         held = {e.writer.kind for e in self.entries if e.state in ("frozen", "thawed")}
         if self.ceiling_hit or self.all_frozen is None:
-            return "crash"
+            return Consistency.CRASH
         if held - {"filesystems"}:
-            return "application"
-        return "filesystem" if held else "crash"
+            return Consistency.APPLICATION
+        return Consistency.FILESYSTEM if held else Consistency.CRASH
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> Report:
         def ms(a: float | None, b: float | None) -> float | None:
             return round((b - a) * 1000, 1) if a is not None and b is not None else None
 
@@ -178,7 +181,7 @@ class Session:
     # -- commands --------------------------------------------------------------------------
     async def freeze(
         self, label: str, names: list[str] | None = None, timeout: float | None = None
-    ) -> dict[str, Any]:
+    ) -> Report:
         async with self._op:
             if self.state is not State.IDLE:
                 raise StateError(
@@ -280,15 +283,15 @@ class Session:
             self._set(State.IDLE)
         self.hooks.frozen_logging(False)
 
-    async def thaw(self) -> dict[str, Any]:
+    async def thaw(self) -> Report:
         async with self._op:
             return await self._release("thaw", "thawed", "thawed")
 
-    async def abort(self) -> dict[str, Any]:
+    async def abort(self) -> Report:
         async with self._op:
             return await self._release("abort", "aborted", "aborted")
 
-    async def _release(self, step: str, entry_state: str, outcome: str) -> dict[str, Any]:
+    async def _release(self, step: str, entry_state: str, outcome: str) -> Report:
         cycle = self.cycle
         with self._mu:
             if (
@@ -379,7 +382,7 @@ class Session:
         self.hooks.frozen_logging(False)
 
     # -- queries ---------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         with self._mu:
             left = None
             if self._ceiling_at is not None and self.state is not State.IDLE:

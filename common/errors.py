@@ -5,11 +5,11 @@
      ├── hooks/errors.py             4  WriterError (WriterTimeout, WriterUnavailable),
      │                                  UnsafeFreezeTarget
      ├── agent/errors.py             5  StateError, 6 NotConsistent
-     ├── agent/protocol.py           2  ProtocolError (a bad line); 7 AgentUnreachable
-     │                                  (AgentTimeout), 8 AgentGarbage, 9 AgentRefused
+     ├── agent/protocol/errors.py    2  ProtocolError (a bad line), EndpointError;
+     │                                  7 Unreachable (NoReply), 8 Garbage, 9 Refused: what
+     │                                  the one client raises, for the agent and the servers
      ├── host/engine/errors.py       2  DiskError, 10..19 its kinds (ForeignFile ... NoSpace)
-     ├── host/serve/...              2  ServeError, NBDConfigError, FuseServeError;
-     │                                  7 ServeUnreachable, 9 ServeRequestFailed
+     ├── host/serve/...              2  ServeError, NBDConfigError, FuseServeError
      ├── host/snapshots/cycle.py    20  QuiesceFailed, 21 NotConfirmed
      └── host/lab/databases.py       2  LabError
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from agent.client import Client
+from agent import protocol
 from tests.helpers.env import REPO
 
 
@@ -45,9 +45,8 @@ class AgentProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                with Client(self.socket, timeout=2) as c:
-                    if "return" in c.call("ping"):
-                        return self
+                if "return" in self.call("ping", timeout=2):
+                    return self
             except Exception:  # noqa: BLE001 - not up yet
                 time.sleep(0.05)
         raise RuntimeError(f"agent did not come up:\n{self.log()}")
@@ -55,8 +54,12 @@ class AgentProcess:
     def call(
         self, execute: str, arguments: dict[str, Any] | None = None, timeout: float = 60.0
     ) -> dict[str, Any]:
-        with Client(self.socket, timeout=timeout) as c:
-            return c.call(execute, arguments)
+        """The whole reply, ``{"return": ...}`` or ``{"error": ...}``, as a test checks it."""
+        with protocol.Client(protocol.Endpoint("unix", path=self.socket)) as c:
+            try:
+                return protocol.success(c.call(execute, arguments, timeout=timeout))
+            except protocol.Refused as err:
+                return protocol.failure(err.error_class, err.desc, err.data)
 
     def raw(self, data: bytes, timeout: float = 5.0) -> bytes:
         """Send raw bytes on a fresh connection and return everything read until it closes

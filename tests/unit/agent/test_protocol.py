@@ -66,3 +66,37 @@ def test_replies_are_parsed_and_garbage_is_refused() -> None:
         protocol.parse_reply(b'{"hello": 1}')
     with pytest.raises(protocol.ProtocolError):
         protocol.parse_reply(b'{"error": "x"}')
+
+
+def test_lines_split_across_reads_come_out_whole_and_blank_lines_are_dropped() -> None:
+    lines = protocol.LineBuffer()
+    assert lines.feed(b'{"execute": "pi') == []
+    assert lines.feed(b'ng"}\n\n  \n{"execute": "status"}\n{"exe') == [
+        b'{"execute": "ping"}',
+        b'{"execute": "status"}',
+    ]
+    assert lines.take_rest() == b'{"exe' and lines.take_rest() == b""
+
+
+def test_a_line_longer_than_the_limit_is_refused_whole_or_in_pieces() -> None:
+    lines = protocol.LineBuffer(limit=16)
+    with pytest.raises(protocol.ProtocolError) as err:
+        lines.feed(b"x" * 17)
+    assert err.value.error_class == protocol.LINE_TOO_LONG
+    with pytest.raises(protocol.ProtocolError):
+        lines.feed(b"y" * 20 + b"\n")
+    assert lines.feed(b"ok\n") == [b"ok"]  # what was buffered is gone, the stream goes on
+
+
+def test_another_command_set_speaks_the_same_format() -> None:
+    control = ("ping", "snapshot-create")
+    req = protocol.parse_request(b'{"execute": "snapshot-create", "id": 3}', control)
+    assert (req.execute, req.id) == ("snapshot-create", 3)
+    with pytest.raises(protocol.ProtocolError) as err:
+        protocol.parse_request(b'{"execute": "freeze"}', control)
+    assert err.value.error_class == protocol.UNKNOWN_COMMAND and "snapshot-create" in err.value.desc
+
+
+def test_consistency_levels_travel_as_plain_strings() -> None:
+    line = protocol.encode({"consistency": protocol.Consistency.APPLICATION})
+    assert json.loads(line) == {"consistency": "application"}

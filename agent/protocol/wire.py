@@ -4,8 +4,8 @@
     success  {"return": {...}, "id": 7}
     failure  {"error": {"class": "WriterFailed", "desc": "...", "data": {...}}, "id": 7}
 
-This is the one module that host/ imports from agent/. It has no dependency beyond the
-standard library and knows nothing of the daemon.
+``parse_request`` takes the command set, so the control socket of ``quiesce-host serve``
+speaks the same format with its own commands. Raises ProtocolError (agent/protocol/errors.py).
 """
 
 from __future__ import annotations
@@ -14,31 +14,19 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.errors import QuiesceError
+from agent.protocol.errors import (
+    BAD_REQUEST,
+    LINE_TOO_LONG,
+    UNKNOWN_COMMAND,
+    ProtocolError,
+)
 
 MAX_LINE = 64 * 1024  # bytes; a longer request line is refused and the connection closed
+MAX_REPLY = 4 * 1024 * 1024  # a report with backup_label texts and messages stays far below
 COMMANDS = ("ping", "freeze", "thaw", "abort", "status", "writers")
 DEFAULT_SOCKET = "/run/quiesce-agent/agent.sock"
-
-# error classes (the ``class`` field); stable, scripts may match on them
-BAD_REQUEST = "BadRequest"  # not JSON, not an object, missing/invalid fields
-UNKNOWN_COMMAND = "CommandNotFound"
-LINE_TOO_LONG = "LineTooLong"
-STATE_ERROR = "StateError"  # e.g. freeze while frozen, thaw while idle
-NOT_CONSISTENT = "NotConsistent"  # the ceiling thawed before the thaw came
-WRITER_FAILED = "WriterFailed"
-INTERNAL = "InternalError"
-
-
-class ProtocolError(QuiesceError):
-    """A line that is not a valid request or reply; ``error_class`` says which kind."""
-
-    code = BAD_REQUEST
-
-    def __init__(self, error_class: str, desc: str) -> None:
-        super().__init__(desc)
-        self.error_class = error_class
-        self.desc = desc
+CONNECT_TIMEOUT = 5.0  # seconds to connect, and for the quick replies (ping, status)
+MAX_CEILING = 60.0  # no agent holds a freeze longer, whatever its configuration says
 
 
 @dataclass
@@ -63,10 +51,7 @@ def request(execute: str, arguments: dict[str, Any] | None = None, id: Any = Non
 
 
 def success(ret: Any, id: Any = None) -> dict[str, Any]:
-    obj: dict[str, Any] = {"return": ret}
-    if id is not None:
-        obj["id"] = id
-    return obj
+    return {"return": ret} if id is None else {"return": ret, "id": id}
 
 
 def failure(
@@ -75,22 +60,26 @@ def failure(
     err: dict[str, Any] = {"class": error_class, "desc": desc}
     if data:
         err["data"] = data
-    obj: dict[str, Any] = {"error": err}
-    if id is not None:
-        obj["id"] = id
-    return obj
+    return {"error": err} if id is None else {"error": err, "id": id}
 
 
-def parse_request(line: bytes) -> Request:
-    """Decode one request line. Raises ProtocolError with a class a client can act on."""
-    if len(line) > MAX_LINE:
-        raise ProtocolError(LINE_TOO_LONG, f"request line longer than {MAX_LINE} bytes")
+def _json_object(line: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ProtocolError(BAD_REQUEST, f"request is not valid JSON: {err}") from err
+        raise ProtocolError(BAD_REQUEST, f"{what} is not valid JSON: {err}") from err
     if not isinstance(obj, dict):
-        raise ProtocolError(BAD_REQUEST, "request must be a JSON object")
+        raise ProtocolError(BAD_REQUEST, f"{what} must be a JSON object")
+    return obj
+
+
+def parse_request(
+    line: bytes, commands: tuple[str, ...] = COMMANDS, limit: int = MAX_LINE
+) -> Request:
+    """Decode one request line. Raises ProtocolError with a class a client can act on."""
+    if len(line) > limit:
+        raise ProtocolError(LINE_TOO_LONG, f"request line longer than {limit} bytes")
+    obj = _json_object(line, "request")
     execute = obj.get("execute")
     if not isinstance(execute, str):
         raise ProtocolError(BAD_REQUEST, "request needs a string field 'execute'")
@@ -102,10 +91,9 @@ def parse_request(line: bytes) -> Request:
         arguments = {}
     if not isinstance(arguments, dict):
         raise ProtocolError(BAD_REQUEST, "'arguments' must be a JSON object")
-    if execute not in COMMANDS:
-        raise ProtocolError(
-            UNKNOWN_COMMAND, f"unknown command {execute!r}; known: {', '.join(COMMANDS)}"
-        )
+    if execute not in commands:
+        known = ", ".join(commands)
+        raise ProtocolError(UNKNOWN_COMMAND, f"unknown command {execute!r}; known: {known}")
     return Request(execute, arguments, obj.get("id"))
 
 
@@ -120,14 +108,11 @@ def request_id(line: bytes) -> Any:
 
 def parse_reply(line: bytes) -> dict[str, Any]:
     """Decode one reply line (client side). Raises ProtocolError on garbage."""
-    try:
-        obj = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ProtocolError(BAD_REQUEST, f"agent reply is not valid JSON: {err}") from err
-    if not isinstance(obj, dict) or ("return" not in obj and "error" not in obj):
-        raise ProtocolError(BAD_REQUEST, "agent reply has neither 'return' nor 'error'")
+    obj = _json_object(line, "reply")
+    if "return" not in obj and "error" not in obj:
+        raise ProtocolError(BAD_REQUEST, "reply has neither 'return' nor 'error'")
     if "error" in obj:
         error = obj["error"]
         if not isinstance(error, dict) or not isinstance(error.get("class"), str):
-            raise ProtocolError(BAD_REQUEST, "agent error reply is malformed")
+            raise ProtocolError(BAD_REQUEST, "error reply is malformed")
     return obj

@@ -1,4 +1,4 @@
-"""The host's agent client against fake agents: every wait bounded, every failure named."""
+"""The protocol's one client against fake agents: every wait bounded, every failure named."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from host.snapshots.agent import (
-    AgentClient,
-    AgentGarbage,
-    AgentRefused,
-    AgentTimeout,
-    AgentUnreachable,
+from agent.protocol import Client as AgentClient
+from agent.protocol import (
     EndpointError,
+    Garbage,
+    NoReply,
+    Refused,
+    Unreachable,
     ceiling_of,
     parse_endpoint,
 )
@@ -93,7 +93,7 @@ def test_endpoints_parse_or_say_what_is_wrong() -> None:
 
 
 def test_no_agent_is_a_clear_error(short_tmp: Path) -> None:
-    with pytest.raises(AgentUnreachable, match="cannot connect.*is quiesce-agent running"):
+    with pytest.raises(Unreachable, match="cannot connect.*is quiesce-agent running"):
         AgentClient(f"unix:{short_tmp}/nothing.sock").connect()
 
 
@@ -112,7 +112,7 @@ def test_garbage_is_named(fake) -> None:
     agent = fake(lambda req: b"SSH-2.0-OpenSSH_9.2\n")
     with (
         AgentClient(f"unix:{agent.path}") as c,
-        pytest.raises(AgentGarbage, match="not the agent protocol"),
+        pytest.raises(Garbage, match="not this protocol.*SSH-2.0.*quiesce-agent"),
     ):
         c.ping()
 
@@ -120,7 +120,7 @@ def test_garbage_is_named(fake) -> None:
 def test_an_agent_that_never_answers_is_given_up_on_in_bounded_time(fake) -> None:
     agent = fake(lambda req: b"")  # reads, never answers
     t0 = time.monotonic()
-    with AgentClient(f"unix:{agent.path}") as c, pytest.raises(AgentTimeout, match="within 0.5 s"):
+    with AgentClient(f"unix:{agent.path}") as c, pytest.raises(NoReply, match="within 0.5 s"):
         c.call("ping", timeout=0.5)
     assert time.monotonic() - t0 < 1.5
 
@@ -128,14 +128,14 @@ def test_an_agent_that_never_answers_is_given_up_on_in_bounded_time(fake) -> Non
 def test_the_freeze_wait_is_the_budget_plus_a_margin(fake) -> None:
     agent = fake(lambda req: b"")
     t0 = time.monotonic()
-    with AgentClient(f"unix:{agent.path}") as c, pytest.raises(AgentTimeout):
+    with AgentClient(f"unix:{agent.path}") as c, pytest.raises(NoReply):
         c.freeze("x", budget=1.0)
     assert 2.9 < time.monotonic() - t0 < 4.0  # 1 s budget + 2 s margin
 
 
 def test_an_agent_dying_mid_call_is_a_lost_connection(fake) -> None:
     agent = fake(lambda req: None)
-    with AgentClient(f"unix:{agent.path}") as c, pytest.raises(AgentUnreachable, match="lost"):
+    with AgentClient(f"unix:{agent.path}") as c, pytest.raises(Unreachable, match="lost"):
         c.freeze("x", budget=5)
 
 
@@ -149,7 +149,7 @@ def test_error_replies_carry_class_and_report(fake) -> None:
         return json.dumps({"error": err, "id": req["id"]}).encode() + b"\n"
 
     agent = fake(respond)
-    with AgentClient(f"unix:{agent.path}") as c, pytest.raises(AgentRefused) as info:
+    with AgentClient(f"unix:{agent.path}") as c, pytest.raises(Refused) as info:
         c.freeze("x", budget=5)
     assert info.value.error_class == "WriterFailed"
     assert info.value.report == {"outcome": "failed", "writers": []}
@@ -167,6 +167,6 @@ def test_a_vsock_endpoint_with_nobody_there_is_bounded() -> None:
     except (AttributeError, OSError):
         pytest.skip("no AF_VSOCK on this machine")
     t0 = time.monotonic()
-    with pytest.raises(AgentUnreachable, match="vsock:1:57123"):
+    with pytest.raises(Unreachable, match="vsock:1:57123"):
         AgentClient("vsock:1:57123", connect_timeout=1.0).connect()
     assert time.monotonic() - t0 < 2.0

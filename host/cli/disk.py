@@ -11,11 +11,12 @@ import threading
 import time
 from typing import Any
 
+from common.errors import QuiesceError
 from host.cli.progress import Progress, human_bytes
 from host.cli.snapshot import DISK_HELP, ask_server
 from host.engine.check import check_folder
 from host.engine.disk import Disk, DiskBusy, DiskError
-from host.serve.control import ServeError, request
+from host.serve.control_client import request
 
 UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
@@ -193,7 +194,7 @@ def _export_through_server(args: argparse.Namespace, busy: DiskBusy) -> None:
         worker.join(timeout=0.5)
         try:
             export = request(args.disk, "status", timeout=5.0).get("export")
-        except ServeError:
+        except QuiesceError:  # a status missed: the next one will do
             continue
         if export and export.get("snapshot") == args.snapshot:
             total = int(export["total"])

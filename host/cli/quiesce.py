@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import QuiesceError
-from host.serve.control import ServeError
 from host.snapshots.cycle import MODES, take
 from host.snapshots.report import full
 from host.snapshots.target import load_snapshot, open_target
@@ -85,7 +84,7 @@ def run_create(args: argparse.Namespace, plain: Any) -> int:
         return 2
     try:
         target = open_target(args.disk)
-    except ServeError as err:
+    except QuiesceError as err:  # the server does not answer, the disk cannot be opened
         _err(f"{args.disk}: {err}")
         return err.exit_code
     try:
@@ -97,7 +96,7 @@ def run_create(args: argparse.Namespace, plain: Any) -> int:
         return err.exit_code
     finally:
         target.close()
-    record = {**(outcome.snapshot or {}), **outcome.record()}
+    record = outcome.shown()
     if args.json:
         print(json.dumps(record, indent=2))
     else:

@@ -11,9 +11,10 @@ import json
 import sys
 from typing import Any
 
+from common.errors import QuiesceError
 from host.cli.progress import Progress
 from host.engine.disk import CONSISTENCY, Disk, DiskBusy, DiskError
-from host.serve.control import ServeError, request, socket_path
+from host.serve.control_client import request, socket_path
 
 DISK_HELP = "the disk folder (made by 'quiesce-host disk create'); may be served"
 
@@ -85,7 +86,7 @@ def ask_server(
         raise busy
     try:
         return request(disk, command, arguments, timeout=timeout)
-    except ServeError as err:
+    except QuiesceError as err:
         raise DiskError(f"{disk}: the server refused {command}: {err}", disk) from err
 
 

@@ -204,7 +204,7 @@ def scenario(lab: Lab, clock: Clock, seconds: float, rate: float) -> tuple[list[
         )
     finally:
         target.close()
-    record = {**(outcome.snapshot or {}), **outcome.record()}
+    record = outcome.shown()
     print("\n".join("    " + line for line in full(record)), flush=True)
     time.sleep(seconds)
     for load in loads:

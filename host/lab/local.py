@@ -35,9 +35,10 @@ from typing import Any
 
 import yaml
 
+from agent import protocol
+from common.errors import QuiesceError
 from host.engine.disk import Disk
 from host.lab.databases import LabError, LabMaria, LabPostgres, mariadbd_path, pg_bindir
-from host.snapshots.agent import AgentClient, QuiesceHostError
 
 Say = Callable[[str], None]
 
@@ -186,10 +187,10 @@ class Lab:
         end = time.monotonic() + 20
         while True:
             try:
-                with AgentClient(f"unix:{self.agent_socket}", connect_timeout=1) as c:
+                with protocol.Client(f"unix:{self.agent_socket}", connect_timeout=1) as c:
                     c.ping()
                 return
-            except QuiesceHostError as err:
+            except QuiesceError as err:
                 if self.agent_proc.poll() is not None or time.monotonic() > end:
                     raise LabError(
                         f"the agent did not come up ({err}):\n{self._log('agent.log')}"

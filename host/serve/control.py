@@ -15,23 +15,20 @@ Commands: ``ping``, ``status``, ``info`` (the engine's ``Disk.info``), ``flush``
 for it), ``snapshot-delete`` (when the merges it sets off copy at most
 ``LIVE_MERGE_LIMIT``, client I/O held meanwhile: the snapshot just taken, say, which is how a
 failed quiesce takes it back), ``snapshot-revert`` (always refused while serving: the
-clients would see the disk change under them). ``request()`` is the client.
+clients would see the disk change under them). The client is ``host.serve.control_client``.
 
 Every client I/O passes through an ``IOGate``: a snapshot waits until the requests in flight
 are done, holds new ones back, flushes and switches the engine to the new delta, then lets
 them go. A write is never split across the cut and every write acknowledged before the
 snapshot was asked for is in it.
 
-Errors (``ServeError`` tree)::
-
-    ServeError
-     ├── ServeUnreachable   no server answers on the disk's control socket
-     └── ServeRequestFailed the server answered with an error (``error_class``, ``desc``)
+Errors: ``ServeError`` (exit 2) when the server cannot start (another one serves the disk);
+every request gets a reply, an error reply naming the class (the engine's ``SnapshotNotFound``,
+``Refused``, ``PauseTimeout``, ...) when it cannot be done.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -45,16 +42,26 @@ from typing import Any
 
 from agent import protocol
 from common.errors import QuiesceError
+from host.serve.control_client import MAX_LINE, request, short_path, socket_path
 from host.serve.nbd import BlockDevice
 
 logger = logging.getLogger(__name__)
 
-SOCKET_NAME = ".serve.sock"
-MAX_LINE = 1024 * 1024  # reports and artifacts from the agent can be a few hundred KiB
+IDLE = 600.0  # seconds a control connection may sit without a request
 PAUSE_TIMEOUT = 30.0  # seconds to wait for in-flight client I/O before a snapshot gives up
-CONSISTENCY = ("application", "filesystem", "crash")
-RECORD_FIELDS = ("description", "consistency", "report", "artifacts")
 LIVE_MERGE_LIMIT = 64 * 1024 * 1024  # bytes a live delete may merge while client I/O waits
+COMMANDS = (
+    "ping",
+    "status",
+    "info",
+    "flush",
+    "snapshot-create",
+    "snapshot-update",
+    "snapshot-list",
+    "snapshot-revert",
+    "snapshot-delete",
+    "export",
+)
 
 # error classes of the control protocol (beyond agent/protocol.py's BadRequest, ...)
 REFUSED = "Refused"  # the operation is not safe while the disk is served
@@ -67,22 +74,6 @@ class ServeError(QuiesceError):
 
     code = "ServeError"
     exit_code = 2
-
-
-class ServeUnreachable(ServeError):
-    code = "ServeUnreachable"
-    exit_code = 7
-
-
-class ServeRequestFailed(ServeError):
-    code = "ServeRequestFailed"
-    exit_code = 9
-
-    def __init__(self, error_class: str, desc: str, data: Any = None) -> None:
-        super().__init__(f"{error_class}: {desc}")
-        self.error_class = error_class
-        self.desc = desc
-        self.data = data
 
 
 class _CommandError(Exception):
@@ -182,89 +173,18 @@ class GatedDevice:
         self.stats["flushes"] += 1
 
 
-# --- socket path ---------------------------------------------------------------------------------
-def socket_path(disk: str | os.PathLike[str]) -> Path:
-    """``DISK/.serve.sock`` for a disk folder; ``.NAME.serve.sock`` beside a raw image file."""
-    path = Path(os.path.abspath(disk))
-    if path.is_file():
-        return path.parent / f".{path.name}{SOCKET_NAME}"
-    return path / SOCKET_NAME
-
-
-@contextmanager
-def _short_path(path: Path) -> Iterator[str]:
-    """A path to ``path`` that fits sun_path (107 bytes): via /proc/self/fd when too long."""
-    if len(os.fsencode(path)) < 100:
-        yield str(path)
-        return
-    dirfd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{dirfd}/{path.name}"
-    finally:
-        os.close(dirfd)
-
-
-# --- client --------------------------------------------------------------------------------------
-def request(
-    disk_folder: str | os.PathLike[str],
-    command: str,
-    arguments: dict[str, Any] | None = None,
-    timeout: float = 60.0,
-) -> Any:
-    """Send one command to the server of ``disk_folder``; its ``return`` value.
-
-    Raises ServeUnreachable (nothing serves the disk, or no answer within ``timeout``) and
-    ServeRequestFailed (the server refused or failed; ``error_class`` says why).
-    """
-    path = socket_path(disk_folder)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        with _short_path(path) as addr:
-            try:
-                sock.connect(addr)
-            except (FileNotFoundError, ConnectionRefusedError) as err:
-                raise ServeUnreachable(
-                    f"{path}: no server is running for this disk ({err.strerror}); "
-                    "start one with 'quiesce-host serve'"
-                ) from err
-        sock.sendall(protocol.request(command, arguments, id=1))
-        buf = bytearray()
-        while not buf.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ServeUnreachable(f"{path}: the server closed the connection without reply")
-            buf += chunk
-            if len(buf) > MAX_LINE:
-                raise ServeUnreachable(f"{path}: reply longer than {MAX_LINE} bytes")
-    except TimeoutError as err:
-        raise ServeUnreachable(f"{path}: no reply to {command!r} within {timeout:.1f} s") from err
-    except OSError as err:
-        raise ServeUnreachable(f"{path}: {err}") from err
-    finally:
-        sock.close()
-    try:
-        reply = protocol.parse_reply(bytes(buf))
-    except protocol.ProtocolError as err:
-        raise ServeUnreachable(f"{path}: {err.desc}") from err
-    if "error" in reply:
-        e = reply["error"]
-        raise ServeRequestFailed(e["class"], str(e.get("desc", "")), e.get("data"))
-    return reply["return"]
-
-
 def _record_request(command: str, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The ``name`` and record fields of a snapshot-create / -update request, checked."""
     name = args.get("name")
     if not isinstance(name, str) or not name:
         raise _CommandError(protocol.BAD_REQUEST, f"{command} needs a string 'name'")
-    unknown = set(args) - {"name", *RECORD_FIELDS}
+    unknown = set(args) - {"name", *protocol.RECORD_FIELDS}
     if unknown:
         raise _CommandError(protocol.BAD_REQUEST, f"unknown argument(s): {sorted(unknown)}")
-    fields = {k: args[k] for k in RECORD_FIELDS if k in args}
-    if "consistency" in fields and fields["consistency"] not in CONSISTENCY:
+    fields = {k: args[k] for k in protocol.RECORD_FIELDS if k in args}
+    if "consistency" in fields and fields["consistency"] not in list(protocol.Consistency):
         raise _CommandError(
-            protocol.BAD_REQUEST, f"consistency must be one of {', '.join(CONSISTENCY)}"
+            protocol.BAD_REQUEST, f"consistency must be one of {', '.join(protocol.Consistency)}"
         )
     for key in ("report", "artifacts"):
         if fields.get(key) is not None and not isinstance(fields[key], dict):
@@ -299,14 +219,14 @@ class ControlServer:
     def _listen(self) -> socket.socket:
         try:
             request(self.disk_path, "ping", timeout=2.0)
-        except ServeUnreachable:
-            pass
-        except ServeError:
+        except protocol.Unreachable:
+            pass  # nobody answers: the socket, if any, is a dead server's
+        except QuiesceError:
             raise ServeError(f"{self.path}: another server already serves this disk") from None
         else:
             raise ServeError(f"{self.path}: another server already serves this disk")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        with _short_path(self.path) as addr:
+        with short_path(self.path) as addr:
             try:
                 os.unlink(addr)
             except FileNotFoundError:
@@ -334,7 +254,7 @@ class ControlServer:
         if self._thread is not None:
             self._thread.join(5)
         try:
-            with _short_path(self.path) as addr:
+            with short_path(self.path) as addr:
                 os.unlink(addr)
         except OSError:
             pass
@@ -359,57 +279,36 @@ class ControlServer:
             if not self._peer_allowed(conn):
                 conn.sendall(protocol.encode(protocol.failure(REFUSED, "peer uid not allowed")))
                 return
-            conn.settimeout(600)
-            buf = bytearray()
+            lines, pending = protocol.LineBuffer(MAX_LINE), list[bytes]()
             try:
                 while True:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                    while b"\n" in buf:
-                        line, _, rest = bytes(buf).partition(b"\n")
-                        buf = bytearray(rest)
-                        if line.strip():
-                            conn.sendall(protocol.encode(self.handle_line(line)))
-                    if len(buf) > MAX_LINE:
-                        conn.sendall(
-                            protocol.encode(
-                                protocol.failure(
-                                    protocol.LINE_TOO_LONG, f"request line over {MAX_LINE} bytes"
-                                )
-                            )
-                        )
-                        return
-            except OSError:
-                return
+                    line = protocol.recv_line(conn, lines, pending, time.monotonic() + IDLE)
+                    conn.sendall(protocol.encode(self.handle_line(line)))
+            except protocol.ProtocolError as err:  # a line too long: say so and hang up
+                conn.sendall(protocol.encode(protocol.failure(err.error_class, err.desc)))
+            except (TimeoutError, OSError):
+                return  # the client left, or was idle for IDLE seconds
 
     def handle_line(self, line: bytes) -> dict[str, Any]:
         """One request line → one reply object; never raises."""
-        rid = protocol.request_id(line)
         try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict) or not isinstance(obj.get("execute"), str):
-                raise _CommandError(protocol.BAD_REQUEST, "request needs a string 'execute'")
-            args = obj.get("arguments") or {}
-            if not isinstance(args, dict):
-                raise _CommandError(protocol.BAD_REQUEST, "'arguments' must be a JSON object")
-            return protocol.success(self.execute(obj["execute"], args), rid)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            return protocol.failure(
-                protocol.BAD_REQUEST, f"request is not valid JSON: {err}", id=rid
-            )
+            req = protocol.parse_request(line, COMMANDS, MAX_LINE)
+        except protocol.ProtocolError as err:
+            return protocol.failure(err.error_class, err.desc, id=protocol.request_id(line))
+        try:
+            return protocol.success(self._handlers[req.execute](req.arguments), req.id)
         except _CommandError as err:
-            return protocol.failure(err.error_class, err.desc, id=rid)
+            return protocol.failure(err.error_class, err.desc, id=req.id)
         except QuiesceError as err:  # the engine's errors go back with their own class
             logger.warning("control: %s", err)
-            return protocol.failure(err.code, str(err), id=rid)
+            return protocol.failure(err.code, str(err), id=req.id)
         except Exception as err:  # noqa: BLE001 - the handler's one broad catch: server lives on
-            logger.exception("control: request failed")
-            return protocol.failure(protocol.INTERNAL, str(err) or type(err).__name__, id=rid)
+            logger.exception("control: %s failed", req.execute)
+            return protocol.failure(protocol.INTERNAL, str(err) or type(err).__name__, id=req.id)
 
-    def execute(self, command: str, args: dict[str, Any]) -> Any:
-        handler = {
+    @property
+    def _handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        return {
             "ping": lambda a: {},
             "status": self.cmd_status,
             "info": lambda a: self._engine("info")(),
@@ -420,10 +319,7 @@ class ControlServer:
             "snapshot-revert": self.cmd_snapshot_revert,
             "snapshot-delete": self.cmd_snapshot_delete,
             "export": self.cmd_export,
-        }.get(command)
-        if handler is None:
-            raise _CommandError(protocol.UNKNOWN_COMMAND, f"unknown command {command!r}")
-        return handler(args)
+        }
 
     def cmd_status(self, args: dict[str, Any]) -> dict[str, Any]:
         status = {

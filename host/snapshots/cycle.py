@@ -16,9 +16,9 @@ before the ceiling for the switch and the thaw; the switch is not attempted when
 ``SWITCH_RESERVE`` remains before the earliest moment the ceiling could fire (the ceiling
 starts at the agent's first lock, which is after we sent the freeze).
 
-Errors (``QuiesceHostError`` tree of ``host.snapshots.agent``)::
+Errors (in the tree rooted in common/errors.py)::
 
-    QuiesceHostError
+    QuiesceError
      └── QuiesceFailed   exit 20: the quiesce failed in required mode; no snapshot was left
           └── NotConfirmed  exit 21: the thaw was not confirmed and the snapshot could not be
                             deleted (a server refused); it is recorded as ``crash``
@@ -32,13 +32,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import protocol
-from host.snapshots.agent import (
-    AgentClient,
-    AgentRefused,
+from agent.protocol import (
+    Consistency,
     Endpoint,
-    QuiesceHostError,
+    Refused,
+    Report,
+    SnapshotRecord,
+    Timings,
     ceiling_of,
 )
+from common.errors import QuiesceError
 from host.snapshots.target import Target
 
 logger = logging.getLogger(__name__)
@@ -48,11 +51,11 @@ SWITCH_RESERVE = 0.5  # seconds that must remain before the ceiling to attempt t
 ABORT_TIMEOUT = 5.0
 
 
-class QuiesceFailed(QuiesceHostError):
+class QuiesceFailed(QuiesceError):
     code = "QuiesceFailed"
     exit_code = 20
 
-    def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, report: Report | None = None) -> None:
         super().__init__(message)
         self.report = report
 
@@ -106,13 +109,19 @@ class Outcome:
 
     name: str
     mode: str
-    consistency: str = "crash"
+    consistency: str = Consistency.CRASH
     confirmed: bool = False
-    snapshot: dict[str, Any] | None = None
-    agent: dict[str, Any] | None = None  # the agent's last report
+    snapshot: SnapshotRecord | None = None
+    agent: Report | None = None  # the agent's last report
     warnings: list[str] = field(default_factory=list)
     host: dict[str, Any] = field(default_factory=dict)
     moments: dict[str, float] = field(default_factory=dict)  # event -> time.monotonic()
+
+    def shown(self) -> dict[str, Any]:
+        """The snapshot's whole record as it stands now, for ``snapshot show`` style output."""
+        shown: dict[str, Any] = dict(self.snapshot or {})
+        shown.update(self.record())
+        return shown
 
     def record(self) -> dict[str, Any]:
         """The fields the snapshot keeps: consistency, report, artifacts."""
@@ -123,13 +132,10 @@ class Outcome:
         }
 
 
-def artifacts_of(report: dict[str, Any] | None) -> dict[str, Any]:
+def artifacts_of(report: Report | None) -> dict[str, Any]:
     """{writer name: its artifacts} for every writer that has some."""
-    out: dict[str, Any] = {}
-    for w in (report or {}).get("writers") or []:
-        if isinstance(w, dict) and w.get("artifacts"):
-            out[str(w.get("name"))] = w["artifacts"]
-    return out
+    writers = report["writers"] if report is not None else []
+    return {w["name"]: w["artifacts"] for w in writers if w.get("artifacts")}
 
 
 def freeze_budget(ceiling: float) -> float:
@@ -152,11 +158,11 @@ class Cycle:
         faults: Faults | None = None,
     ) -> None:
         if mode not in MODES:
-            raise QuiesceHostError(f"--quiesce-mode must be one of {', '.join(MODES)}")
+            raise QuiesceError(f"--quiesce-mode must be one of {', '.join(MODES)}")
         self.target = target
         self.name = name
         self.description = description
-        self.client = AgentClient(endpoint)
+        self.client = protocol.Client(endpoint)
         self.faults = faults or Faults()
         self.tl = Timeline()
         self.out = Outcome(name, mode, moments=self.tl.events)
@@ -189,26 +195,26 @@ class Cycle:
                 logger.error("snapshot %r was left behind, recorded as crash: %s", self.name, err)
 
     # -- steps -----------------------------------------------------------------------------
-    def _freeze(self) -> dict[str, Any] | None:
+    def _freeze(self) -> Report | None:
         """The freeze report, or None when the quiesce failed (preferred mode)."""
         try:
             self.tl.mark("ping")
             self.client.connect()
             self.client.ping()
             self.ceiling = ceiling_of(self.client.status())
-        except QuiesceHostError as err:
+        except QuiesceError as err:
             self._failed(f"the agent at {self.client.endpoint} is unreachable: {err}")
             return None
         self.tl.mark("freeze_sent")
         try:
             frozen = self.client.freeze(self.name, freeze_budget(self.ceiling))
-        except AgentRefused as err:
+        except Refused as err:
             if err.error_class == protocol.STATE_ERROR:
                 self._failed(f"the agent is busy: {err.desc}")
                 return None
             self._failed(f"the freeze failed and was rolled back: {err.desc}", err.report)
             return None
-        except QuiesceHostError as err:
+        except QuiesceError as err:
             self._abort_quietly()
             self._failed(f"the freeze did not complete: {err}")
             return None
@@ -225,7 +231,7 @@ class Cycle:
             return None
         return frozen
 
-    def _switch(self, frozen: dict[str, Any]) -> None:
+    def _switch(self, frozen: Report) -> None:
         """Flush and switch to a new delta while everything is held (recorded as crash until
         the thaw confirms the hold)."""
         left = self.ceiling - self.tl.since("freeze_sent")
@@ -254,7 +260,7 @@ class Cycle:
         try:
             self.out.agent = self.client.thaw(max(self.ceiling, 30.0))
             self.out.confirmed = True
-        except AgentRefused as err:
+        except Refused as err:
             self.out.agent = err.report or self.out.agent
             if (
                 err.error_class == protocol.WRITER_FAILED
@@ -267,18 +273,18 @@ class Cycle:
                 self.out.warnings.append(f"the thaw finished with errors: {err.desc}")
             else:
                 self.unconfirmed = f"the agent answered the thaw with {err.error_class}: {err.desc}"
-        except QuiesceHostError as err:
+        except QuiesceError as err:
             self.unconfirmed = f"the thaw was not confirmed: {err}"
         self.tl.mark("thawed")
 
     def _finish(self) -> Outcome:
         out = self.out
         if out.confirmed:
-            out.consistency = str((out.agent or {}).get("consistency", "crash"))
+            out.consistency = out.agent["consistency"] if out.agent else Consistency.CRASH
             out.host = self._host_section()
             self.target.update(self.name, out.record())
             return out
-        out.consistency = "crash"
+        out.consistency = Consistency.CRASH
         out.warnings.append(f"snapshot {self.name!r} is NOT quiesced: {self.unconfirmed}")
         out.host = self._host_section(fallback=self.unconfirmed)
         if out.mode == "required":
@@ -300,7 +306,7 @@ class Cycle:
         return out
 
     # -- failure paths -----------------------------------------------------------------------
-    def _failed(self, reason: str, report: dict[str, Any] | None = None) -> None:
+    def _failed(self, reason: str, report: Report | None = None) -> None:
         """Required: raise. Preferred: note the reason; a crash snapshot follows."""
         self.tl.mark("quiesce_failed")
         self.out.agent = report or self.out.agent
@@ -330,15 +336,15 @@ class Cycle:
         """freezeFail, best effort and bounded; the agent's ceiling covers the rest."""
         self.tl.mark("abort_sent")
         try:
-            with AgentClient(self.client.endpoint) as other:
+            with protocol.Client(self.client.endpoint) as other:
                 other.abort(ABORT_TIMEOUT)
-        except QuiesceHostError as err:
+        except QuiesceError as err:
             logger.info("abort: %s (the agent's ceiling releases whatever is held)", err)
 
     # -- the record ------------------------------------------------------------------------
     def _host_section(self, pending: bool = False, fallback: str | None = None) -> dict[str, Any]:
-        tl, agent = self.tl, self.out.agent or {}
-        timings = agent.get("timings") or {}
+        tl, agent = self.tl, self.out.agent
+        timings: Timings | dict[str, None] = agent["timings"] if agent else {}
         split = {
             "prepare_ms": timings.get("prepare_ms"),
             "lock_ms": timings.get("freeze_ms"),

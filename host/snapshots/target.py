@@ -14,7 +14,7 @@ The final record goes in with ``Disk.snapshot_update`` (the server's ``snapshot-
 failed quiesce takes its snapshot back with ``snapshot_delete``, which merges only what was
 written since the switch (the server allows such short live merges, see ``LIVE_MERGE_LIMIT``).
 
-Raises: DiskError (engine), ServeError (server), SnapshotNotFound.
+Raises: DiskError (engine), the protocol's Unreachable/Refused (server), SnapshotNotFound.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent import protocol
 from host.engine.disk import Disk, DiskBusy
 from host.engine.tree import Tree
-from host.serve.control import ServeError, ServeRequestFailed, request, socket_path
+from host.serve.control_client import request, socket_path
 
-RECORD_KEYS = ("consistency", "report", "artifacts")
 
 
 class Target(Protocol):
@@ -123,7 +123,7 @@ class ServedTarget:
         just taken with little written since while serving)."""
         try:
             request(self.folder, "snapshot-delete", {"name": name}, timeout=30.0)
-        except ServeRequestFailed as err:
+        except protocol.Refused as err:
             return err.desc
         return None
 
@@ -134,7 +134,7 @@ class ServedTarget:
 def open_target(folder: str | os.PathLike[str]) -> EngineTarget | ServedTarget:
     """The engine when the disk is free, the server's control socket when one holds it.
 
-    Raises DiskBusy (locked by something that is not a server), DiskError, ServeError.
+    Raises DiskBusy (locked by something that is not a server), DiskError, Unreachable.
     """
     path = Path(folder)
     try:
@@ -147,7 +147,7 @@ def open_target(folder: str | os.PathLike[str]) -> EngineTarget | ServedTarget:
 
 # -- records --------------------------------------------------------------------------------
 def _record(fields: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in fields.items() if k in RECORD_KEYS}
+    return {k: v for k, v in fields.items() if k in protocol.RECORD_FIELDS}
 
 
 def load_snapshot(folder: str | os.PathLike[str], name: str) -> dict[str, Any]:
@@ -162,4 +162,4 @@ def load_snapshot(folder: str | os.PathLike[str], name: str) -> dict[str, Any]:
     return snap
 
 
-__all__ = ["EngineTarget", "ServeError", "ServedTarget", "Target", "load_snapshot", "open_target"]
+__all__ = ["EngineTarget", "ServedTarget", "Target", "load_snapshot", "open_target"]

@@ -12,16 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from host.serve import control as serve_control
-from host.serve.control import (
-    ControlServer,
-    GatedDevice,
-    IOGate,
-    ServeError,
-    ServeRequestFailed,
-    ServeUnreachable,
-    request,
-)
+from agent.protocol import Refused, Unreachable
+from host.serve.control import ControlServer, GatedDevice, IOGate, ServeError
+from host.serve.control_client import request, socket_path
 from host.serve.nbd import RawFile
 from tests.helpers.memdisk import MemDisk
 from tests.helpers.nbdclient import Client
@@ -197,7 +190,7 @@ def test_commands_and_their_errors(control, short_tmp):
         ("snapshot-delete", {"name": "a"}, "Refused"),  # the live state reads through it
     ]
     for command, args, error_class in cases:
-        with pytest.raises(ServeRequestFailed) as err:
+        with pytest.raises(Refused) as err:
             request(short_tmp, command, args)
         assert err.value.error_class == error_class, (command, err.value)
     assert "a" in disk.snapshots
@@ -228,20 +221,20 @@ def test_raw_file_has_no_snapshots(control, short_tmp):
     image.write_bytes(bytes(MiB))
     dev = RawFile(str(image))
     control(dev, folder=image)
-    assert serve_control.socket_path(image).name == ".raw.img.serve.sock"
-    with pytest.raises(ServeRequestFailed) as err:
+    assert socket_path(image).name == ".raw.img.serve.sock"
+    with pytest.raises(Refused) as err:
         request(image, "snapshot-create", {"name": "a"})
     assert err.value.error_class == "Unsupported"
     dev.close()
 
 
 def test_unreachable_and_stale_sockets(short_tmp):
-    with pytest.raises(ServeUnreachable, match="no server is running"):
+    with pytest.raises(Unreachable, match="no server is running"):
         request(short_tmp, "status", timeout=2)
     stale = socket.socket(socket.AF_UNIX)  # a socket file left by a killed server
-    stale.bind(str(serve_control.socket_path(short_tmp)))
+    stale.bind(str(socket_path(short_tmp)))
     stale.close()
-    with pytest.raises(ServeUnreachable):
+    with pytest.raises(Unreachable):
         request(short_tmp, "status", timeout=2)
     srv = ControlServer(short_tmp, MemDisk(4096), IOGate())
     srv.start()
@@ -251,20 +244,20 @@ def test_unreachable_and_stale_sockets(short_tmp):
             ControlServer(short_tmp, MemDisk(4096), IOGate())
     finally:
         srv.shutdown()
-    assert not serve_control.socket_path(short_tmp).exists()
+    assert not socket_path(short_tmp).exists()
 
 
 def test_a_disk_folder_with_a_long_path(short_tmp):
     deep = Path(short_tmp, *(["d" * 40] * 4))
     deep.mkdir(parents=True)
-    assert len(str(serve_control.socket_path(deep))) > 107
+    assert len(str(socket_path(deep))) > 107
     srv = ControlServer(deep, MemDisk(4096), IOGate())
     srv.start()
     try:
         assert request(deep, "status")["disk"] == str(deep)
     finally:
         srv.shutdown()
-    assert not serve_control.socket_path(deep).exists()
+    assert not socket_path(deep).exists()
 
 
 def test_gated_device_counts_and_passes_through():

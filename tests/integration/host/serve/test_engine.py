@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.protocol import Refused
 from host.engine.disk import Disk
-from host.serve.control import ControlServer, IOGate, ServeRequestFailed, request
+from host.serve.control import ControlServer, IOGate
+from host.serve.control_client import request
 from tests.helpers.env import need
 from tests.helpers.nbdclient import Client
 
@@ -160,7 +162,7 @@ def test_revert_and_delete_while_serving(short_tmp, serve, monkeypatch):
     try:
         client = Client(server.port).connect()
         assert client.read(0, 4) == (0, b"AAAA")
-        with pytest.raises(ServeRequestFailed) as err:
+        with pytest.raises(Refused) as err:
             request(folder, "snapshot-revert", {"name": "a"})
         assert err.value.error_class == "Refused"
         request(folder, "snapshot-delete", {"name": "b"})  # its branch goes, nothing merges
@@ -169,7 +171,7 @@ def test_revert_and_delete_while_serving(short_tmp, serve, monkeypatch):
         assert client.write(0, b"C" * 4096) == 0
         with monkeypatch.context() as m:  # as if much had been written since 'a'
             m.setattr("host.serve.control.LIVE_MERGE_LIMIT", 0)
-            with pytest.raises(ServeRequestFailed) as err:
+            with pytest.raises(Refused) as err:
                 request(folder, "snapshot-delete", {"name": "a"})
             assert err.value.error_class == "Refused" and "merges 0.1 MiB" in err.value.desc
         request(folder, "snapshot-delete", {"name": "a"})  # 64 KiB to merge: done live
@@ -194,7 +196,7 @@ def test_the_snapshot_just_taken_can_be_taken_back_while_serving(live, disk):
         {"name": "oops", "consistency": "crash", "report": {"why": "thaw not confirmed"}},
     )
     assert disk.snapshot_get("oops")["report"] == {"why": "thaw not confirmed"}
-    with pytest.raises(ServeRequestFailed) as err:
+    with pytest.raises(Refused) as err:
         request(disk.folder, "snapshot-update", {"name": "oops", "consistency": "perfect"})
     assert err.value.error_class == "BadRequest"
     reply = request(disk.folder, "snapshot-delete", {"name": "oops"})
@@ -236,7 +238,7 @@ def test_a_snapshot_exports_while_clients_write_and_deletes_wait_for_it(live, di
         status = request(disk.folder, "status")
         assert status["export"]["snapshot"] == "backup" and status["export"]["done"] > 0
         assert client.write(0, b"L" * BLOCK) == 0  # clients go on while it runs
-        with pytest.raises(ServeRequestFailed) as err:
+        with pytest.raises(Refused) as err:
             request(disk.folder, "snapshot-delete", {"name": "backup"})
         assert err.value.error_class == "Refused" and "export" in err.value.desc
     finally:
@@ -248,7 +250,7 @@ def test_a_snapshot_exports_while_clients_write_and_deletes_wait_for_it(live, di
     assert client.read(0, BLOCK) == (0, b"L" * BLOCK)
     assert request(disk.folder, "status")["export"] is None
     request(disk.folder, "snapshot-delete", {"name": "backup"})  # once it is done
-    with pytest.raises(ServeRequestFailed) as err:
+    with pytest.raises(Refused) as err:
         request(disk.folder, "export", {"out": str(out)})  # the live state is not a point
     assert err.value.error_class == "BadRequest"
     client.disconnect()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from host.engine.disk import Disk
-from host.serve.control import request
+from host.serve.control_client import request
 from tests.helpers.env import need, need_root
 
 pytestmark = pytest.mark.root

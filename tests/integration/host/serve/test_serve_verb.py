@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from host.serve.control import ServeUnreachable, request, socket_path
+from agent.protocol import Unreachable
+from host.serve.control_client import request, socket_path
 from tests.helpers.env import need, need_root
 
 MiB = 1024 * 1024
@@ -43,7 +44,7 @@ def test_nbd_serve_prints_where_and_stops_cleanly_on_sigterm(served, image):
     assert s.lines[-1] == "stopped"
     assert image.read_bytes()[4096:8192] == b"\x5a" * 4096
     assert not socket_path(image).exists()
-    with pytest.raises(ServeUnreachable):
+    with pytest.raises(Unreachable):
         request(image, "status", timeout=2)
 
 

@@ -23,8 +23,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from common.errors import QuiesceError
-from host.serve.control import ControlServer, GatedDevice, IOGate, ServeError
-from host.serve.nbd import NBDServer, RawFile, parse_hostport
+from host.serve.control import ControlServer, ServeError
+from host.serve.device import GatedDevice, IOGate, RawFile
+from host.serve.nbd import NBDServer, parse_hostport
 
 logger = logging.getLogger(__name__)
 

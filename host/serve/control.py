@@ -35,20 +35,18 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from agent import protocol
 from common.errors import QuiesceError
 from host.serve.control_client import MAX_LINE, request, short_path, socket_path
-from host.serve.nbd import BlockDevice
+from host.serve.device import IOGate
 
 logger = logging.getLogger(__name__)
 
 IDLE = 600.0  # seconds a control connection may sit without a request
-PAUSE_TIMEOUT = 30.0  # seconds to wait for in-flight client I/O before a snapshot gives up
 LIVE_MERGE_LIMIT = 64 * 1024 * 1024  # bytes a live delete may merge while client I/O waits
 COMMANDS = (
     "ping",
@@ -81,96 +79,6 @@ class _CommandError(Exception):
         super().__init__(desc)
         self.error_class = error_class
         self.desc = desc
-
-
-# --- the gate ------------------------------------------------------------------------------------
-class IOGate:
-    """Shared for client I/O, exclusive for a pause; a waiting pause holds new I/O back."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._active = 0
-        self._paused = False
-        self.pauses = 0
-
-    @contextmanager
-    def io(self) -> Iterator[None]:
-        with self._cond:
-            while self._paused:
-                self._cond.wait()
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._active -= 1
-                if self._active == 0:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def paused(self, timeout: float = PAUSE_TIMEOUT) -> Iterator[None]:
-        """No client I/O runs inside. Raises TimeoutError if in-flight I/O does not drain."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._paused:
-                if not self._cond.wait(max(0.0, deadline - time.monotonic())):
-                    raise TimeoutError("another pause is still running")
-            self._paused = True
-            while self._active:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._cond.wait(left):
-                    if self._active:
-                        self._paused = False
-                        self._cond.notify_all()
-                        raise TimeoutError(f"client I/O still running after {timeout:.1f} s")
-            self.pauses += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._paused = False
-                self._cond.notify_all()
-
-    @property
-    def is_paused(self) -> bool:
-        return self._paused
-
-
-class GatedDevice:
-    """A BlockDevice whose every call passes the gate; writers are serialised."""
-
-    def __init__(self, device: BlockDevice, gate: IOGate) -> None:
-        self.device = device
-        self.gate = gate
-        self._wlock = threading.Lock()
-        self.stats = {"reads": 0, "writes": 0, "flushes": 0, "bytes_read": 0, "bytes_written": 0}
-
-    @property
-    def size(self) -> int:
-        return self.device.size
-
-    def read(self, offset: int, length: int) -> bytes:
-        with self.gate.io():
-            data = self.device.read(offset, length)
-        self.stats["reads"] += 1
-        self.stats["bytes_read"] += length
-        return data
-
-    def write(self, offset: int, data: bytes) -> None:
-        with self.gate.io(), self._wlock:
-            self.device.write(offset, data)
-        self.stats["writes"] += 1
-        self.stats["bytes_written"] += len(data)
-
-    def write_zeroes(self, offset: int, length: int) -> None:
-        with self.gate.io(), self._wlock:
-            self.device.write_zeroes(offset, length)
-        self.stats["writes"] += 1
-
-    def flush(self) -> None:
-        with self.gate.io(), self._wlock:
-            self.device.flush()
-        self.stats["flushes"] += 1
 
 
 def _record_request(command: str, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:

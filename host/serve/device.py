@@ -1,14 +1,28 @@
-"""The block-device layer the servers share: how a device failure becomes an errno.
+"""The block-device layer the servers share: the device, the I/O gate, and errno for failures.
 
-One table for NBD and FUSE: an engine error, or the OSError below it, is an errno; FUSE hands
-it to the kernel as it is, NBD narrows it to the few its wire defines (``nbd.nbd_error``).
+``BlockDevice`` is what NBD and FUSE need of a disk (the engine's ``Disk`` and ``RawFile`` both
+fit); ``ServedDisk`` adds what the control socket needs (snapshots, records, export) and only
+the engine's ``Disk`` has. Every client request passes an ``IOGate`` (``GatedDevice``): a
+snapshot waits until the requests in flight are done, holds new ones back, flushes and
+switches, then lets them go, so a write is never split across the cut.
+
+One errno table for NBD and FUSE: an engine error, or the OSError below it, is an errno;
+FUSE hands it to the kernel as it is, NBD narrows it to the few its wire defines.
 """
 
 from __future__ import annotations
 
 import errno
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
 
 from host.engine.durable import NoSpace, ReadOnly
+
+PAUSE_TIMEOUT = 30.0  # seconds to wait for in-flight client I/O before a snapshot gives up
 
 ENGINE_ERRNO: tuple[tuple[type[Exception], int], ...] = (
     (NoSpace, errno.ENOSPC),
@@ -26,3 +40,139 @@ def errno_of(err: BaseException) -> int:
     if isinstance(err, MemoryError):
         return errno.ENOMEM
     return errno.EIO
+
+
+class BlockDevice(Protocol):
+    """What the servers need of a disk: the engine's ``Disk`` and ``RawFile`` both fit."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def write(self, offset: int, data: bytes) -> None: ...
+
+    def write_zeroes(self, offset: int, length: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class RawFile:
+    """A plain file as a BlockDevice: for tests and for serving a raw image directly."""
+
+    def __init__(self, path: str, readonly: bool = False) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR)
+        self.size = os.fstat(self.fd).st_size
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = os.pread(self.fd, length, offset)
+        return data + bytes(length - len(data))
+
+    def write(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            done = os.pwrite(self.fd, view, offset)
+            view, offset = view[done:], offset + done
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        chunk = bytes(min(length, 1 << 20))
+        while length > 0:
+            n = min(length, len(chunk))
+            self.write(offset, chunk[:n])
+            offset, length = offset + n, length - n
+
+    def flush(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class IOGate:
+    """Shared for client I/O, exclusive for a pause; a waiting pause holds new I/O back."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._paused = False
+        self.pauses = 0
+
+    @contextmanager
+    def io(self) -> Iterator[None]:
+        with self._cond:
+            while self._paused:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                if self._active == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def paused(self, timeout: float = PAUSE_TIMEOUT) -> Iterator[None]:
+        """No client I/O runs inside. Raises TimeoutError if in-flight I/O does not drain."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._paused:
+                if not self._cond.wait(max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError("another pause is still running")
+            self._paused = True
+            while self._active:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._cond.wait(left):
+                    if self._active:
+                        self._paused = False
+                        self._cond.notify_all()
+                        raise TimeoutError(f"client I/O still running after {timeout:.1f} s")
+            self.pauses += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._paused = False
+                self._cond.notify_all()
+
+    @property
+    def is_paused(self) -> bool:
+        return self._paused
+
+
+class GatedDevice:
+    """A BlockDevice whose every call passes the gate; writers are serialised."""
+
+    def __init__(self, device: BlockDevice, gate: IOGate) -> None:
+        self.device = device
+        self.gate = gate
+        self._wlock = threading.Lock()
+        self.stats = {"reads": 0, "writes": 0, "flushes": 0, "bytes_read": 0, "bytes_written": 0}
+
+    @property
+    def size(self) -> int:
+        return self.device.size
+
+    def read(self, offset: int, length: int) -> bytes:
+        with self.gate.io():
+            data = self.device.read(offset, length)
+        self.stats["reads"] += 1
+        self.stats["bytes_read"] += length
+        return data
+
+    def write(self, offset: int, data: bytes) -> None:
+        with self.gate.io(), self._wlock:
+            self.device.write(offset, data)
+        self.stats["writes"] += 1
+        self.stats["bytes_written"] += len(data)
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        with self.gate.io(), self._wlock:
+            self.device.write_zeroes(offset, length)
+        self.stats["writes"] += 1
+
+    def flush(self) -> None:
+        with self.gate.io(), self._wlock:
+            self.device.flush()
+        self.stats["flushes"] += 1

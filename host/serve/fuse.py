@@ -37,8 +37,7 @@ os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
 import mfusepy  # type: ignore[import-untyped]  # noqa: E402
 
 from common.errors import QuiesceError
-from host.serve.device import errno_of
-from host.serve.nbd import BlockDevice
+from host.serve.device import BlockDevice, errno_of
 
 logger = logging.getLogger(__name__)
 

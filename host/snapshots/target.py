@@ -30,7 +30,6 @@ from host.engine.tree import Tree
 from host.serve.control_client import request, socket_path
 
 
-
 class Target(Protocol):
     """What the quiesce cycle needs from a disk."""
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from host.engine.disk import Disk
-from host.serve.control import ControlServer, IOGate
+from host.serve.control import ControlServer
+from host.serve.device import IOGate
 from host.snapshots.cycle import Faults, NotConfirmed, QuiesceFailed, take
 from host.snapshots.target import ServedTarget, load_snapshot, open_target
 from tests.helpers.env import need_root

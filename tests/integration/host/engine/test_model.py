@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from host.engine.disk import Disk
-from host.serve.control import GatedDevice, IOGate
+from host.serve.device import GatedDevice, IOGate
 from host.serve.nbd import NBDServer
 from tests.helpers.disks import (
     GRAIN,

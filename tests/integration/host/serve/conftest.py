@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from host.serve.control import GatedDevice, IOGate
+from host.serve.device import GatedDevice, IOGate
 from host.serve.nbd import NBDServer
 from tests.helpers.env import need
 from tests.helpers.served import Served

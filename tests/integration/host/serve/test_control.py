@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from agent.protocol import Refused, Unreachable
-from host.serve.control import ControlServer, GatedDevice, IOGate, ServeError
+from host.serve.control import ControlServer, ServeError
 from host.serve.control_client import request, socket_path
-from host.serve.nbd import RawFile
+from host.serve.device import GatedDevice, IOGate, RawFile
 from tests.helpers.memdisk import MemDisk
 from tests.helpers.nbdclient import Client
 

@@ -15,8 +15,9 @@ import pytest
 
 from agent.protocol import Refused
 from host.engine.disk import Disk
-from host.serve.control import ControlServer, IOGate
+from host.serve.control import ControlServer
 from host.serve.control_client import request
+from host.serve.device import IOGate
 from tests.helpers.env import need
 from tests.helpers.nbdclient import Client
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from host.serve.control import ControlServer, GatedDevice, IOGate
+from host.serve.control import ControlServer
 from host.serve.control_client import request
+from host.serve.device import GatedDevice, IOGate
 from host.serve.fuse import FILE_NAME, serve_fuse
 from tests.helpers.env import need, need_root
 from tests.helpers.memdisk import MemDisk

@@ -9,8 +9,9 @@ import threading
 
 import pytest
 
-from host.serve import nbd
-from host.serve.nbd import NBDConfigError, NBDServer, RawFile, parse_hostport, resolve_bind
+from host.serve import nbd_wire
+from host.serve.device import RawFile
+from host.serve.nbd import NBDConfigError, NBDServer, parse_hostport, resolve_bind
 from tests.helpers.memdisk import MemDisk
 from tests.helpers.nbdclient import Client
 
@@ -126,10 +127,10 @@ def test_read_only_export_refuses_writes_with_eperm(serve, need_qemu, need_nbdin
     proc = qemu_io(server.uri, "write -P 1 0 4096", check=False)  # qemu sees READ_ONLY
     assert proc.returncode != 0 and "Permission denied" in proc.stderr
     client = Client(server.port).connect()  # a client that ignores the flag gets EPERM
-    assert client.flags & nbd.TF_READ_ONLY
-    assert client.write(0, b"x" * 4096) == nbd.EPERM
-    client.request(nbd.CMD_WRITE_ZEROES, 0, 4096)
-    assert client.simple_reply()[0] == nbd.EPERM
+    assert client.flags & nbd_wire.TF_READ_ONLY
+    assert client.write(0, b"x" * 4096) == nbd_wire.EPERM
+    client.request(nbd_wire.CMD_WRITE_ZEROES, 0, 4096)
+    assert client.simple_reply()[0] == nbd_wire.EPERM
     assert client.read(0, 4) == (0, b"keep")
     client.disconnect()
     assert disk.data[:4] == b"keep"

@@ -42,7 +42,7 @@ from typing import Any
 from agent import protocol
 from common.errors import QuiesceError
 from host.serve.control_client import MAX_LINE, request, short_path, socket_path
-from host.serve.device import IOGate
+from host.serve.device import BlockDevice, IOGate, ServedDisk
 
 logger = logging.getLogger(__name__)
 
@@ -107,13 +107,14 @@ class ControlServer:
     def __init__(
         self,
         disk_folder: str | os.PathLike[str],
-        disk: Any,
+        disk: BlockDevice,
         gate: IOGate,
         status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.disk_path = Path(os.path.abspath(disk_folder))
         self.path = socket_path(disk_folder)
         self.disk = disk
+        self.served: ServedDisk | None = disk if isinstance(disk, ServedDisk) else None
         self.gate = gate
         self.extra_status = status
         self.started = time.monotonic()
@@ -219,7 +220,7 @@ class ControlServer:
         return {
             "ping": lambda a: {},
             "status": self.cmd_status,
-            "info": lambda a: self._engine("info")(),
+            "info": lambda a: self._engine("info").info(),
             "flush": self.cmd_flush,
             "snapshot-create": self.cmd_snapshot_create,
             "snapshot-update": self.cmd_snapshot_update,
@@ -250,15 +251,15 @@ class ControlServer:
             self.disk.flush()
         return {"flushed": True, "ms": round((time.monotonic() - t0) * 1000, 3)}
 
-    def _engine(self, name: str) -> Callable[..., Any]:
-        method = getattr(self.disk, name, None)
-        if method is None:
-            raise _CommandError(UNSUPPORTED, f"the served device has no {name.replace('_', ' ')}")
-        return method  # type: ignore[no-any-return]
+    def _engine(self, what: str) -> ServedDisk:
+        """The served disk's snapshot side; a raw image file has none (``Unsupported``)."""
+        if self.served is None:
+            raise _CommandError(UNSUPPORTED, f"the served device has no {what}")
+        return self.served
 
     def cmd_snapshot_create(self, args: dict[str, Any]) -> dict[str, Any]:
         name, fields = _record_request("snapshot-create", args)
-        create = self._engine("snapshot_create")
+        create = self._engine("snapshots").snapshot_create
         with self._lock:
             t0 = time.monotonic()
             try:
@@ -284,7 +285,7 @@ class ControlServer:
         return {"snapshot": result, **timing}
 
     def cmd_snapshot_list(self, args: dict[str, Any]) -> Any:
-        return self._engine("snapshot_list")()
+        return self._engine("snapshots").snapshot_list()
 
     def cmd_snapshot_revert(self, args: dict[str, Any]) -> Any:
         raise _CommandError(
@@ -296,7 +297,7 @@ class ControlServer:
 
     def cmd_snapshot_update(self, args: dict[str, Any]) -> dict[str, Any]:
         name, fields = _record_request("snapshot-update", args)
-        update = self._engine("snapshot_update")
+        update = self._engine("snapshots").snapshot_update
         with self._lock:  # metadata only: client I/O goes on
             return {"snapshot": update(name, **fields)}
 
@@ -304,7 +305,7 @@ class ControlServer:
         name = args.get("name")
         if not isinstance(name, str) or not name:
             raise _CommandError(protocol.BAD_REQUEST, "snapshot-delete needs a string 'name'")
-        delete = self._engine("snapshot_delete")
+        delete = self._engine("snapshots").snapshot_delete
         with self._lock:
             if self.export is not None:
                 raise _CommandError(
@@ -336,7 +337,7 @@ class ControlServer:
             )
         if not isinstance(out, str) or not os.path.isabs(out):
             raise _CommandError(protocol.BAD_REQUEST, "export needs 'out', an absolute path")
-        export = self._engine("export_raw")
+        export = self._engine("export").export_raw
         with self._lock:  # a delete may not start once this is set (see cmd_snapshot_delete)
             if self.export is not None:
                 raise _CommandError(
@@ -363,7 +364,7 @@ class ControlServer:
     def _check_merge(self, name: str) -> None:
         """A delete merges under the engine's lock, so client I/O waits for the whole merge:
         only short merges are done while serving."""
-        cost = self._engine("delete_cost")(name)  # SnapshotNotFound goes back as it is
+        cost = self._engine("snapshots").delete_cost(name)  # SnapshotNotFound goes back as is
         if cost <= LIVE_MERGE_LIMIT:
             return
         raise _CommandError(

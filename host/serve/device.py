@@ -16,9 +16,10 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from host.engine.durable import NoSpace, ReadOnly
 
@@ -42,6 +43,10 @@ def errno_of(err: BaseException) -> int:
     return errno.EIO
 
 
+Progress = Callable[[int, int], Any]  # (bytes done, bytes total)
+
+
+@runtime_checkable
 class BlockDevice(Protocol):
     """What the servers need of a disk: the engine's ``Disk`` and ``RawFile`` both fit."""
 
@@ -55,6 +60,49 @@ class BlockDevice(Protocol):
     def write_zeroes(self, offset: int, length: int) -> None: ...
 
     def flush(self) -> None: ...
+
+
+@runtime_checkable
+class ServedDisk(BlockDevice, Protocol):
+    """What the control socket needs of a served disk beyond its blocks: the engine's ``Disk``
+    (a raw image file has none of it). Raises the engine's errors (SnapshotExists,
+    SnapshotNotFound, NoSpace, ...), which go back to the client with their own class."""
+
+    def info(self) -> dict[str, Any]: ...
+
+    def snapshot_create(
+        self,
+        name: str,
+        description: str = "",
+        consistency: str = "crash",
+        report: dict[str, Any] | None = None,
+        artifacts: dict[str, Any] | None = None,
+    ) -> dict[str, Any]: ...
+
+    def snapshot_update(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        consistency: str | None = None,
+        report: dict[str, Any] | None = None,
+        artifacts: dict[str, Any] | None = None,
+    ) -> dict[str, Any]: ...
+
+    def snapshot_list(self) -> list[dict[str, Any]]: ...
+
+    def delete_cost(self, name: str) -> int: ...
+
+    def snapshot_delete(self, name: str, progress: Progress | None = None) -> None: ...
+
+    def export_raw(
+        self,
+        out: str | Path,
+        snapshot: str | None = None,
+        progress: Progress | None = None,
+        *,
+        sync: bool = True,
+    ) -> None: ...
 
 
 class RawFile:
@@ -176,3 +224,9 @@ class GatedDevice:
         with self.gate.io(), self._wlock:
             self.device.flush()
         self.stats["flushes"] += 1
+
+
+if TYPE_CHECKING:  # the engine's Disk is the ServedDisk; mypy holds it to the interface here
+    from host.engine.disk import Disk
+
+    _engine_disk: type[ServedDisk] = Disk

@@ -24,7 +24,6 @@ import ipaddress
 import logging
 import socket
 import threading
-from collections.abc import Callable
 
 from common.errors import QuiesceError
 from host.serve.device import BlockDevice
@@ -86,14 +85,12 @@ class NBDServer:
         readonly: bool = False,
         allow_remote: bool = False,
         max_connections: int = 16,
-        allocation: Callable[[int, int], list[tuple[int, int]]] | None = None,
     ) -> None:
         self.device = device
         self.name = name
         self.description = description
         self.readonly = readonly
         self.max_connections = max_connections
-        self.allocation = allocation
         family, sockaddr = resolve_bind(host, port, allow_remote)
         self._listener = socket.socket(family, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

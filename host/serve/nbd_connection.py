@@ -405,10 +405,7 @@ class _Connection:
             self.send(head, data)
 
     def reply_block_status(self, cookie: int, flags: int, offset: int, length: int) -> None:
-        if self.server.allocation is not None and length:
-            extents = self.server.allocation(offset, length) or [(length, 0)]
-        else:
-            extents = [(length, 0)]  # everything is data: true, if not the most precise answer
+        extents = [(length, 0)]  # everything is data: true, if not the most precise answer
         if flags & CMD_FLAG_REQ_ONE:
             extents = extents[:1]
         body = struct.pack(">I", META_ID_ALLOCATION) + b"".join(

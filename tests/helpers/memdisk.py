@@ -1,13 +1,27 @@
-"""A test double of the engine's Disk for the servers: a bytearray, snapshots as copies."""
+"""A test double of the engine's Disk for the servers: a bytearray, snapshots as copies.
+
+It implements ``host.serve.device.ServedDisk`` (mypy checks it, see the end of this module)
+and fails the way the engine fails: ``SnapshotExists``, ``SnapshotNotFound``.
+"""
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from host.engine.durable import SnapshotExists, SnapshotNotFound
+from host.serve.device import Progress
+
+if TYPE_CHECKING:
+    from host.serve.device import ServedDisk
+
+CURRENT = "(current)"  # the writable state, as live_chain() names it
 
 
 class MemDisk:
-    """A test double of the engine's Disk: a bytearray, and snapshots as frozen copies."""
+    """A disk in memory: a bytearray, and each snapshot a frozen copy of it."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -32,41 +46,68 @@ class MemDisk:
     def flush(self) -> None:
         self.flushes += 1
 
+    def info(self) -> dict[str, Any]:
+        return {"size": self.size, "snapshots": len(self.snapshots)}
+
+    def _get(self, name: str) -> dict[str, Any]:
+        if name not in self.snapshots:
+            raise SnapshotNotFound(f"memory disk: no snapshot named {name!r}")
+        return self.snapshots[name]
+
     def snapshot_create(
         self,
         name: str,
         description: str = "",
         consistency: str = "crash",
-        report: Any = None,
-        artifacts: Any = None,
+        report: dict[str, Any] | None = None,
+        artifacts: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         if name in self.snapshots:
-            raise ValueError(f"snapshot {name!r} exists")
+            raise SnapshotExists(f"memory disk: a snapshot named {name!r} exists already")
         self.flush()
         with self.lock:
             snap = {
                 "name": name,
                 "parent": self.current_parent,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "description": description,
                 "consistency": consistency,
-                "report": report,
-                "artifacts": artifacts,
+                "report": report or {},
+                "artifacts": artifacts or {},
                 "data": bytes(self.data),
             }
         self.snapshots[name] = snap
         self.current_parent = name
-        return {k: v for k, v in snap.items() if k != "data"}
+        return self._record(snap)
+
+    def snapshot_update(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        consistency: str | None = None,
+        report: dict[str, Any] | None = None,
+        artifacts: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        snap = self._get(name)
+        fields = {
+            "description": description,
+            "consistency": consistency,
+            "report": report,
+            "artifacts": artifacts,
+        }
+        snap.update({k: v for k, v in fields.items() if v is not None})
+        return self._record(snap)
 
     def snapshot_list(self) -> list[dict[str, Any]]:
-        out = [
-            {"name": n, "parent": s["parent"], "current": False} for n, s in self.snapshots.items()
+        return [
+            {**self._record(s), "is_current_position": n == self.current_parent}
+            for n, s in self.snapshots.items()
         ]
-        out.append({"name": "(current)", "parent": self.current_parent, "current": True})
-        return out
 
     def live_chain(self) -> set[str]:
         """The snapshots the current state reads through."""
-        chain, name = {"(current)"}, self.current_parent
+        chain, name = {CURRENT}, self.current_parent
         while name is not None:
             chain.add(name)
             name = self.snapshots[name]["parent"]
@@ -75,13 +116,33 @@ class MemDisk:
     def delete_cost(self, name: str) -> int:
         """As the engine's: what a delete would merge. A memory disk keeps whole copies, so
         dropping one off the live chain moves nothing; one on it counts as a huge merge."""
-        if name not in self.snapshots:
-            raise KeyError(name)
+        self._get(name)
         return 1 << 40 if name in self.live_chain() else 0
 
-    def snapshot_delete(self, name: str, progress: Any = None) -> dict[str, Any]:
-        snap = self.snapshots.pop(name)
+    def snapshot_delete(self, name: str, progress: Progress | None = None) -> None:
+        snap = self._get(name)
+        del self.snapshots[name]
         for other in self.snapshots.values():
             if other["parent"] == name:
                 other["parent"] = snap["parent"]
-        return {"deleted": name}
+
+    def export_raw(
+        self,
+        out: str | Path,
+        snapshot: str | None = None,
+        progress: Progress | None = None,
+        *,
+        sync: bool = True,
+    ) -> None:
+        data = self._get(snapshot)["data"] if snapshot else self.read(0, self.size)
+        Path(out).write_bytes(data)
+        if progress is not None:
+            progress(self.size, self.size)
+
+    @staticmethod
+    def _record(snap: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in snap.items() if k != "data"}
+
+
+if TYPE_CHECKING:  # mypy holds the double to the interface the control server uses
+    _served: ServedDisk = MemDisk(0)

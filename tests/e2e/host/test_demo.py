@@ -33,8 +33,10 @@ def _lab_needs() -> None:
 
 
 def lab_mounts() -> list[str]:
+    """Mounts of this run's labs (another suite running beside this one has its own root)."""
+    mine = os.path.realpath(FREEZE_ROOT) + "/qdemo-"
     with open("/proc/self/mounts") as f:
-        return [line.split()[1] for line in f if "/qdemo-" in line.split()[1]]
+        return [line.split()[1] for line in f if line.split()[1].startswith(mine)]
 
 
 def test_the_demo_scenario_keeps_every_row_before_the_snapshot_and_none_after(capsys) -> None:
@@ -44,7 +46,7 @@ def test_the_demo_scenario_keeps_every_row_before_the_snapshot_and_none_after(ca
         assert outcome.confirmed and outcome.consistency == "application"
         for v in verdicts:
             assert v.ok, v.line()
-            assert v.before > 100 and v.after > 100
+            assert v.before > 20 and v.after > 20  # rows on both sides, however slow the machine
         held = outcome.host["window_ms"]
         assert held < 5000, f"held window {held} ms"
         writers = {w["name"]: w for w in outcome.agent["writers"]}

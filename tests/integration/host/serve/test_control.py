@@ -185,7 +185,7 @@ def test_commands_and_their_errors(control, short_tmp):
         ("snapshot-create", {}, "BadRequest"),
         ("snapshot-create", {"name": "x", "consistency": "perfect"}, "BadRequest"),
         ("snapshot-create", {"name": "x", "colour": 1}, "BadRequest"),
-        ("snapshot-create", {"name": "a"}, "InternalError"),  # the engine's own refusal
+        ("snapshot-create", {"name": "a"}, "SnapshotExists"),  # the engine's own refusal
         ("snapshot-revert", {"name": "a"}, "Refused"),
         ("snapshot-delete", {"name": "a"}, "Refused"),  # the live state reads through it
     ]

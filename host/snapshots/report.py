@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.tables import table
+
 
 def _num(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
@@ -101,31 +103,26 @@ def summary(record: dict[str, Any]) -> list[str]:
 
 def writers_table(record: dict[str, Any]) -> list[str]:
     agent = (record.get("report") or {}).get("agent") or {}
-    rows = [("writer", "state", "prepare", "lock", "release", "error")]
-    for w in agent.get("writers") or []:
-        if not isinstance(w, dict):
-            continue
-
-        def ms(key: str, w: dict[str, Any] = w) -> str:
-            return f"{_num(w[key]):.1f}" if key in w else "-"
-
-        rows.append(
-            (
-                str(w.get("name")),
-                str(w.get("state")),
-                ms("prepare_ms"),
-                ms("freeze_ms"),
-                ms("thaw_ms"),
-                str(w.get("error") or ""),
-            )
-        )
-    if len(rows) == 1:
+    writers = [w for w in agent.get("writers") or [] if isinstance(w, dict)]
+    if not writers:
         return ["(no writer report)"]
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    return [
-        "  ".join(c.ljust(widths[i]) if i < 5 else c for i, c in enumerate(r)).rstrip()
-        for r in rows
+
+    def ms(w: dict[str, Any], key: str) -> str:
+        return f"{_num(w[key]):.1f}" if key in w else "-"
+
+    head = ("writer", "state", "prepare", "lock", "release", "error")
+    rows = [
+        (
+            w.get("name"),
+            w.get("state"),
+            ms(w, "prepare_ms"),
+            ms(w, "freeze_ms"),
+            ms(w, "thaw_ms"),
+            w.get("error") or "",
+        )
+        for w in writers
     ]
+    return table(head, rows)
 
 
 def artifacts_lines(record: dict[str, Any]) -> list[str]:

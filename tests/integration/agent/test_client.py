@@ -13,13 +13,10 @@ import pytest
 
 from agent.protocol import Client as AgentClient
 from agent.protocol import (
-    EndpointError,
     Garbage,
     NoReply,
     Refused,
     Unreachable,
-    ceiling_of,
-    parse_endpoint,
 )
 
 
@@ -83,15 +80,6 @@ def reply(req: dict, ret: object) -> bytes:
     return json.dumps({"return": ret, "id": req.get("id")}).encode() + b"\n"
 
 
-def test_endpoints_parse_or_say_what_is_wrong() -> None:
-    assert str(parse_endpoint("unix:/run/a.sock")) == "unix:/run/a.sock"
-    ep = parse_endpoint("vsock:3:5000")
-    assert (ep.kind, ep.cid, ep.port) == ("vsock", 3, 5000)
-    for bad in ("/run/a.sock", "tcp:1.2.3.4:5", "vsock:3", "vsock:x:1", "unix:"):
-        with pytest.raises(EndpointError, match="unix:PATH|vsock:CID:PORT"):
-            parse_endpoint(bad)
-
-
 def test_no_agent_is_a_clear_error(short_tmp: Path) -> None:
     with pytest.raises(Unreachable, match="cannot connect.*is quiesce-agent running"):
         AgentClient(f"unix:{short_tmp}/nothing.sock").connect()
@@ -153,12 +141,6 @@ def test_error_replies_carry_class_and_report(fake) -> None:
         c.freeze("x", budget=5)
     assert info.value.error_class == "WriterFailed"
     assert info.value.report == {"outcome": "failed", "writers": []}
-
-
-def test_the_ceiling_is_never_taken_above_sixty_seconds() -> None:
-    assert ceiling_of({"ceiling_seconds": 5}) == 5
-    assert ceiling_of({"ceiling_seconds": 600}) == 60
-    assert ceiling_of({}) == 60
 
 
 def test_a_vsock_endpoint_with_nobody_there_is_bounded() -> None:

@@ -100,3 +100,18 @@ def test_another_command_set_speaks_the_same_format() -> None:
 def test_consistency_levels_travel_as_plain_strings() -> None:
     line = protocol.encode({"consistency": protocol.Consistency.APPLICATION})
     assert json.loads(line) == {"consistency": "application"}
+
+
+def test_endpoints_parse_or_say_what_is_wrong() -> None:
+    assert str(protocol.parse_endpoint("unix:/run/a.sock")) == "unix:/run/a.sock"
+    ep = protocol.parse_endpoint("vsock:3:5000")
+    assert (ep.kind, ep.cid, ep.port) == ("vsock", 3, 5000)
+    for bad in ("/run/a.sock", "tcp:1.2.3.4:5", "vsock:3", "vsock:x:1", "unix:"):
+        with pytest.raises(protocol.EndpointError, match="unix:PATH|vsock:CID:PORT"):
+            protocol.parse_endpoint(bad)
+
+
+def test_the_ceiling_is_never_taken_above_sixty_seconds() -> None:
+    assert protocol.ceiling_of({"ceiling_seconds": 5}) == 5
+    assert protocol.ceiling_of({"ceiling_seconds": 600}) == 60
+    assert protocol.ceiling_of({}) == 60

@@ -27,7 +27,8 @@ from typing import Any
 
 from common.errors import QuiesceError
 from host.lab.databases import LabError
-from host.lab.local import Lab, create_tables, missing_requirements, present_ids, start_loads
+from host.lab.load import create_tables, present_ids, start_loads
+from host.lab.local import Lab, missing_requirements
 from host.snapshots.cycle import Outcome, take
 from host.snapshots.report import full
 from host.snapshots.target import open_target

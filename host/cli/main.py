@@ -24,10 +24,10 @@ from common.errors import (
     QuiesceError,
     exit_code_help,
 )
+from host.cli import demo as cli_demo
 from host.cli import disk as cli_disk
 from host.cli import quiesce as cli_quiesce
 from host.cli import snapshot as cli_snapshot
-from host.lab import demo
 
 # what quiesce-host can return (the agent's own failures reach it as 9, or 20 in a quiesce)
 EXIT_CODES = [0, 1, 2, 7, 8, 9, *range(10, 22), EXIT_INTERRUPTED, EXIT_OUTPUT_CLOSED]
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_serve_parser(verbs)
     cli_quiesce.install(verbs)
-    demo.add_parser(verbs)
+    cli_demo.add_parser(verbs)
     return parser
 
 

@@ -5,27 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import threading
 import time
 from typing import Any
 
+from host.cli._common import DISK_HELP, ask_server, parse_size
 from host.cli.progress import Progress, human_bytes
-from host.cli.snapshot import DISK_HELP, ask_server
 from host.engine.check import check_folder
 from host.engine.disk import Disk, DiskBusy, DiskError
 from host.serve.control import ServeError, request
-
-UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
-def parse_size(text: str) -> int:
-    """``65536``, ``64K``, ``64M``, ``1G``, ``1.5G``, ``64MiB`` → bytes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64M, 1G, 1048576)")
-    return int(float(m[1]) * UNITS[m[2].upper()])
 
 
 def add_parser(verbs: Any) -> None:

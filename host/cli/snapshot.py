@@ -11,11 +11,9 @@ import json
 import sys
 from typing import Any
 
+from host.cli._common import DISK_HELP, ask_server
 from host.cli.progress import Progress
-from host.engine.disk import CONSISTENCY, Disk, DiskBusy, DiskError
-from host.serve.control import ServeError, request, socket_path
-
-DISK_HELP = "the disk folder (made by 'quiesce-host disk create'); may be served"
+from host.engine.disk import CONSISTENCY, Disk, DiskBusy
 
 
 def add_parser(verbs: Any) -> None:
@@ -75,18 +73,6 @@ def add_parser(verbs: Any) -> None:
         help="delete every snapshot: merge the current state into the base",
     )
     p.set_defaults(func=run_delete)
-
-
-def ask_server(
-    disk: str, command: str, arguments: dict[str, Any], busy: DiskBusy, timeout: float = 60.0
-) -> Any:
-    """Ask the ``quiesce-host serve`` holding ``disk``; re-raise ``busy`` if none serves it."""
-    if not socket_path(disk).exists():
-        raise busy
-    try:
-        return request(disk, command, arguments, timeout=timeout)
-    except ServeError as err:
-        raise DiskError(f"{disk}: the server refused {command}: {err}", disk) from err
 
 
 def run_create(args: argparse.Namespace) -> int:

@@ -26,7 +26,6 @@ from common.errors import (
 )
 from host.cli import demo as cli_demo
 from host.cli import disk as cli_disk
-from host.cli import quiesce as cli_quiesce
 from host.cli import snapshot as cli_snapshot
 
 # what quiesce-host can return (the agent's own failures reach it as 9, or 20 in a quiesce)
@@ -52,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         serve.set_defaults(func=lambda args: _unavailable(missing))
     else:
         add_serve_parser(verbs)
-    cli_quiesce.install(verbs)
+    cli_snapshot.install(verbs)
     cli_demo.add_parser(verbs)
     return parser
 

@@ -1,14 +1,25 @@
-"""What every ``quiesce-host`` verb needs: the help text of a DISK argument, sizes with units,
-and the request to the ``quiesce-host serve`` that holds a busy disk."""
+"""What every ``quiesce-host`` verb needs: the disk opened here or the answer of the server that
+holds it, the help text of a DISK argument, sizes with units, and the error line.
+
+While ``quiesce-host serve`` serves a disk it holds the disk's writer lock, and a verb that
+opens the disk meets ``DiskBusy``. ``open_or_ask`` is the one place that then turns to the
+server's control socket (borg's ``with_repository`` gives its verbs the open repository the
+same way): the verb says what to do with the open ``Disk`` and what to ask the ``Server``,
+and gets either result.
+"""
 
 from __future__ import annotations
 
 import argparse
 import re
-from typing import Any
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
-from host.engine.disk import DiskBusy, DiskError
+from host.engine.disk import Disk, DiskBusy, DiskError
 from host.serve.control import ServeError, request, socket_path
+
+T = TypeVar("T")
 
 DISK_HELP = "the disk folder (made by 'quiesce-host disk create'); may be served"
 
@@ -23,13 +34,57 @@ def parse_size(text: str) -> int:
     return int(float(m[1]) * UNITS[m[2].upper()])
 
 
+def error(message: str) -> None:
+    """The error line of a verb that returns its own exit code: ``quiesce-host: error: ...``."""
+    print(f"quiesce-host: error: {message}", file=sys.stderr)
+
+
+class Server:
+    """The ``quiesce-host serve`` that holds a busy disk, as a verb sees it."""
+
+    def __init__(self, disk: str, busy: DiskBusy) -> None:
+        self.disk = disk
+        self.busy = busy
+
+    def ask(
+        self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 60.0
+    ) -> Any:
+        """The server's reply to ``command``.
+
+        Raises the ``DiskBusy`` again when no server serves the disk (something else holds
+        it), and DiskError naming the command when the server refuses it.
+        """
+        if not socket_path(self.disk).exists():
+            raise self.busy
+        try:
+            return request(self.disk, command, arguments or {}, timeout=timeout)
+        except ServeError as err:
+            raise DiskError(f"{self.disk}: the server refused {command}: {err}", self.disk) from err
+
+    def refuse(self, why: str) -> NoReturn:
+        """What the verb would do cannot be done under a server: ``DiskBusy``, saying why."""
+        raise DiskBusy(f"{self.busy}; {why}", self.busy.path) from self.busy
+
+
+def open_or_ask(
+    disk: str,
+    here: Callable[[Disk], T],
+    there: Callable[[Server], T],
+    *,
+    readonly: bool = False,
+) -> T:
+    """``here(disk)`` with the disk opened in this process (and closed after), or, when it is
+    locked, ``there(server)``, which asks the server holding it or refuses."""
+    try:
+        opened = Disk.open(disk, readonly=readonly)
+    except DiskBusy as busy:
+        return there(Server(disk, busy))
+    with opened:
+        return here(opened)
+
+
 def ask_server(
     disk: str, command: str, arguments: dict[str, Any], busy: DiskBusy, timeout: float = 60.0
 ) -> Any:
     """Ask the ``quiesce-host serve`` holding ``disk``; re-raise ``busy`` if none serves it."""
-    if not socket_path(disk).exists():
-        raise busy
-    try:
-        return request(disk, command, arguments, timeout=timeout)
-    except ServeError as err:
-        raise DiskError(f"{disk}: the server refused {command}: {err}", disk) from err
+    return Server(disk, busy).ask(command, arguments, timeout)

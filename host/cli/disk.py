@@ -10,10 +10,11 @@ import threading
 import time
 from typing import Any
 
-from host.cli._common import DISK_HELP, ask_server, parse_size
+from common.tables import table
+from host.cli._common import DISK_HELP, Server, open_or_ask, parse_size
 from host.cli.progress import Progress, human_bytes
 from host.engine.check import check_folder
-from host.engine.disk import Disk, DiskBusy, DiskError
+from host.engine.disk import Disk, DiskError
 from host.serve.control import ServeError, request
 
 
@@ -74,11 +75,9 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    try:
-        with Disk.open(args.disk, readonly=True) as disk:
-            info = disk.info()
-    except DiskBusy as busy:
-        info = ask_server(args.disk, "info", {}, busy)
+    info = open_or_ask(
+        args.disk, lambda disk: disk.info(), lambda server: server.ask("info"), readonly=True
+    )
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         print()
@@ -90,26 +89,25 @@ def run_info(args: argparse.Namespace) -> int:
         f"{info['max_depth']}, {info['snapshots']} snapshots)"
     )
     print()
-    rows = [("FILE", "PARENT", "SNAPSHOT", "CID", "ALLOCATED", "FILE SIZE")]
-    for layer in info["layers"]:
-        mark = "*" if layer["file"] == info["current_layer"] else " "
-        allocated = layer.get("allocated_bytes")
-        rows.append(
-            (
-                mark + layer["file"],
-                layer["parent"] or "-",
-                layer["snapshot"] or "-",
-                layer["cid"],
-                human_bytes(allocated) if allocated is not None else "(flat)",
-                human_bytes(layer["file_bytes"]),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    head = ("FILE", "PARENT", "SNAPSHOT", "CID", "ALLOCATED", "FILE SIZE")
+    for line in table(head, (_layer_row(layer, info["current_layer"]) for layer in info["layers"])):
+        print(line)
     for orphan in info["orphans"]:
         print(f"warning: {orphan} is in the folder but in no chain", file=sys.stderr)
     return 0
+
+
+def _layer_row(layer: dict[str, Any], current: str) -> tuple[str, ...]:
+    """One layer of ``disk info``: the current writable file is marked with a ``*``."""
+    allocated = layer.get("allocated_bytes")
+    return (
+        ("*" if layer["file"] == current else " ") + layer["file"],
+        layer["parent"] or "-",
+        layer["snapshot"] or "-",
+        layer["cid"],
+        human_bytes(allocated) if allocated is not None else "(flat)",
+        human_bytes(layer["file_bytes"]),
+    )
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -135,19 +133,21 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
-    how = ""
-    try:
-        with Disk.open(args.disk, readonly=True) as disk:
-            disk.export_raw(args.out, snapshot=args.snapshot, progress=Progress("export"))
-    except DiskBusy as busy:
+
+    def here(disk: Disk) -> str:
+        disk.export_raw(args.out, snapshot=args.snapshot, progress=Progress("export"))
+        return ""
+
+    def there(server: Server) -> str:
         if not args.snapshot:
-            raise DiskBusy(
-                f"{busy}; a served disk's current state changes while it is read: "
-                "take a snapshot and export it with --snapshot NAME",
-                busy.path,
-            ) from busy
-        _export_through_server(args, busy)
-        how = " by the server holding the disk"
+            server.refuse(
+                "a served disk's current state changes while it is read: "
+                "take a snapshot and export it with --snapshot NAME"
+            )
+        _export_through_server(args, server)
+        return " by the server holding the disk"
+
+    how = open_or_ask(args.disk, here, there, readonly=True)
     print(
         f"exported {args.snapshot or 'the current state'} to {args.out}{how} in "
         f"{time.monotonic() - t0:.1f} s"
@@ -158,17 +158,15 @@ def run_export(args: argparse.Namespace) -> int:
 EXPORT_TIMEOUT = 24 * 3600.0  # seconds; the server reports progress in the meantime
 
 
-def _export_through_server(args: argparse.Namespace, busy: DiskBusy) -> None:
+def _export_through_server(args: argparse.Namespace, server: Server) -> None:
     """The server holding the disk writes the file; its ``status`` gives the progress."""
     result: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            result["reply"] = ask_server(
-                args.disk,
+            result["reply"] = server.ask(
                 "export",
                 {"snapshot": args.snapshot, "out": os.path.abspath(args.out)},
-                busy,
                 timeout=EXPORT_TIMEOUT,
             )
         except BaseException as err:  # noqa: BLE001 - re-raised in the main thread

@@ -81,10 +81,3 @@ def open_or_ask(
         return there(Server(disk, busy))
     with opened:
         return here(opened)
-
-
-def ask_server(
-    disk: str, command: str, arguments: dict[str, Any], busy: DiskBusy, timeout: float = 60.0
-) -> Any:
-    """Ask the ``quiesce-host serve`` holding ``disk``; re-raise ``busy`` if none serves it."""
-    return Server(disk, busy).ask(command, arguments, timeout)

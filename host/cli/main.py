@@ -1,10 +1,10 @@
 """``quiesce-host``: the command line of the host side, thin over the engine.
 
-One module per verb group (borg's way): ``cli_disk`` (create, info, check, export),
-``cli_snapshot`` (create, list, revert, delete), ``cli_serve`` (serve), ``cli_quiesce``
-(``snapshot create --quiesce``, ``snapshot show``, ``snapshot restore-artifacts``) and
-``demo``. Each module adds
-its parser and sets ``func``; a verb returns its exit code. The engine never sees argparse.
+One module per verb group (borg's way) over ``_common`` (open the disk here or ask the server
+that holds it, DISK_HELP, sizes, the error line): ``disk`` (create, info, check, export),
+``snapshot`` (create [--quiesce], list, revert, delete, show, restore-artifacts), ``serve``
+and ``demo``. Each module adds its parser and sets ``func``; a verb returns its exit code.
+The engine never sees argparse.
 
 Exit codes: the one table of common/errors.py (``MEANINGS``), shared with ``quiesce-agent``;
 ``--help`` lists them.
@@ -51,7 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
         serve.set_defaults(func=lambda args: _unavailable(missing))
     else:
         add_serve_parser(verbs)
-    cli_snapshot.install(verbs)
     cli_demo.add_parser(verbs)
     return parser
 

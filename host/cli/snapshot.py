@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from common.errors import QuiesceError
+from common.files import atomic_write
 from host.cli._common import DISK_HELP, Server, error, open_or_ask
 from host.cli.progress import Progress
 from host.engine.disk import CONSISTENCY, Disk
@@ -324,14 +324,7 @@ def run_restore_artifacts(args: argparse.Namespace) -> int:
         if not text:
             continue
         path = datadir / fname
-        tmp = datadir / f".{fname}.quiesce-new"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chown(tmp, st.st_uid, st.st_gid)
-        os.replace(tmp, path)
+        atomic_write(path, text, 0o600, owner=(st.st_uid, st.st_gid))  # the server's owner
         print(f"wrote {path} ({len(text)} bytes, from {writer})")
     print(
         "next: configure restore_command (and a recovery target if wanted), touch "

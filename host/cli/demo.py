@@ -1,10 +1,14 @@
-"""``quiesce-host demo``: the verb's arguments; the demo itself is host.lab.demo."""
+"""``quiesce-host demo``: the verb's arguments; host.lab.demo runs the demo.
+
+The lab is imported only when the demo runs: it brings psycopg, pymysql and yaml, which no
+other verb needs and which every start of quiesce-host (``--help`` too) would load for
+nothing.
+"""
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
-
-from host.lab.demo import run_demo
 
 
 def add_parser(verbs: Any) -> None:
@@ -23,4 +27,12 @@ def add_parser(verbs: Any) -> None:
         help="inserts per second into each database (default 200)",
     )
     p.add_argument("--keep", action="store_true", help="leave the lab running (debugging)")
-    p.set_defaults(func=run_demo)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # imported here, not at the top: host.lab pulls in the database drivers (psycopg, pymysql),
+    # which only the demo uses; a test holds host.cli.main to not importing them
+    from host.lab.demo import run_demo
+
+    return run_demo(seconds=args.seconds, rate=args.rate, keep=args.keep)

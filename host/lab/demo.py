@@ -16,7 +16,6 @@ Exit codes: 0 the verdict holds, 1 it does not, 2 the lab could not be built, 13
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import time
@@ -125,7 +124,11 @@ def _no_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old_term)
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(
+    seconds: float = 3.0, rate: float = 200.0, keep: bool = False, parent: str | None = None
+) -> int:
+    """The whole demo on a lab made under ``parent`` (default: the temp dir); its exit code.
+    ``keep`` leaves the lab running for a look around."""
     missing = missing_requirements()
     if missing:
         print(
@@ -137,8 +140,8 @@ def run_demo(args: argparse.Namespace) -> int:
     lab: Lab | None = None
     with _sigterm_as_interrupt():
         try:
-            lab = Lab(parent=getattr(args, "lab_parent", None), say=clock.say)
-            verdicts, _ = scenario(lab, clock, args.seconds, args.rate)
+            lab = Lab(parent=parent, say=clock.say)
+            verdicts, _ = scenario(lab, clock, seconds, rate)
             ok = all(v.ok for v in verdicts)
             print(
                 "\nVERDICT: "
@@ -158,7 +161,7 @@ def run_demo(args: argparse.Namespace) -> int:
         finally:
             if lab is not None:
                 with _no_interrupts():
-                    if getattr(args, "keep", False):
+                    if keep:
                         clock.say(f"--keep: the lab stays at {lab.root}")
                     else:
                         clock.say("cleaning up the lab")

@@ -4,7 +4,6 @@ and the lab is gone afterwards, also after a Ctrl-C in the middle."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -67,8 +66,8 @@ def test_the_demo_scenario_keeps_every_row_before_the_snapshot_and_none_after(ca
 
 def test_ctrl_c_in_the_middle_cleans_up_everything() -> None:
     code = (
-        "import argparse,sys; from host.lab.demo import run_demo; sys.exit(run_demo("
-        f"argparse.Namespace(seconds=30.0, rate=100.0, keep=False, lab_parent={FREEZE_ROOT!r})))"
+        "import sys; from host.lab.demo import run_demo; "
+        f"sys.exit(run_demo(seconds=30.0, rate=100.0, parent={FREEZE_ROOT!r}))"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code],
@@ -98,9 +97,9 @@ def test_ctrl_c_in_the_middle_cleans_up_everything() -> None:
 
 
 def test_the_demo_says_clearly_when_it_cannot_run(monkeypatch, capsys) -> None:
-    from host.lab import demo
+    from host.cli.main import main
     from host.lab import local as lab
 
     monkeypatch.setattr(lab.os, "geteuid", lambda: 1000)
-    assert demo.run_demo(argparse.Namespace(seconds=1, rate=1, keep=False)) == 2
+    assert main(["demo", "--seconds", "1", "--rate", "1"]) == 2
     assert "root (loop devices, FUSE mounts and FIFREEZE need it)" in capsys.readouterr().err

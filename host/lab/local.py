@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from host.engine.disk import Disk
-from host.lab.databases import LabError, LabMaria, LabPostgres, mariadbd_path, pg_bindir
+from host.lab.databases import LabError, LabMaria, LabPostgres, mariadbd_path, pg_bindir, run
 from host.snapshots.agent import AgentClient, QuiesceHostError
 
 Say = Callable[[str], None]
@@ -70,14 +70,6 @@ def _mounts_under(root: Path) -> list[str]:
         return [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
 
 
-def _run(cmd: list[str], timeout: float = 60) -> None:
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
-    if proc.returncode != 0:
-        raise LabError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
-
-
 class Lab:
     """The lab's parts and their life-cycle. ``close()`` is safe at any point, twice too."""
 
@@ -102,7 +94,7 @@ class Lab:
         """Disk, FUSE, ext4, both databases initialised and running, the agent listening."""
         Disk.create(self.disk, self.size).close()
         self.serve()
-        _run(
+        run(
             [
                 "mkfs.ext4",
                 "-q",
@@ -147,16 +139,14 @@ class Lab:
                 proc.kill()
                 proc.wait(10)
         if _mounted(self.fuse):
-            subprocess.run(
-                ["fusermount3", "-u", "-z", str(self.fuse)], capture_output=True, timeout=30
-            )
+            run(["fusermount3", "-u", "-z", str(self.fuse)], timeout=30, check=False)
 
     def mount(self) -> None:
-        _run(["mount", "-o", "loop", str(self.fuse / "disk.raw"), str(self.mnt)])
+        run(["mount", "-o", "loop", str(self.fuse / "disk.raw"), str(self.mnt)], timeout=60)
 
     def umount(self) -> None:
         if _mounted(self.mnt):
-            _run(["umount", str(self.mnt)], timeout=120)
+            run(["umount", str(self.mnt)], timeout=120)
 
     def start_agent(self) -> None:
         config = {
@@ -223,6 +213,7 @@ class Lab:
         """Serve the disk again, mount it, start both databases from what is on it."""
         self.serve()
         self.mount()
+        self.pg.drop_stale_pid()  # the snapshot was taken while PostgreSQL ran
         self.pg.start()
         self.maria.start()
 
@@ -253,13 +244,10 @@ class Lab:
 
     def _thaw_mnt(self) -> None:
         if _mounted(self.mnt):  # EINVAL when not frozen: fine
-            subprocess.run(["fsfreeze", "-u", str(self.mnt)], capture_output=True, timeout=10)
+            run(["fsfreeze", "-u", str(self.mnt)], timeout=10, check=False)
 
     def _umount_hard(self) -> None:
         if not _mounted(self.mnt):
             return
-        if (
-            subprocess.run(["umount", str(self.mnt)], capture_output=True, timeout=120).returncode
-            != 0
-        ):
-            subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True, timeout=60)
+        if run(["umount", str(self.mnt)], timeout=120, check=False).returncode != 0:
+            run(["umount", "-l", str(self.mnt)], timeout=60, check=False)

@@ -74,15 +74,25 @@ def chown_tree(path: Path, owner: Owner | None) -> None:
             os.lchown(os.path.join(root, name), *owner)
 
 
+def server_env(rundir: Path) -> dict[str, str]:
+    """The environment of a server and its tools: ours, with TMPDIR in the server's own run
+    directory (a TMPDIR of ours, private to root, would stop mariadbd creating its files)."""
+    return dict(os.environ, TMPDIR=str(rundir))
+
+
 def run(
-    cmd: list[str], owner: Owner | None = None, timeout: float = 120, check: bool = True
+    cmd: list[str],
+    owner: Owner | None = None,
+    timeout: float = 120,
+    check: bool = True,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` (as ``owner`` when given) in its own session, within ``timeout`` seconds.
 
     Raises LabError when it runs out of time, or (``check``) fails; the message has the
     command and the end of its output.
     """
-    kw: dict[str, Any] = {}
+    kw: dict[str, Any] = {} if env is None else {"env": env}
     if owner is not None:
         kw.update(user=owner[0], group=owner[1], extra_groups=[])
     try:
@@ -155,7 +165,7 @@ class LabPostgres:
         os.chmod(self.datadir, 0o700)
         cmd = [str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres"]
         cmd += ["--auth=trust", "-E", "UTF8", "--locale=C", *([] if sync else ["--no-sync"])]
-        run(cmd, self.owner)
+        run(cmd, self.owner, env=server_env(self.rundir))
 
     def configure(self, *, archive: bool, extra: str = "") -> None:
         """Append the recipe's settings to postgresql.conf (later lines win over earlier ones):
@@ -181,7 +191,8 @@ class LabPostgres:
             (self.datadir / stale).unlink(missing_ok=True)
 
     def _pg_ctl(self, *args: str, timeout: float) -> None:
-        run([str(self.bindir / "pg_ctl"), *args, "-D", str(self.datadir)], self.owner, timeout)
+        cmd = [str(self.bindir / "pg_ctl"), *args, "-D", str(self.datadir)]
+        run(cmd, self.owner, timeout, env=server_env(self.rundir))
 
     def start(self, timeout: float = 120) -> LabPostgres:
         """Start it and wait (``timeout`` seconds at most) until it accepts connections."""
@@ -243,7 +254,7 @@ class LabMaria:
         cmd = ["mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}"]
         cmd += ["--auth-root-authentication-method=normal", "--skip-test-db"]
         cmd += ["--skip-name-resolve", *self._as_mysql()]
-        run(cmd)
+        run(cmd, env=server_env(self.rundir))
         return self
 
     def _as_mysql(self) -> list[str]:
@@ -271,6 +282,7 @@ class LabMaria:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
             cwd="/",
+            env=server_env(self.rundir),
         )
         end = time.monotonic() + timeout
         while True:

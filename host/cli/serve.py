@@ -6,7 +6,7 @@ socket ``DISK/.serve.sock`` and the servers asked for (both at once is fine: the
 gate), prints where it serves, and stops cleanly on SIGTERM or SIGINT (FUSE: unmount first,
 then NBD clients are hung up on, then the disk is flushed and closed).
 
-``host/cli.py`` registers it with ``add_serve_parser(subparsers)``; ``run_serve(args)``
+``host.cli.main`` registers it with ``add_serve_parser(subparsers)``; ``run_serve(args)``
 returns the exit code (0 after a clean stop, the error's ``exit_code`` otherwise).
 """
 
@@ -190,16 +190,3 @@ def _wait_for_signal() -> int:
             signal.signal(signum, old)
     logger.info("serve: stopping on %s", signal.Signals(received[0]).name)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m host.cli.serve``) until host/cli.py registers the verb."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="quiesce-host")
-    add_serve_parser(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main(["serve", *sys.argv[1:]]))

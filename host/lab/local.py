@@ -58,6 +58,18 @@ def missing_requirements() -> list[str]:
     return out
 
 
+def console_script(name: str) -> str:
+    """The installed command ``name`` (quiesce-host, quiesce-agent) next to the running Python:
+    the lab runs what a user runs. Raises LabError if it is not there."""
+    path = Path(sys.executable).parent / name
+    if not os.access(path, os.X_OK):
+        raise LabError(
+            f"{path} is missing: the lab runs the installed {name} command next to "
+            f"{sys.executable}; run scripts/setup (it installs the package into .venv)"
+        )
+    return str(path)
+
+
 def _mounted(path: Path) -> bool:
     target = os.path.realpath(path)
     with open("/proc/self/mounts") as f:
@@ -112,10 +124,11 @@ class Lab:
 
     def serve(self) -> None:
         """``quiesce-host serve DISK --fuse fuse/`` in its own session; wait for disk.raw."""
+        cmd = [console_script("quiesce-host"), "serve", str(self.disk), "--fuse", str(self.fuse)]
         log = open(self.run / "serve.log", "ab")
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
         self.serve_proc = subprocess.Popen(
-            [sys.executable, "-m", "host.cli", "serve", str(self.disk), "--fuse", str(self.fuse)],
+            cmd,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -162,9 +175,10 @@ class Lab:
         cfg = self.run / "agent.yaml"
         cfg.write_text(yaml.safe_dump(config))
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", QUIESCE_FREEZE_ONLY_UNDER=str(self.mnt))
+        cmd = [console_script("quiesce-agent"), "--config", str(cfg), "serve"]
         log = open(self.run / "agent.log", "ab")
         self.agent_proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--config", str(cfg), "serve"],
+            cmd,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from host.lab.demo import SNAPSHOT, Clock, scenario
-from host.lab.local import Lab, missing_requirements
+from host.lab.local import Lab, console_script, missing_requirements
 from host.snapshots.target import load_snapshot
 from tests.helpers.env import FREEZE_ROOT, REPO, need, need_root
 
@@ -65,17 +64,14 @@ def test_the_demo_scenario_keeps_every_row_before_the_snapshot_and_none_after(ca
 
 
 def test_ctrl_c_in_the_middle_cleans_up_everything() -> None:
-    code = (
-        "import sys; from host.lab.demo import run_demo; "
-        f"sys.exit(run_demo(seconds=30.0, rate=100.0, parent={FREEZE_ROOT!r}))"
-    )
+    # the command scripts/demo runs; its lab goes under the suite's freeze root (TMPDIR)
     proc = subprocess.Popen(
-        [sys.executable, "-c", code],
+        [console_script("quiesce-host"), "demo", "--seconds", "30", "--rate", "100"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
+        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1", TMPDIR=FREEZE_ROOT),
     )
     assert proc.stdout is not None
     lines, root = [], None
@@ -86,7 +82,7 @@ def test_ctrl_c_in_the_middle_cleans_up_everything() -> None:
             root = line.rsplit(" ", 1)[1].strip()
         if "insert load running" in line or time.monotonic() > deadline:
             break
-    assert root is not None, "".join(lines)
+    assert root is not None and root.startswith(FREEZE_ROOT), "".join(lines)
     assert lab_mounts(), "the lab was not mounted"
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=120)

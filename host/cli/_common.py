@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 from host.engine.disk import Disk, DiskBusy, DiskError
-from host.serve.control import ServeError, request, socket_path
 
 T = TypeVar("T")
 
@@ -54,12 +53,27 @@ class Server:
         Raises the ``DiskBusy`` again when no server serves the disk (something else holds
         it), and DiskError naming the command when the server refuses it.
         """
+        # the control client is imported here, not at the top: only a busy disk needs it,
+        # and it would be a third of what every 'disk' verb imports at start
+        from host.serve.control import ServeError, request, socket_path
+
         if not socket_path(self.disk).exists():
             raise self.busy
         try:
             return request(self.disk, command, arguments or {}, timeout=timeout)
         except ServeError as err:
             raise DiskError(f"{self.disk}: the server refused {command}: {err}", self.disk) from err
+
+    def status(self) -> dict[str, Any] | None:
+        """The server's ``status`` (the progress of its export, say), or None if it does not
+        answer within 5 s."""
+        from host.serve.control import ServeError, request  # as in ask()
+
+        try:
+            reply: dict[str, Any] = request(self.disk, "status", timeout=5.0)
+        except ServeError:
+            return None
+        return reply
 
     def refuse(self, why: str) -> NoReturn:
         """What the verb would do cannot be done under a server: ``DiskBusy``, saying why."""

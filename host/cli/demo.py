@@ -8,15 +8,10 @@ nothing.
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 
-def add_parser(verbs: Any) -> None:
-    p = verbs.add_parser(
-        "demo",
-        help="a quiesced snapshot of a throw-away PostgreSQL + "
-        "MariaDB lab, a revert, and a verdict (root)",
-    )
+def build(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``demo`` (main made its parser)."""
     p.add_argument(
         "--seconds", type=float, default=3.0, help="load before and after the snapshot (default 3)"
     )

@@ -15,11 +15,10 @@ from host.cli._common import DISK_HELP, Server, open_or_ask, parse_size
 from host.cli.progress import Progress, human_bytes
 from host.engine.check import check_folder
 from host.engine.disk import Disk, DiskError
-from host.serve.control import ServeError, request
 
 
-def add_parser(verbs: Any) -> None:
-    disk = verbs.add_parser("disk", help="create, inspect, check and export disks")
+def build(disk: argparse.ArgumentParser) -> None:
+    """The sub-verbs of ``disk`` (main made its parser)."""
     sub = disk.add_subparsers(dest="disk_verb", metavar="VERB", required=True)
 
     p = sub.add_parser("create", help="make a new disk folder with an empty flat base")
@@ -178,10 +177,7 @@ def _export_through_server(args: argparse.Namespace, server: Server) -> None:
     total = 0
     while worker.is_alive():
         worker.join(timeout=0.5)
-        try:
-            export = request(args.disk, "status", timeout=5.0).get("export")
-        except ServeError:
-            continue
+        export = (server.status() or {}).get("export")
         if export and export.get("snapshot") == args.snapshot:
             total = int(export["total"])
             progress(int(export["done"]), total)

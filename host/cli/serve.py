@@ -6,7 +6,7 @@ socket ``DISK/.serve.sock`` and the servers asked for (both at once is fine: the
 gate), prints where it serves, and stops cleanly on SIGTERM or SIGINT (FUSE: unmount first,
 then NBD clients are hung up on, then the disk is flushed and closed).
 
-``host.cli.main`` registers it with ``add_serve_parser(subparsers)``; ``run_serve(args)``
+``host.cli.main`` has ``build(parser)`` declare its arguments; ``run_serve(args)``
 returns the exit code (0 after a clean stop, the error's ``exit_code`` otherwise).
 """
 
@@ -31,16 +31,13 @@ logger = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "serve",
-        help="serve the disk's current state over NBD and/or FUSE",
-        description=(
-            "Serve the current state of DISK read-write over NBD (for qemu, qemu-img, nbdinfo) "
-            "and/or as MOUNTPOINT/disk.raw through FUSE (for a loop mount). While it runs, "
-            "take snapshots through the control socket DISK/.serve.sock "
-            "('quiesce-host snapshot create' does). Stops cleanly on SIGTERM/SIGINT."
-        ),
+def build(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``serve`` (main made its parser)."""
+    parser.description = (
+        "Serve the current state of DISK read-write over NBD (for qemu, qemu-img, nbdinfo) "
+        "and/or as MOUNTPOINT/disk.raw through FUSE (for a loop mount). While it runs, "
+        "take snapshots through the control socket DISK/.serve.sock "
+        "('quiesce-host snapshot create' does). Stops cleanly on SIGTERM/SIGINT."
     )
     parser.add_argument("disk", metavar="DISK", help="the disk folder (or a raw image file)")
     parser.add_argument("--nbd", metavar="HOST:PORT", help="serve NBD here, e.g. 127.0.0.1:10809")
@@ -53,7 +50,6 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="allow NBD on a non-loopback address (NBD has no authentication)",
     )
     parser.set_defaults(func=run_serve)
-    return parser
 
 
 def open_device(path: str, readonly: bool) -> Any:

@@ -30,8 +30,8 @@ from host.snapshots.report import full
 from host.snapshots.target import load_snapshot, open_target
 
 
-def add_parser(verbs: Any) -> None:
-    snap = verbs.add_parser("snapshot", help="create, list, revert and delete snapshots")
+def build(snap: argparse.ArgumentParser) -> None:
+    """The sub-verbs of ``snapshot`` (main made its parser)."""
     sub = snap.add_subparsers(dest="snapshot_verb", metavar="VERB", required=True)
     _add_create(sub)
     p = sub.add_parser("list", help="the snapshot tree, the current position marked")

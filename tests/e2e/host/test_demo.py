@@ -99,3 +99,12 @@ def test_the_demo_says_clearly_when_it_cannot_run(monkeypatch, capsys) -> None:
     monkeypatch.setattr(lab.os, "geteuid", lambda: 1000)
     assert main(["demo", "--seconds", "1", "--rate", "1"]) == 2
     assert "root (loop devices, FUSE mounts and FIFREEZE need it)" in capsys.readouterr().err
+
+
+def test_a_missing_command_says_to_run_setup(monkeypatch, tmp_path) -> None:
+    from host.lab import local as lab
+    from host.lab.databases import LabError
+
+    monkeypatch.setattr(lab.sys, "executable", str(tmp_path / "bin" / "python3"))
+    with pytest.raises(LabError, match=r"bin/quiesce-host is missing: .*run scripts/setup"):
+        lab.console_script("quiesce-host")

@@ -335,10 +335,9 @@ def main() -> int:
         bench_flatten(work, args.flat_mib, qemu, args.repeat)
         print("consolidate...", file=sys.stderr)
         bench_consolidate(work, args.merge_mib, qemu)
+        bench_delete_command(work, args.merge_mib, qemu, args.repeat)
         print("memory...", file=sys.stderr)
         bench_memory(work, args.mem_gib)
-        print("whole commands...", file=sys.stderr)
-        bench_delete_command(work, args.merge_mib, qemu, args.repeat)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("| measurement | engine | baseline | engine vs baseline |")

@@ -33,7 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from host.lab.local import InsertLoad, Lab, create_tables, missing_requirements, start_loads  # noqa: E402
+from host.lab.load import InsertLoad, create_tables, start_loads  # noqa: E402
+from host.lab.local import Lab, missing_requirements  # noqa: E402
 from host.snapshots.cycle import take  # noqa: E402
 from host.snapshots.target import ServedTarget  # noqa: E402
 

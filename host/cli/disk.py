@@ -5,32 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import threading
 import time
 from typing import Any
 
-from common.errors import QuiesceError
+from common.tables import table
+from host.cli._common import DISK_HELP, Server, open_or_ask, parse_size
 from host.cli.progress import Progress, human_bytes
-from host.cli.snapshot import DISK_HELP, ask_server
 from host.engine.check import check_folder
-from host.engine.disk import Disk, DiskBusy, DiskError
-from host.serve.control_client import request
-
-UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+from host.engine.disk import Disk, DiskError
 
 
-def parse_size(text: str) -> int:
-    """``65536``, ``64K``, ``64M``, ``1G``, ``1.5G``, ``64MiB`` → bytes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 64M, 1G, 1048576)")
-    return int(float(m[1]) * UNITS[m[2].upper()])
-
-
-def add_parser(verbs: Any) -> None:
-    disk = verbs.add_parser("disk", help="create, inspect, check and export disks")
+def build(disk: argparse.ArgumentParser) -> None:
+    """The sub-verbs of ``disk`` (main made its parser)."""
     sub = disk.add_subparsers(dest="disk_verb", metavar="VERB", required=True)
 
     p = sub.add_parser("create", help="make a new disk folder with an empty flat base")
@@ -86,11 +74,9 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    try:
-        with Disk.open(args.disk, readonly=True) as disk:
-            info = disk.info()
-    except DiskBusy as busy:
-        info = ask_server(args.disk, "info", {}, busy)
+    info = open_or_ask(
+        args.disk, lambda disk: disk.info(), lambda server: server.ask("info"), readonly=True
+    )
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         print()
@@ -102,26 +88,25 @@ def run_info(args: argparse.Namespace) -> int:
         f"{info['max_depth']}, {info['snapshots']} snapshots)"
     )
     print()
-    rows = [("FILE", "PARENT", "SNAPSHOT", "CID", "ALLOCATED", "FILE SIZE")]
-    for layer in info["layers"]:
-        mark = "*" if layer["file"] == info["current_layer"] else " "
-        allocated = layer.get("allocated_bytes")
-        rows.append(
-            (
-                mark + layer["file"],
-                layer["parent"] or "-",
-                layer["snapshot"] or "-",
-                layer["cid"],
-                human_bytes(allocated) if allocated is not None else "(flat)",
-                human_bytes(layer["file_bytes"]),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    head = ("FILE", "PARENT", "SNAPSHOT", "CID", "ALLOCATED", "FILE SIZE")
+    for line in table(head, (_layer_row(layer, info["current_layer"]) for layer in info["layers"])):
+        print(line)
     for orphan in info["orphans"]:
         print(f"warning: {orphan} is in the folder but in no chain", file=sys.stderr)
     return 0
+
+
+def _layer_row(layer: dict[str, Any], current: str) -> tuple[str, ...]:
+    """One layer of ``disk info``: the current writable file is marked with a ``*``."""
+    allocated = layer.get("allocated_bytes")
+    return (
+        ("*" if layer["file"] == current else " ") + layer["file"],
+        layer["parent"] or "-",
+        layer["snapshot"] or "-",
+        layer["cid"],
+        human_bytes(allocated) if allocated is not None else "(flat)",
+        human_bytes(layer["file_bytes"]),
+    )
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -147,19 +132,21 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
-    how = ""
-    try:
-        with Disk.open(args.disk, readonly=True) as disk:
-            disk.export_raw(args.out, snapshot=args.snapshot, progress=Progress("export"))
-    except DiskBusy as busy:
+
+    def here(disk: Disk) -> str:
+        disk.export_raw(args.out, snapshot=args.snapshot, progress=Progress("export"))
+        return ""
+
+    def there(server: Server) -> str:
         if not args.snapshot:
-            raise DiskBusy(
-                f"{busy}; a served disk's current state changes while it is read: "
-                "take a snapshot and export it with --snapshot NAME",
-                busy.path,
-            ) from busy
-        _export_through_server(args, busy)
-        how = " by the server holding the disk"
+            server.refuse(
+                "a served disk's current state changes while it is read: "
+                "take a snapshot and export it with --snapshot NAME"
+            )
+        _export_through_server(args, server)
+        return " by the server holding the disk"
+
+    how = open_or_ask(args.disk, here, there, readonly=True)
     print(
         f"exported {args.snapshot or 'the current state'} to {args.out}{how} in "
         f"{time.monotonic() - t0:.1f} s"
@@ -170,17 +157,15 @@ def run_export(args: argparse.Namespace) -> int:
 EXPORT_TIMEOUT = 24 * 3600.0  # seconds; the server reports progress in the meantime
 
 
-def _export_through_server(args: argparse.Namespace, busy: DiskBusy) -> None:
+def _export_through_server(args: argparse.Namespace, server: Server) -> None:
     """The server holding the disk writes the file; its ``status`` gives the progress."""
     result: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            result["reply"] = ask_server(
-                args.disk,
+            result["reply"] = server.ask(
                 "export",
                 {"snapshot": args.snapshot, "out": os.path.abspath(args.out)},
-                busy,
                 timeout=EXPORT_TIMEOUT,
             )
         except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
@@ -192,10 +177,7 @@ def _export_through_server(args: argparse.Namespace, busy: DiskBusy) -> None:
     total = 0
     while worker.is_alive():
         worker.join(timeout=0.5)
-        try:
-            export = request(args.disk, "status", timeout=5.0).get("export")
-        except QuiesceError:  # a status missed: the next one will do
-            continue
+        export = (server.status() or {}).get("export")
         if export and export.get("snapshot") == args.snapshot:
             total = int(export["total"])
             progress(int(export["done"]), total)

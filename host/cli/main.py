@@ -1,10 +1,11 @@
 """``quiesce-host``: the command line of the host side, thin over the engine.
 
-One module per verb group (borg's way): ``cli_disk`` (create, info, check, export),
-``cli_snapshot`` (create, list, revert, delete), ``cli_serve`` (serve), ``cli_quiesce``
-(``snapshot create --quiesce``, ``snapshot show``, ``snapshot restore-artifacts``) and
-``demo``. Each module adds
-its parser and sets ``func``; a verb returns its exit code. The engine never sees argparse.
+One module per verb group (borg's way) over ``_common`` (open the disk here or ask the server
+that holds it, DISK_HELP, sizes, the error line): ``disk`` (create, info, check, export),
+``snapshot`` (create [--quiesce], list, revert, delete, show, restore-artifacts), ``serve``
+and ``demo``. ``VERBS`` lists them; a start imports the module of the verb it runs and no
+other (``--help`` none), whose ``build(parser)`` declares the verb's sub-verbs or arguments
+and sets ``func``; a verb returns its exit code. The engine never sees argparse.
 
 Exit codes: the one table of common/errors.py (``MEANINGS``), shared with ``quiesce-agent``;
 ``--help`` lists them.
@@ -13,10 +14,11 @@ Exit codes: the one table of common/errors.py (``MEANINGS``), shared with ``quie
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from common.errors import (
     EXIT_INTERRUPTED,
@@ -24,16 +26,27 @@ from common.errors import (
     QuiesceError,
     exit_code_help,
 )
-from host.cli import disk as cli_disk
-from host.cli import quiesce as cli_quiesce
-from host.cli import snapshot as cli_snapshot
-from host.lab import demo
 
 # what quiesce-host can return (the agent's own failures reach it as 9, or 20 in a quiesce)
 EXIT_CODES = [0, 1, 2, 7, 8, 9, *range(10, 22), EXIT_INTERRUPTED, EXIT_OUTPUT_CLOSED]
 
+# verb -> (the module that builds its parser and runs it, its line in --help)
+VERBS: dict[str, tuple[str, str]] = {
+    "disk": ("host.cli.disk", "create, inspect, check and export disks"),
+    "snapshot": ("host.cli.snapshot", "create, list, revert and delete snapshots"),
+    "serve": ("host.cli.serve", "serve the disk's current state over NBD and/or FUSE"),
+    "demo": (
+        "host.cli.demo",
+        "a quiesced snapshot of a throw-away PostgreSQL + MariaDB lab, a revert, and a verdict "
+        "(root)",
+    ),
+}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(load: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The command line, with the sub-verbs and arguments of the verbs in ``load`` (default:
+    every verb). Every verb is listed in --help either way: main() loads only the module of
+    the verb it runs, so that a start imports what that verb needs and no more."""
     parser = argparse.ArgumentParser(
         prog="quiesce-host",
         description="Host side of quiesce-agent: VMware-style delta disks and their snapshots.",
@@ -42,28 +55,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    cli_disk.add_parser(verbs)
-    cli_snapshot.add_parser(verbs)
-    try:
-        from host.cli.serve import add_serve_parser
-    except ImportError as err:  # the servers are optional (their binding may be missing)
-        missing = err
-        serve = verbs.add_parser("serve", help=f"unavailable: {missing}")
-        serve.set_defaults(func=lambda args: _unavailable(missing))
-    else:
-        add_serve_parser(verbs)
-    cli_quiesce.install(verbs)
-    demo.add_parser(verbs)
+    wanted = set(VERBS if load is None else load)
+    for name, (module, help_line) in VERBS.items():
+        verb = verbs.add_parser(name, help=help_line)
+        if name in wanted:
+            _build(name, module, verb)
     return parser
 
 
-def _unavailable(err: Exception) -> int:
-    print(f"quiesce-host: error: serve is unavailable: {err}", file=sys.stderr)
+def _build(name: str, module: str, verb: argparse.ArgumentParser) -> None:
+    try:
+        build = importlib.import_module(module).build
+    except ImportError as err:  # a part of the install is missing (serve's binding, say)
+        missing = err
+        verb.set_defaults(func=lambda args: _unavailable(name, missing))
+    else:
+        build(verb)
+
+
+def _verb_of(argv: Sequence[str]) -> list[str]:
+    """The verb of a command line (its first word that is not an option), if any."""
+    return [word for word in argv if not word.startswith("-")][:1]
+
+
+def _unavailable(verb: str, err: Exception) -> int:
+    print(f"quiesce-host: error: {verb} is unavailable: {err}", file=sys.stderr)
     return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(load=_verb_of(words)).parse_args(words)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -6,7 +6,7 @@ socket ``DISK/.serve.sock`` and the servers asked for (both at once is fine: the
 gate), prints where it serves, and stops cleanly on SIGTERM or SIGINT (FUSE: unmount first,
 then NBD clients are hung up on, then the disk is flushed and closed).
 
-``host/cli.py`` registers it with ``add_serve_parser(subparsers)``; ``run_serve(args)``
+``host.cli.main`` has ``build(parser)`` declare its arguments; ``run_serve(args)``
 returns the exit code (0 after a clean stop, the error's ``exit_code`` otherwise).
 """
 
@@ -32,16 +32,13 @@ logger = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "serve",
-        help="serve the disk's current state over NBD and/or FUSE",
-        description=(
-            "Serve the current state of DISK read-write over NBD (for qemu, qemu-img, nbdinfo) "
-            "and/or as MOUNTPOINT/disk.raw through FUSE (for a loop mount). While it runs, "
-            "take snapshots through the control socket DISK/.serve.sock "
-            "('quiesce-host snapshot create' does). Stops cleanly on SIGTERM/SIGINT."
-        ),
+def build(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``serve`` (main made its parser)."""
+    parser.description = (
+        "Serve the current state of DISK read-write over NBD (for qemu, qemu-img, nbdinfo) "
+        "and/or as MOUNTPOINT/disk.raw through FUSE (for a loop mount). While it runs, "
+        "take snapshots through the control socket DISK/.serve.sock "
+        "('quiesce-host snapshot create' does). Stops cleanly on SIGTERM/SIGINT."
     )
     parser.add_argument("disk", metavar="DISK", help="the disk folder (or a raw image file)")
     parser.add_argument("--nbd", metavar="HOST:PORT", help="serve NBD here, e.g. 127.0.0.1:10809")
@@ -54,7 +51,6 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="allow NBD on a non-loopback address (NBD has no authentication)",
     )
     parser.set_defaults(func=run_serve)
-    return parser
 
 
 def open_device(path: str, readonly: bool) -> Any:
@@ -191,16 +187,3 @@ def _wait_for_signal() -> int:
             signal.signal(signum, old)
     logger.info("serve: stopping on %s", signal.Signals(received[0]).name)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m host.cli.serve``) until host/cli.py registers the verb."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="quiesce-host")
-    add_serve_parser(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main(["serve", *sys.argv[1:]]))

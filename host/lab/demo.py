@@ -16,7 +16,6 @@ Exit codes: 0 the verdict holds, 1 it does not, 2 the lab could not be built, 13
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import time
@@ -27,31 +26,13 @@ from typing import Any
 
 from common.errors import QuiesceError
 from host.lab.databases import LabError
-from host.lab.local import Lab, create_tables, missing_requirements, present_ids, start_loads
+from host.lab.load import create_tables, present_ids, start_loads
+from host.lab.local import Lab, missing_requirements
 from host.snapshots.cycle import Outcome, take
 from host.snapshots.report import full
 from host.snapshots.target import open_target
 
 SNAPSHOT = "demo-before-change"
-
-
-def add_parser(verbs: Any) -> None:
-    p = verbs.add_parser(
-        "demo",
-        help="a quiesced snapshot of a throw-away PostgreSQL + "
-        "MariaDB lab, a revert, and a verdict (root)",
-    )
-    p.add_argument(
-        "--seconds", type=float, default=3.0, help="load before and after the snapshot (default 3)"
-    )
-    p.add_argument(
-        "--rate",
-        type=float,
-        default=200.0,
-        help="inserts per second into each database (default 200)",
-    )
-    p.add_argument("--keep", action="store_true", help="leave the lab running (debugging)")
-    p.set_defaults(func=run_demo)
 
 
 @dataclass
@@ -143,7 +124,11 @@ def _no_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old_term)
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(
+    seconds: float = 3.0, rate: float = 200.0, keep: bool = False, parent: str | None = None
+) -> int:
+    """The whole demo on a lab made under ``parent`` (default: the temp dir); its exit code.
+    ``keep`` leaves the lab running for a look around."""
     missing = missing_requirements()
     if missing:
         print(
@@ -155,8 +140,8 @@ def run_demo(args: argparse.Namespace) -> int:
     lab: Lab | None = None
     with _sigterm_as_interrupt():
         try:
-            lab = Lab(parent=getattr(args, "lab_parent", None), say=clock.say)
-            verdicts, _ = scenario(lab, clock, args.seconds, args.rate)
+            lab = Lab(parent=parent, say=clock.say)
+            verdicts, _ = scenario(lab, clock, seconds, rate)
             ok = all(v.ok for v in verdicts)
             print(
                 "\nVERDICT: "
@@ -176,7 +161,7 @@ def run_demo(args: argparse.Namespace) -> int:
         finally:
             if lab is not None:
                 with _no_interrupts():
-                    if getattr(args, "keep", False):
+                    if keep:
                         clock.say(f"--keep: the lab stays at {lab.root}")
                     else:
                         clock.say("cleaning up the lab")

@@ -1,6 +1,6 @@
 """A throw-away lab on one machine: an engine disk served through FUSE, ext4 loop-mounted on
-it, private PostgreSQL and MariaDB with their data there, an agent configured for exactly
-that, and a paced insert load. The demo and the benchmark drive it.
+it, private PostgreSQL and MariaDB with their data there, and an agent configured for exactly
+that. The demo and the benchmark drive it, with the insert load of host.lab.load.
 
 Layout under one temp dir (``ROOT``)::
 
@@ -27,7 +27,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +37,7 @@ import yaml
 from agent import protocol
 from common.errors import QuiesceError
 from host.engine.disk import Disk
-from host.lab.databases import LabError, LabMaria, LabPostgres, mariadbd_path, pg_bindir
+from host.lab.databases import LabError, LabMaria, LabPostgres, mariadbd_path, pg_bindir, run
 
 Say = Callable[[str], None]
 
@@ -60,6 +59,18 @@ def missing_requirements() -> list[str]:
     return out
 
 
+def console_script(name: str) -> str:
+    """The installed command ``name`` (quiesce-host, quiesce-agent) next to the running Python:
+    the lab runs what a user runs. Raises LabError if it is not there."""
+    path = Path(sys.executable).parent / name
+    if not os.access(path, os.X_OK):
+        raise LabError(
+            f"{path} is missing: the lab runs the installed {name} command next to "
+            f"{sys.executable}; run scripts/setup (it installs the package into .venv)"
+        )
+    return str(path)
+
+
 def _mounted(path: Path) -> bool:
     target = os.path.realpath(path)
     with open("/proc/self/mounts") as f:
@@ -70,14 +81,6 @@ def _mounts_under(root: Path) -> list[str]:
     prefix = os.path.realpath(root) + os.sep
     with open("/proc/self/mounts") as f:
         return [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
-
-
-def _run(cmd: list[str], timeout: float = 60) -> None:
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
-    if proc.returncode != 0:
-        raise LabError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
 
 
 class Lab:
@@ -104,7 +107,7 @@ class Lab:
         """Disk, FUSE, ext4, both databases initialised and running, the agent listening."""
         Disk.create(self.disk, self.size).close()
         self.serve()
-        _run(
+        run(
             [
                 "mkfs.ext4",
                 "-q",
@@ -122,10 +125,11 @@ class Lab:
 
     def serve(self) -> None:
         """``quiesce-host serve DISK --fuse fuse/`` in its own session; wait for disk.raw."""
+        cmd = [console_script("quiesce-host"), "serve", str(self.disk), "--fuse", str(self.fuse)]
         log = open(self.run / "serve.log", "ab")
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
         self.serve_proc = subprocess.Popen(
-            [sys.executable, "-m", "host.cli", "serve", str(self.disk), "--fuse", str(self.fuse)],
+            cmd,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -149,16 +153,14 @@ class Lab:
                 proc.kill()
                 proc.wait(10)
         if _mounted(self.fuse):
-            subprocess.run(
-                ["fusermount3", "-u", "-z", str(self.fuse)], capture_output=True, timeout=30
-            )
+            run(["fusermount3", "-u", "-z", str(self.fuse)], timeout=30, check=False)
 
     def mount(self) -> None:
-        _run(["mount", "-o", "loop", str(self.fuse / "disk.raw"), str(self.mnt)])
+        run(["mount", "-o", "loop", str(self.fuse / "disk.raw"), str(self.mnt)], timeout=60)
 
     def umount(self) -> None:
         if _mounted(self.mnt):
-            _run(["umount", str(self.mnt)], timeout=120)
+            run(["umount", str(self.mnt)], timeout=120)
 
     def start_agent(self) -> None:
         config = {
@@ -174,9 +176,10 @@ class Lab:
         cfg = self.run / "agent.yaml"
         cfg.write_text(yaml.safe_dump(config))
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", QUIESCE_FREEZE_ONLY_UNDER=str(self.mnt))
+        cmd = [console_script("quiesce-agent"), "--config", str(cfg), "serve"]
         log = open(self.run / "agent.log", "ab")
         self.agent_proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--config", str(cfg), "serve"],
+            cmd,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -225,6 +228,7 @@ class Lab:
         """Serve the disk again, mount it, start both databases from what is on it."""
         self.serve()
         self.mount()
+        self.pg.drop_stale_pid()  # the snapshot was taken while PostgreSQL ran
         self.pg.start()
         self.maria.start()
 
@@ -255,93 +259,10 @@ class Lab:
 
     def _thaw_mnt(self) -> None:
         if _mounted(self.mnt):  # EINVAL when not frozen: fine
-            subprocess.run(["fsfreeze", "-u", str(self.mnt)], capture_output=True, timeout=10)
+            run(["fsfreeze", "-u", str(self.mnt)], timeout=10, check=False)
 
     def _umount_hard(self) -> None:
         if not _mounted(self.mnt):
             return
-        if (
-            subprocess.run(["umount", str(self.mnt)], capture_output=True, timeout=120).returncode
-            != 0
-        ):
-            subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True, timeout=60)
-
-
-class InsertLoad:
-    """Paced single-row inserts into ``demo_rows``, each with its send and ack times."""
-
-    def __init__(
-        self, name: str, connect: Callable[[], Any], insert: str, rate: float = 200.0
-    ) -> None:
-        self.name = name
-        self.connect = connect
-        self.insert = insert
-        self.interval = 1.0 / rate
-        self.rows: list[tuple[int, float, float]] = []  # (id, sent, acknowledged)
-        self.sent: dict[int, float] = {}
-        self.error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"load-{name}", daemon=True)
-
-    def start(self) -> InsertLoad:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(60)
-
-    def _loop(self) -> None:
-        try:
-            conn = self.connect()
-        except Exception as err:  # noqa: BLE001 - shown in the demo's output
-            self.error = f"connect: {err}"
-            return
-        next_at, i = time.monotonic(), 0
-        try:
-            while not self._stop.is_set():
-                i += 1
-                sent = time.monotonic()
-                self.sent[i] = sent
-                conn.cursor().execute(self.insert, (i,))
-                self.rows.append((i, sent, time.monotonic()))
-                next_at = max(next_at + self.interval, time.monotonic() - 1.0)
-                self._stop.wait(max(0.0, next_at - time.monotonic()))
-        except Exception as err:  # noqa: BLE001 - shown in the demo's output
-            self.error = f"insert {i}: {err}"
-        finally:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
-                pass
-
-    def latencies(self, start: float, end: float) -> list[float]:
-        """Latencies (ms) of the inserts sent within [start, end)."""
-        return [(a - s) * 1000 for _, s, a in self.rows if start <= s < end]
-
-
-def create_tables(lab: Lab) -> None:
-    lab.pg.sql("CREATE TABLE demo_rows (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
-    lab.maria.sql("CREATE DATABASE demo")
-    lab.maria.sql(
-        "CREATE TABLE demo.demo_rows (id bigint PRIMARY KEY, "
-        "at timestamp(6) DEFAULT current_timestamp(6)) ENGINE=InnoDB"
-    )
-
-
-def start_loads(lab: Lab, rate: float = 200.0) -> list[InsertLoad]:
-    return [
-        InsertLoad(
-            "PostgreSQL", lab.pg.connect, "INSERT INTO demo_rows (id) VALUES (%s)", rate
-        ).start(),
-        InsertLoad(
-            "MariaDB", lab.maria.connect, "INSERT INTO demo.demo_rows (id) VALUES (%s)", rate
-        ).start(),
-    ]
-
-
-def present_ids(lab: Lab) -> dict[str, set[int]]:
-    return {
-        "PostgreSQL": {int(r[0]) for r in lab.pg.sql("SELECT id FROM demo_rows")},
-        "MariaDB": {int(r[0]) for r in lab.maria.sql("SELECT id FROM demo.demo_rows")},
-    }
+        if run(["umount", str(self.mnt)], timeout=120, check=False).returncode != 0:
+            run(["umount", "-l", str(self.mnt)], timeout=60, check=False)

@@ -1,1 +1,1 @@
-"""Quiesced snapshots: the cycle around the cut, its targets, the agent client, reports."""
+"""Quiesced snapshots: the cycle around the cut, its targets (the engine, a server), reports."""

@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import yaml
 
 from agent import protocol
+from host.lab.local import console_script
 from tests.helpers.env import REPO
 
 
@@ -34,7 +34,7 @@ class AgentProcess:
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(REPO))
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--config", str(self.config_path), "serve"],
+            [console_script("quiesce-agent"), "--config", str(self.config_path), "serve"],
             stdout=self._log,
             stderr=self._log,
             env=env,

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
+from host.lab.local import console_script
 from tests.helpers.env import REPO
 
 
 class Served:
-    """A running ``python -m host.cli.serve``; stopped (and unmounted) on cleanup."""
+    """A running ``quiesce-host serve ARGS``; stopped (and unmounted) on cleanup."""
 
     def __init__(self, *args: str) -> None:
         self.args = args
         self.errfile = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "host.cli.serve", *args],
+            [console_script("quiesce-host"), "serve", *args],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=self.errfile,

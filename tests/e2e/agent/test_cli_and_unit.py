@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from host.lab.local import console_script
 from tests.helpers.agentproc import AgentProcess
 from tests.helpers.env import REPO
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.root
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
+        [console_script("quiesce-agent"), *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -4,18 +4,16 @@ and the lab is gone afterwards, also after a Ctrl-C in the middle."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from host.lab.demo import SNAPSHOT, Clock, scenario
-from host.lab.local import Lab, missing_requirements
+from host.lab.local import Lab, console_script, missing_requirements
 from host.snapshots.target import load_snapshot
 from tests.helpers.env import FREEZE_ROOT, REPO, need, need_root
 
@@ -68,17 +66,14 @@ def test_the_demo_scenario_keeps_every_row_before_the_snapshot_and_none_after(ca
 
 
 def test_ctrl_c_in_the_middle_cleans_up_everything() -> None:
-    code = (
-        "import argparse,sys; from host.lab.demo import run_demo; sys.exit(run_demo("
-        f"argparse.Namespace(seconds=30.0, rate=100.0, keep=False, lab_parent={FREEZE_ROOT!r})))"
-    )
+    # the command scripts/demo runs; its lab goes under the suite's freeze root (TMPDIR)
     proc = subprocess.Popen(
-        [sys.executable, "-c", code],
+        [console_script("quiesce-host"), "demo", "--seconds", "30", "--rate", "100"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
+        env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1", TMPDIR=FREEZE_ROOT),
     )
     assert proc.stdout is not None
     lines, root = [], None
@@ -89,7 +84,7 @@ def test_ctrl_c_in_the_middle_cleans_up_everything() -> None:
             root = line.rsplit(" ", 1)[1].strip()
         if "insert load running" in line or time.monotonic() > deadline:
             break
-    assert root is not None, "".join(lines)
+    assert root is not None and root.startswith(FREEZE_ROOT), "".join(lines)
     assert lab_mounts(), "the lab was not mounted"
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=120)
@@ -100,9 +95,18 @@ def test_ctrl_c_in_the_middle_cleans_up_everything() -> None:
 
 
 def test_the_demo_says_clearly_when_it_cannot_run(monkeypatch, capsys) -> None:
-    from host.lab import demo
+    from host.cli.main import main
     from host.lab import local as lab
 
     monkeypatch.setattr(lab.os, "geteuid", lambda: 1000)
-    assert demo.run_demo(argparse.Namespace(seconds=1, rate=1, keep=False)) == 2
+    assert main(["demo", "--seconds", "1", "--rate", "1"]) == 2
     assert "root (loop devices, FUSE mounts and FIFREEZE need it)" in capsys.readouterr().err
+
+
+def test_a_missing_command_says_to_run_setup(monkeypatch, tmp_path) -> None:
+    from host.lab import local as lab
+    from host.lab.databases import LabError
+
+    monkeypatch.setattr(lab.sys, "executable", str(tmp_path / "bin" / "python3"))
+    with pytest.raises(LabError, match=r"bin/quiesce-host is missing: .*run scripts/setup"):
+        lab.console_script("quiesce-host")

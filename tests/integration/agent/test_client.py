@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.protocol import Client as AgentClient
 from agent.protocol import (
+    Client,
     Garbage,
     NoReply,
     Refused,
@@ -82,7 +82,7 @@ def reply(req: dict, ret: object) -> bytes:
 
 def test_no_agent_is_a_clear_error(short_tmp: Path) -> None:
     with pytest.raises(Unreachable, match="cannot connect.*is quiesce-agent running"):
-        AgentClient(f"unix:{short_tmp}/nothing.sock").connect()
+        Client(f"unix:{short_tmp}/nothing.sock").connect()
 
 
 def test_stale_replies_with_other_ids_are_skipped(fake) -> None:
@@ -91,7 +91,7 @@ def test_stale_replies_with_other_ids_are_skipped(fake) -> None:
         return stale + reply(req, {"pong": True})
 
     agent = fake(respond)
-    with AgentClient(f"unix:{agent.path}") as c:
+    with Client(f"unix:{agent.path}") as c:
         assert c.ping() == {"pong": True}
         assert c.ping() == {"pong": True}
 
@@ -99,7 +99,7 @@ def test_stale_replies_with_other_ids_are_skipped(fake) -> None:
 def test_garbage_is_named(fake) -> None:
     agent = fake(lambda req: b"SSH-2.0-OpenSSH_9.2\n")
     with (
-        AgentClient(f"unix:{agent.path}") as c,
+        Client(f"unix:{agent.path}") as c,
         pytest.raises(Garbage, match="not this protocol.*SSH-2.0.*quiesce-agent"),
     ):
         c.ping()
@@ -108,7 +108,7 @@ def test_garbage_is_named(fake) -> None:
 def test_an_agent_that_never_answers_is_given_up_on_in_bounded_time(fake) -> None:
     agent = fake(lambda req: b"")  # reads, never answers
     t0 = time.monotonic()
-    with AgentClient(f"unix:{agent.path}") as c, pytest.raises(NoReply, match="within 0.5 s"):
+    with Client(f"unix:{agent.path}") as c, pytest.raises(NoReply, match="within 0.5 s"):
         c.call("ping", timeout=0.5)
     assert time.monotonic() - t0 < 1.5
 
@@ -116,14 +116,14 @@ def test_an_agent_that_never_answers_is_given_up_on_in_bounded_time(fake) -> Non
 def test_the_freeze_wait_is_the_budget_plus_a_margin(fake) -> None:
     agent = fake(lambda req: b"")
     t0 = time.monotonic()
-    with AgentClient(f"unix:{agent.path}") as c, pytest.raises(NoReply):
+    with Client(f"unix:{agent.path}") as c, pytest.raises(NoReply):
         c.freeze("x", budget=1.0)
     assert 2.9 < time.monotonic() - t0 < 4.0  # 1 s budget + 2 s margin
 
 
 def test_an_agent_dying_mid_call_is_a_lost_connection(fake) -> None:
     agent = fake(lambda req: None)
-    with AgentClient(f"unix:{agent.path}") as c, pytest.raises(Unreachable, match="lost"):
+    with Client(f"unix:{agent.path}") as c, pytest.raises(Unreachable, match="lost"):
         c.freeze("x", budget=5)
 
 
@@ -137,7 +137,7 @@ def test_error_replies_carry_class_and_report(fake) -> None:
         return json.dumps({"error": err, "id": req["id"]}).encode() + b"\n"
 
     agent = fake(respond)
-    with AgentClient(f"unix:{agent.path}") as c, pytest.raises(Refused) as info:
+    with Client(f"unix:{agent.path}") as c, pytest.raises(Refused) as info:
         c.freeze("x", budget=5)
     assert info.value.error_class == "WriterFailed"
     assert info.value.report == {"outcome": "failed", "writers": []}
@@ -150,5 +150,5 @@ def test_a_vsock_endpoint_with_nobody_there_is_bounded() -> None:
         pytest.skip("no AF_VSOCK on this machine")
     t0 = time.monotonic()
     with pytest.raises(Unreachable, match="vsock:1:57123"):
-        AgentClient("vsock:1:57123", connect_timeout=1.0).connect()
+        Client("vsock:1:57123", connect_timeout=1.0).connect()
     assert time.monotonic() - t0 < 2.0

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from host.cli.main import main
 from host.engine.disk import Disk
+from host.lab.local import console_script
 from tests.helpers.env import REPO
 
 GRAIN = 64 * 1024
@@ -91,9 +91,9 @@ def test_sizes_accept_units(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         main(["disk", "create", str(tmp_path / "b"), "--size", "lots"])
 
 
-def test_the_console_entry_point_runs(tmp_path: Path) -> None:
+def test_the_console_script_runs(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "host.cli", "disk", "create", str(tmp_path / "vm"), "--size", "1M"],
+        [console_script("quiesce-host"), "disk", "create", str(tmp_path / "vm"), "--size", "1M"],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -6,12 +6,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from agent.protocol import Unreachable
+from host.lab.local import console_script
 from host.serve.control_client import request, socket_path
 from tests.helpers.env import need, need_root
 
@@ -96,7 +96,7 @@ def test_fuse_on_a_missing_mountpoint_is_a_clear_error(served, image, short_tmp)
 
 def test_the_cli_exports_a_snapshot_of_a_served_disk_through_the_server(served, short_tmp):
     need(shutil.which("qemu-io") is not None, "qemu-io is not installed (qemu-utils)")
-    cli = [sys.executable, "-m", "host.cli"]
+    cli = [console_script("quiesce-host")]
     disk = short_tmp / "vm"
     subprocess.run([*cli, "disk", "create", str(disk), "--size", "64M"], check=True, timeout=60)
     s = served(str(disk), "--nbd", "127.0.0.1:0")

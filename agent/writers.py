@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from agent.config import Config
 from common.errors import QuiesceError
-from hooks import fsfreeze, scripts
+from hooks import filesystems, scripts
 from hooks.base import Writer
 from hooks.mysql import MysqlWriter
 from hooks.postgres import PostgresWriter
@@ -34,7 +34,9 @@ def build_all(config: Config, notes: list[str]) -> list[Writer]:
         notes.append("filesystems.mounts is an empty list: no filesystem is frozen")
     elif config.filesystems is not None:
         f = config.filesystems
-        writers.append(fsfreeze.FilesystemsWriter(f.mounts, f.exclude, protect=(config.state_dir,)))
+        writers.append(
+            filesystems.FilesystemsWriter(f.mounts, f.exclude, protect=(config.state_dir,))
+        )
     return writers
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent import config, writers
-from hooks import fsfreeze
+from hooks import filesystems
 from hooks.errors import UnsafeFreezeTarget
 
 MOUNTINFO = """\
@@ -23,15 +23,15 @@ MOUNTINFO = """\
 
 
 @pytest.fixture
-def mounts(monkeypatch: pytest.MonkeyPatch) -> list[fsfreeze.Mount]:
-    monkeypatch.setattr(fsfreeze.os.path, "isdir", lambda p: True)
-    return fsfreeze.read_mounts(MOUNTINFO)
+def mounts(monkeypatch: pytest.MonkeyPatch) -> list[filesystems.Mount]:
+    monkeypatch.setattr(filesystems.os.path, "isdir", lambda p: True)
+    return filesystems.read_mounts(MOUNTINFO)
 
 
 def test_auto_freezes_local_writable_filesystems_children_first(
-    mounts: list[fsfreeze.Mount],
+    mounts: list[filesystems.Mount],
 ) -> None:
-    order, skipped = fsfreeze.plan(mounts, None, [])
+    order, skipped = filesystems.plan(mounts, None, [])
     assert order == ["/with space", "/var/lib/images", "/var", "/"]
     reasons = dict(skipped)
     assert "pseudo" in reasons["/proc"] and "pseudo" in reasons["/run"]
@@ -41,16 +41,18 @@ def test_auto_freezes_local_writable_filesystems_children_first(
     assert "user-space" in reasons["/home/me/fuse"]
 
 
-def test_excluded_and_listed_mounts(mounts: list[fsfreeze.Mount]) -> None:
-    order, skipped = fsfreeze.plan(mounts, None, ["/var/lib/images"])
+def test_excluded_and_listed_mounts(mounts: list[filesystems.Mount]) -> None:
+    order, skipped = filesystems.plan(mounts, None, ["/var/lib/images"])
     assert "/var/lib/images" not in order
-    order, _ = fsfreeze.plan(mounts, ["/", "/var/lib/images"], [])
+    order, _ = filesystems.plan(mounts, ["/", "/var/lib/images"], [])
     assert order == ["/var/lib/images", "/"]
 
 
-def test_a_listed_path_that_is_not_a_mount_point_is_an_error(mounts: list[fsfreeze.Mount]) -> None:
-    with pytest.raises(fsfreeze.WriterError, match="not a mount point"):
-        fsfreeze.plan(mounts, ["/var/lib"], [])
+def test_a_listed_path_that_is_not_a_mount_point_is_an_error(
+    mounts: list[filesystems.Mount],
+) -> None:
+    with pytest.raises(filesystems.WriterError, match="not a mount point"):
+        filesystems.plan(mounts, ["/var/lib"], [])
 
 
 def test_the_suite_cannot_freeze_the_root_filesystem() -> None:
@@ -58,23 +60,23 @@ def test_the_suite_cannot_freeze_the_root_filesystem() -> None:
     # checked without ever calling FIFREEZE on them: if the guard broke, this must fail, not
     # freeze the machine; freeze_path itself is shown to check first on a path that does not
     # exist (a broken guard gives FileNotFoundError there, never a freeze)
-    assert fsfreeze.allowed_roots()
+    assert filesystems.allowed_roots()
     for path in ("/", "/tmp"):
         with pytest.raises(UnsafeFreezeTarget):
-            fsfreeze.ensure_allowed(path)
+            filesystems.ensure_allowed(path)
     with pytest.raises(UnsafeFreezeTarget):
-        fsfreeze.freeze_path("/nonexistent/quiesce-agent-test")
+        filesystems.freeze_path("/nonexistent/quiesce-agent-test")
 
 
 def test_the_suite_cannot_reach_auto() -> None:
-    writer = fsfreeze.FilesystemsWriter(None)
+    writer = filesystems.FilesystemsWriter(None)
     with pytest.raises(UnsafeFreezeTarget, match="auto is refused"):
         writer.check()
 
 
 def test_an_empty_mount_list_freezes_nothing_rather_than_everything() -> None:
     # 'mounts: []' is "no filesystems"; only 'auto' may mean every local filesystem
-    assert fsfreeze.FilesystemsWriter(()).check() == []
+    assert filesystems.FilesystemsWriter(()).check() == []
 
 
 def test_an_empty_mount_list_builds_no_filesystem_writer(tmp_path) -> None:

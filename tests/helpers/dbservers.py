@@ -36,7 +36,7 @@ import pymysql
 
 from common.deadline import Deadline
 from hooks.base import Operation
-from hooks.filesystems import freeze_path, thaw_path
+from hooks.kernel import freeze_path, thaw_path
 
 IS_ROOT = os.geteuid() == 0
 PG_ENV = "QUIESCE_TEST_PG_DSN"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent import config, writers
-from hooks import filesystems
+from hooks import filesystems, kernel
 from hooks.errors import UnsafeFreezeTarget
 
 MOUNTINFO = """\
@@ -23,13 +23,13 @@ MOUNTINFO = """\
 
 
 @pytest.fixture
-def mounts(monkeypatch: pytest.MonkeyPatch) -> list[filesystems.Mount]:
+def mounts(monkeypatch: pytest.MonkeyPatch) -> list[kernel.Mount]:
     monkeypatch.setattr(filesystems.os.path, "isdir", lambda p: True)
-    return filesystems.read_mounts(MOUNTINFO)
+    return kernel.read_mounts(MOUNTINFO)
 
 
 def test_auto_freezes_local_writable_filesystems_children_first(
-    mounts: list[filesystems.Mount],
+    mounts: list[kernel.Mount],
 ) -> None:
     order, skipped = filesystems.plan(mounts, None, [])
     assert order == ["/with space", "/var/lib/images", "/var", "/"]
@@ -41,7 +41,7 @@ def test_auto_freezes_local_writable_filesystems_children_first(
     assert "user-space" in reasons["/home/me/fuse"]
 
 
-def test_excluded_and_listed_mounts(mounts: list[filesystems.Mount]) -> None:
+def test_excluded_and_listed_mounts(mounts: list[kernel.Mount]) -> None:
     order, skipped = filesystems.plan(mounts, None, ["/var/lib/images"])
     assert "/var/lib/images" not in order
     order, _ = filesystems.plan(mounts, ["/", "/var/lib/images"], [])
@@ -49,7 +49,7 @@ def test_excluded_and_listed_mounts(mounts: list[filesystems.Mount]) -> None:
 
 
 def test_a_listed_path_that_is_not_a_mount_point_is_an_error(
-    mounts: list[filesystems.Mount],
+    mounts: list[kernel.Mount],
 ) -> None:
     with pytest.raises(filesystems.WriterError, match="not a mount point"):
         filesystems.plan(mounts, ["/var/lib"], [])
@@ -60,12 +60,12 @@ def test_the_suite_cannot_freeze_the_root_filesystem() -> None:
     # checked without ever calling FIFREEZE on them: if the guard broke, this must fail, not
     # freeze the machine; freeze_path itself is shown to check first on a path that does not
     # exist (a broken guard gives FileNotFoundError there, never a freeze)
-    assert filesystems.allowed_roots()
+    assert kernel.allowed_roots()
     for path in ("/", "/tmp"):
         with pytest.raises(UnsafeFreezeTarget):
-            filesystems.ensure_allowed(path)
+            kernel.ensure_allowed(path)
     with pytest.raises(UnsafeFreezeTarget):
-        filesystems.freeze_path("/nonexistent/quiesce-agent-test")
+        kernel.freeze_path("/nonexistent/quiesce-agent-test")
 
 
 def test_the_suite_cannot_reach_auto() -> None:

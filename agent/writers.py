@@ -12,8 +12,8 @@ from agent.config import Config
 from common.errors import QuiesceError
 from hooks import filesystems, scripts
 from hooks.base import Writer
-from hooks.mysql import MysqlWriter
-from hooks.postgres import PostgresWriter
+from hooks.mysql.writer import MysqlWriter
+from hooks.postgres.writer import PostgresWriter
 
 
 class UnknownWriter(QuiesceError):

@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from common.deadline import Deadline  # noqa: E402
 from hooks.base import Operation  # noqa: E402
-from hooks.mysql import MysqlWriter  # noqa: E402
-from hooks.postgres import PostgresWriter  # noqa: E402
+from hooks.mysql.writer import MysqlWriter  # noqa: E402
+from hooks.postgres.writer import PostgresWriter  # noqa: E402
 from tests.helpers.dbservers import MariaServer, PgServer, remove_templates  # noqa: E402
 
 Span = tuple[float, float]  # (wall-clock start, latency seconds)

@@ -16,7 +16,7 @@ import pymysql
 import pytest
 
 from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
-from hooks.mysql import MysqlWriter, _mask, choose_lock, parse_version, refuse_lock
+from hooks.mysql.writer import MysqlWriter, _mask, choose_lock, parse_version, refuse_lock
 from tests.helpers.dbservers import MariaServer, Play
 from tests.helpers.env import REPO
 from tests.helpers.waiting import Background, wait_until
@@ -228,7 +228,7 @@ def test_emergency_release_while_the_lock_attempt_waits(maria: MariaServer, db: 
 
 HOLDER = """
 import sys, time
-from hooks.mysql import MysqlWriter
+from hooks.mysql.writer import MysqlWriter
 from tests.helpers.dbservers import Play
 Play(MysqlWriter(name="x", unix_socket=sys.argv[1], lock=sys.argv[2])).freeze()
 print("frozen", flush=True)

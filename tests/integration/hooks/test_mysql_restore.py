@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hooks.mysql import MysqlWriter
+from hooks.mysql.writer import MysqlWriter
 from tests.helpers.dbservers import MariaServer, Play, copy_tree, fsfreeze
 from tests.helpers.waiting import Background
 

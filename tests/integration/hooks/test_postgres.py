@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
-from hooks.postgres import PostgresWriter, parse_lsn, parse_size, safe_label, wal_file_name
+from hooks.postgres.writer import PostgresWriter, parse_lsn, parse_size, safe_label, wal_file_name
 from tests.helpers.dbservers import PgServer, Play
 from tests.helpers.env import REPO
 from tests.helpers.waiting import wait_until
@@ -202,7 +202,7 @@ def test_emergency_release_ends_backup_mode_from_another_thread(pg: PgServer) ->
 
 HOLDER = """
 import sys, time
-from hooks.postgres import PostgresWriter
+from hooks.postgres.writer import PostgresWriter
 from tests.helpers.dbservers import Play
 Play(PostgresWriter(name="main", dsn=sys.argv[1])).freeze()
 print("frozen", flush=True)

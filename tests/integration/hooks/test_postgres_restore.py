@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hooks.postgres import PostgresWriter
+from hooks.postgres.writer import PostgresWriter
 from tests.helpers.dbservers import PgServer, Play, copy_tree, fsfreeze
 
 pytestmark = [pytest.mark.pg, pytest.mark.root, pytest.mark.slow]

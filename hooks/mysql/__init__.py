@@ -1,0 +1,1 @@
+"""The MySQL / MariaDB writer (writer.py)."""

@@ -39,6 +39,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from hooks.base import Operation, Stage, Writer
 from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
+from hooks.postgres.wal import parse_lsn, parse_size, wal_file_name
 
 CLIENT_GRACE = 2.0  # seconds the client waits past statement_timeout before cutting the socket
 ARCHIVE_POLL = 0.1
@@ -48,27 +49,6 @@ KEEPALIVES: dict[str, Any] = {
     "keepalives_interval": 5,
     "keepalives_count": 3,
 }
-
-
-def parse_lsn(text: str) -> int:
-    """'16/B374D848' -> int."""
-    hi, lo = text.split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
-
-
-def wal_file_name(timeline: int, segno: int, seg_size: int) -> str:
-    """The name of WAL segment ``segno`` (XLogFileName)."""
-    per_id = 0x100000000 // seg_size
-    return f"{timeline:08X}{segno // per_id:08X}{segno % per_id:08X}"
-
-
-def parse_size(text: str) -> int:
-    """A PostgreSQL size setting as SHOW prints it ('16MB', '1GB', '8192kB') -> bytes."""
-    m = re.fullmatch(r"\s*(\d+)\s*(B|kB|MB|GB|TB)?\s*", text)
-    if not m:
-        raise ValueError(f"not a size: {text!r}")
-    unit = {"B": 1, None: 1, "kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
-    return int(m.group(1)) * unit[m.group(2)]
 
 
 def safe_label(label: str) -> str:

@@ -16,7 +16,8 @@ import pymysql
 import pytest
 
 from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
-from hooks.mysql.writer import MysqlWriter, _mask, choose_lock, parse_version, refuse_lock
+from hooks.mysql.strategy import _mask, choose_lock, parse_version, refuse_lock
+from hooks.mysql.writer import MysqlWriter
 from tests.helpers.dbservers import MariaServer, Play
 from tests.helpers.env import REPO
 from tests.helpers.waiting import Background, wait_until

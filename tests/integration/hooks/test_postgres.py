@@ -16,7 +16,8 @@ import psycopg
 import pytest
 
 from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
-from hooks.postgres.writer import PostgresWriter, parse_lsn, parse_size, safe_label, wal_file_name
+from hooks.postgres.wal import parse_lsn, parse_size, wal_file_name
+from hooks.postgres.writer import PostgresWriter, safe_label
 from tests.helpers.dbservers import PgServer, Play
 from tests.helpers.env import REPO
 from tests.helpers.waiting import wait_until

@@ -5,7 +5,6 @@ The state machine knows no writer by name; this is the one place that does.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 from agent.config import Config
@@ -28,8 +27,8 @@ def build_all(config: Config, notes: list[str]) -> list[Writer]:
         writers += scripts.build(
             s.dir, s.timeout_seconds, s.legacy_dir, s.require_root_owner, notes
         )
-    writers += [MysqlWriter(**dataclasses.asdict(m)) for m in config.mysql]
-    writers += [PostgresWriter(**dataclasses.asdict(p)) for p in config.postgres]
+    writers += [MysqlWriter(m) for m in config.mysql]
+    writers += [PostgresWriter(p) for p in config.postgres]
     if config.filesystems is not None and config.filesystems.mounts == ():
         notes.append("filesystems.mounts is an empty list: no filesystem is frozen")
     elif config.filesystems is not None:

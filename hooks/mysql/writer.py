@@ -34,6 +34,7 @@ from pymysql.connections import Connection
 
 from hooks.base import Operation, Stage, Writer
 from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
+from hooks.mysql.settings import MysqlSettings
 from hooks.mysql.strategy import _mask, choose_lock, parse_version, refuse_lock
 
 GRACE = 1.0  # the watchdog kills a statement this long after its server-side bound
@@ -59,29 +60,9 @@ class MysqlWriter(Writer):
     kind = "mysql"
     stage = Stage.MYSQL
 
-    def __init__(
-        self,
-        name: str,
-        unix_socket: str | None = "/run/mysqld/mysqld.sock",
-        host: str | None = None,
-        port: int = 3306,
-        user: str = "root",
-        password_file: str | None = None,
-        lock: str = "auto",
-        connect_timeout: float = 5.0,
-        lock_wait_timeout: float = 5.0,
-        long_query_wait: float = 5.0,
-        long_query_threshold: float = 1.0,
-        kill_long_queries: bool = False,
-    ) -> None:
-        super().__init__(name)
-        self.unix_socket, self.host, self.port = unix_socket, host, port
-        self.user, self.password_file, self.lock = user, password_file, lock
-        self.connect_timeout = connect_timeout
-        self.lock_wait_timeout = lock_wait_timeout
-        self.long_query_wait = long_query_wait
-        self.long_query_threshold = long_query_threshold
-        self.kill_long_queries = kill_long_queries
+    def __init__(self, settings: MysqlSettings) -> None:
+        super().__init__(settings.name)
+        self.settings = settings
         self._held: Connection[Any] | None = None
         self._ctl: Connection[Any] | None = None
         self._ctl_lock = threading.Lock()
@@ -90,7 +71,7 @@ class MysqlWriter(Writer):
         self._killed_by_watchdog = False
         self._locked = False
         self.flavor, self.version = "mysql", (0, 0, 0)
-        self.strategy, self.reason = lock, "configured"
+        self.strategy, self.reason = settings.lock, "configured"
         self._prepared_at = 0.0
         self._artifacts: dict[str, Any] = {}
         self._ms: dict[str, float] = {}  # lock_ms (taking the lock), release_ms (unlock)
@@ -99,40 +80,44 @@ class MysqlWriter(Writer):
 
     @property
     def where(self) -> str:
-        return self.unix_socket if self.unix_socket else f"{self.host}:{self.port}"
+        return (
+            self.settings.unix_socket
+            if self.settings.unix_socket
+            else f"{self.settings.host}:{self.settings.port}"
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
             "where": self.where,
-            "user": self.user,
-            "lock": self.lock,
-            "kill_long_queries": self.kill_long_queries,
+            "user": self.settings.user,
+            "lock": self.settings.lock,
+            "kill_long_queries": self.settings.kill_long_queries,
         }
 
     def _password(self) -> str:
-        if not self.password_file:
+        if not self.settings.password_file:
             return ""
         try:
-            with open(self.password_file) as f:
+            with open(self.settings.password_file) as f:
                 return f.read().rstrip("\r\n")
         except OSError as err:
             raise WriterUnavailable(
                 self.qualified_name,
-                f"cannot read mysql[].password_file {self.password_file}: {err.strerror}",
+                f"cannot read mysql[].password_file {self.settings.password_file}: {err.strerror}",
             ) from err
 
     def _connect(self, budget: float, read_timeout: float | None = None) -> Connection[Any]:
         kw: dict[str, Any] = (
-            {"unix_socket": self.unix_socket}
-            if self.unix_socket
-            else {"host": self.host, "port": self.port}
+            {"unix_socket": self.settings.unix_socket}
+            if self.settings.unix_socket
+            else {"host": self.settings.host, "port": self.settings.port}
         )
         try:
             return pymysql.connect(
-                user=self.user,
+                user=self.settings.user,
                 password=self._password(),
                 autocommit=True,
-                connect_timeout=max(0.5, min(self.connect_timeout, budget)),
+                connect_timeout=max(0.5, min(self.settings.connect_timeout, budget)),
                 read_timeout=read_timeout,
                 program_name="quiesce-agent",
                 **kw,
@@ -153,7 +138,7 @@ class MysqlWriter(Writer):
         with self._ctl_lock:
             if self._ctl is None:
                 self._ctl = self._connect(
-                    self.connect_timeout, read_timeout=self.lock_wait_timeout + 10
+                    self.settings.connect_timeout, read_timeout=self.settings.lock_wait_timeout + 10
                 )
             try:
                 with self._ctl.cursor() as cur:
@@ -229,7 +214,7 @@ class MysqlWriter(Writer):
             )
             return WriterUnavailable(
                 self.qualified_name,
-                f"{step}: {_msg(err)}; the agent's user {self.user} needs {need}",
+                f"{step}: {_msg(err)}; the agent's user {self.settings.user} needs {need}",
             )
         if self._cut or isinstance(err, pymysql.err.InterfaceError) or code in CR_LOST:
             return WriterError(
@@ -263,13 +248,13 @@ class MysqlWriter(Writer):
         rows = self._exec("reading the version", "SELECT VERSION(), @@log_bin", timeout)
         self.flavor, self.version = parse_version(str(rows[0][0]))
         self.binlog = bool(rows[0][1])
-        self.strategy, self.reason = self.lock, "configured"
-        refusal = refuse_lock(self.lock, self.flavor, self.version)
+        self.strategy, self.reason = self.settings.lock, "configured"
+        refusal = refuse_lock(self.settings.lock, self.flavor, self.version)
         if refusal:
             raise WriterUnavailable(self.qualified_name, refusal)
-        if self.lock in ("auto", "instance_lock", "backup_stage"):
+        if self.settings.lock in ("auto", "instance_lock", "backup_stage"):
             engines = self._non_transactional(timeout)
-            if self.lock == "auto":
+            if self.settings.lock == "auto":
                 self.strategy, self.reason = choose_lock(self.flavor, self.version, engines)
             elif engines:
                 self.reason = (
@@ -294,9 +279,9 @@ class MysqlWriter(Writer):
     # -- the Writer interface -------------------------------------------------------------------
 
     def check(self) -> list[str]:
-        self._open(self.connect_timeout)
+        self._open(self.settings.connect_timeout)
         try:
-            self._read_facts(self.lock_wait_timeout)
+            self._read_facts(self.settings.lock_wait_timeout)
         finally:
             self._close()
         shown = (
@@ -313,12 +298,12 @@ class MysqlWriter(Writer):
         self._cut = False
         self._held = self._connect(budget)
         self._held_id = int(self._held.thread_id())  # type: ignore[no-untyped-call]
-        lwt = max(1, math.ceil(self.lock_wait_timeout))
+        lwt = max(1, math.ceil(self.settings.lock_wait_timeout))
         # the held session must survive an idle freeze window of up to the ceiling
         self._exec(
             "session settings",
             f"SET SESSION lock_wait_timeout = {lwt}, SESSION wait_timeout = 3600",
-            self.lock_wait_timeout,
+            self.settings.lock_wait_timeout,
         )
 
     def prepare(self, op: Operation) -> None:
@@ -326,10 +311,10 @@ class MysqlWriter(Writer):
         self._prepared_at = time.monotonic()
         self._open(op.time_left(self.qualified_name, "connect"))
         try:
-            self._read_facts(min(self.lock_wait_timeout, op.deadline.remaining()))
+            self._read_facts(min(self.settings.lock_wait_timeout, op.deadline.remaining()))
             op.log(self.qualified_name, f"lock {self.strategy}: {self.reason}")
             if self.strategy == "ftwrl":
-                self._clear_long_queries(op, self.long_query_wait)
+                self._clear_long_queries(op, self.settings.long_query_wait)
                 t0 = time.monotonic()
                 self._bounded(
                     op, "FLUSH NO_WRITE_TO_BINLOG TABLES", "FLUSH NO_WRITE_TO_BINLOG TABLES"
@@ -342,8 +327,8 @@ class MysqlWriter(Writer):
     def _bounded(self, op: Operation, step: str, sql: str) -> list[tuple[Any, ...]]:
         """A lock statement: session lock_wait_timeout, and the watchdog, within the budget."""
         left = op.time_left(self.qualified_name, step)
-        bound = min(self.lock_wait_timeout, left)
-        if bound < self.lock_wait_timeout:
+        bound = min(self.settings.lock_wait_timeout, left)
+        if bound < self.settings.lock_wait_timeout:
             self._exec(
                 "lock_wait_timeout",
                 f"SET SESSION lock_wait_timeout = {max(1, math.ceil(bound))}",
@@ -361,7 +346,7 @@ class MysqlWriter(Writer):
             "'Killed', 'Slave_IO', 'Slave_SQL', 'Slave_worker') AND INFO IS NOT NULL "
             f"AND USER NOT IN ('system user', 'event_scheduler') AND ID NOT IN ({mine}) "
             f"AND {ms} >= %s",
-            [self.long_query_threshold],
+            [self.settings.long_query_threshold],
         )
 
     def _clear_long_queries(self, op: Operation, wait: float) -> None:
@@ -383,7 +368,7 @@ class MysqlWriter(Writer):
         listing = "; ".join(
             f"id {i} user {u} running {float(t):.0f} s: {_mask(q)}" for i, u, t, q in long[:5]
         )
-        if not self.kill_long_queries:
+        if not self.settings.kill_long_queries:
             raise WriterError(
                 self.qualified_name,
                 (
@@ -406,7 +391,7 @@ class MysqlWriter(Writer):
         t0 = time.monotonic()
         try:
             if self.strategy == "ftwrl":
-                left = self.long_query_wait - (time.monotonic() - self._prepared_at)
+                left = self.settings.long_query_wait - (time.monotonic() - self._prepared_at)
                 self._clear_long_queries(op, max(0.0, left))
                 self._locked = True  # from here on, thaw/abort must unlock
                 self._bounded(op, "FLUSH TABLES WITH READ LOCK", "FLUSH TABLES WITH READ LOCK")
@@ -436,7 +421,7 @@ class MysqlWriter(Writer):
 
     def _coordinates(self, op: Operation) -> dict[str, Any]:
         """Binary log file / position and GTID set, read while the lock is held."""
-        bound = max(1.0, min(self.lock_wait_timeout, op.deadline.remaining()))
+        bound = max(1.0, min(self.settings.lock_wait_timeout, op.deadline.remaining()))
         if self.strategy == "instance_lock":
             return self._log_status(bound)
         out: dict[str, Any] = {
@@ -489,7 +474,7 @@ class MysqlWriter(Writer):
         sql = UNLOCK[self.strategy]
         t0 = time.monotonic()
         try:
-            self._exec(sql, sql, self.lock_wait_timeout)
+            self._exec(sql, sql, self.settings.lock_wait_timeout)
             self._ms["release_ms"] = round((time.monotonic() - t0) * 1000, 1)
             op.log(self.qualified_name, f"{sql}: released")
         except WriterError as err:
@@ -537,7 +522,7 @@ class MysqlWriter(Writer):
 
     def _kill_quietly(self, held_id: int) -> None:
         try:
-            conn = self._connect(min(2.0, self.connect_timeout), read_timeout=5)
+            conn = self._connect(min(2.0, self.settings.connect_timeout), read_timeout=5)
             try:
                 with conn.cursor() as cur:
                     cur.execute(f"KILL CONNECTION {int(held_id)}")

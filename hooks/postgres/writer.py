@@ -39,6 +39,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from hooks.base import Operation, Stage, Writer
 from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
+from hooks.postgres.settings import PostgresSettings
 from hooks.postgres.wal import parse_lsn, parse_size, wal_file_name
 
 CLIENT_GRACE = 2.0  # seconds the client waits past statement_timeout before cutting the socket
@@ -66,23 +67,9 @@ class PostgresWriter(Writer):
     kind = "postgres"
     stage = Stage.POSTGRES
 
-    def __init__(
-        self,
-        name: str,
-        dsn: str,
-        connect_timeout: float = 5.0,
-        statement_timeout: float = 10.0,
-        wait_for_archive: bool = True,
-        archive_timeout: float = 15.0,
-        artifacts_dir: str | None = None,
-    ) -> None:
-        super().__init__(name)
-        self.dsn = dsn
-        self.connect_timeout = connect_timeout
-        self.statement_timeout = statement_timeout
-        self.wait_for_archive = wait_for_archive
-        self.archive_timeout = archive_timeout
-        self.artifacts_dir = artifacts_dir
+    def __init__(self, settings: PostgresSettings) -> None:
+        super().__init__(settings.name)
+        self.settings = settings
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
         self._cut = False  # the socket was shut down (emergency or a client-side timeout)
@@ -104,7 +91,7 @@ class PostgresWriter(Writer):
     def where(self) -> str:
         """Host (or socket dir), port and database from the DSN; never the password."""
         try:
-            info = conninfo_to_dict(self.dsn)
+            info = conninfo_to_dict(self.settings.dsn)
         except psycopg.ProgrammingError:
             return "(unparsable dsn)"
         host = info.get("host") or info.get("hostaddr") or "default socket"
@@ -113,17 +100,17 @@ class PostgresWriter(Writer):
     def describe(self) -> dict[str, Any]:
         return {
             "where": self.where,
-            "wait_for_archive": self.wait_for_archive,
-            "artifacts_dir": self.artifacts_dir,
+            "wait_for_archive": self.settings.wait_for_archive,
+            "artifacts_dir": self.settings.artifacts_dir,
         }
 
     # -- connection and bounded statements ----------------------------------------------------
 
     def _connect(self, budget: float) -> psycopg.Connection[Any]:
-        timeout = max(2, int(min(self.connect_timeout, max(budget, 0.0)) + 0.999))
+        timeout = max(2, int(min(self.settings.connect_timeout, max(budget, 0.0)) + 0.999))
         try:
             conn = psycopg.connect(
-                self.dsn,
+                self.settings.dsn,
                 autocommit=True,
                 connect_timeout=timeout,
                 application_name="quiesce-agent",
@@ -212,9 +199,9 @@ class PostgresWriter(Writer):
 
     def check(self) -> list[str]:
         with self._lock:
-            self._conn = self._connect(self.connect_timeout)
+            self._conn = self._connect(self.settings.connect_timeout)
         try:
-            self._read_facts(self.statement_timeout)
+            self._read_facts(self.settings.statement_timeout)
         finally:
             self._close()
         notes = [
@@ -222,7 +209,7 @@ class PostgresWriter(Writer):
             f"{' standby' if self.standby else ''}, archiving "
             f"{'on' if self.archiving else 'off'}"
         ]
-        if self.wait_for_archive and not self.archiving:
+        if self.settings.wait_for_archive and not self.archiving:
             notes.append(
                 "WAL archiving is off: backup_label restores need the WAL copied by "
                 "other means; an atomic snapshot restores by crash recovery"
@@ -276,7 +263,7 @@ class PostgresWriter(Writer):
         with self._lock:
             self._conn = conn
         try:
-            self._read_facts(min(self.statement_timeout, op.deadline.remaining()))
+            self._read_facts(min(self.settings.statement_timeout, op.deadline.remaining()))
             # the held session must survive an idle freeze window
             off = ["idle_in_transaction_session_timeout"]
             if self.version >= 140000:
@@ -286,7 +273,7 @@ class PostgresWriter(Writer):
                     f"SET {name}",
                     "SELECT set_config(%s, '0', false)",
                     [name],
-                    self.statement_timeout,
+                    self.settings.statement_timeout,
                 )
             self._checkpoint(op)
         except WriterError:
@@ -298,7 +285,7 @@ class PostgresWriter(Writer):
         t0 = time.monotonic()
         try:
             left = op.time_left(self.qualified_name, "CHECKPOINT")
-            self._exec("CHECKPOINT", "CHECKPOINT", None, min(self.statement_timeout, left))
+            self._exec("CHECKPOINT", "CHECKPOINT", None, min(self.settings.statement_timeout, left))
             op.log(self.qualified_name, f"CHECKPOINT in {time.monotonic() - t0:.3f} s")
         except WriterUnavailable as err:  # not allowed: only a slower start, not a failure
             op.log(self.qualified_name, f"CHECKPOINT skipped: {err}")
@@ -320,7 +307,10 @@ class PostgresWriter(Writer):
         t0 = time.monotonic()
         try:
             rows = self._exec(
-                "pg_backup_start", sql, [op.label[:1000]], min(self.statement_timeout, left)
+                "pg_backup_start",
+                sql,
+                [op.label[:1000]],
+                min(self.settings.statement_timeout, left),
             )
         except WriterError:
             self._close()
@@ -361,7 +351,7 @@ class PostgresWriter(Writer):
                 ) from err
             self._ms["release_ms"] = round((time.monotonic() - t0) * 1000, 1)
             self._record(op, lsn, label, spcmap)
-            if self.wait_for_archive and self.archiving:
+            if self.settings.wait_for_archive and self.archiving:
                 t0 = time.monotonic()
                 try:
                     self._wait_archived(op)
@@ -381,7 +371,7 @@ class PostgresWriter(Writer):
             sql = "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
         else:
             sql = "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false)"
-        rows = self._exec("pg_backup_stop", sql, None, self.statement_timeout)
+        rows = self._exec("pg_backup_stop", sql, None, self.settings.statement_timeout)
         lsn, label, spcmap = rows[0]
         return str(lsn), str(label or ""), str(spcmap or "")
 
@@ -419,14 +409,14 @@ class PostgresWriter(Writer):
     def _wait_archived(self, op: Operation) -> None:
         """Wait until the last WAL segment of the backup is archived, at most archive_timeout."""
         need = self._artifacts["wal_file_stop"]
-        end = time.monotonic() + self.archive_timeout
+        end = time.monotonic() + self.settings.archive_timeout
         last = None
         while True:
             rows = self._exec(
                 "reading pg_stat_archiver",
                 "SELECT last_archived_wal, last_failed_wal FROM pg_stat_archiver",
                 None,
-                self.statement_timeout,
+                self.settings.statement_timeout,
             )
             last, failed = rows[0]
             if last and re.fullmatch(r"[0-9A-F]{24}", last[:24]) and last[:24] >= need:
@@ -440,19 +430,20 @@ class PostgresWriter(Writer):
         raise WriterError(
             self.qualified_name,
             (
-                f"WAL segment {need} was not archived within {self.archive_timeout:.0f} s (last "
-                f"archived {last or 'none'}, last failed {failed or 'none'}); backup mode has "
-                "ended and the backup_label is in the report, but a restore from the WAL archive "
-                "fails until that segment is archived: fix archive_command (see "
-                "pg_stat_archiver), or raise postgres[].archive_timeout"
+                f"WAL segment {need} was not archived within "
+                f"{self.settings.archive_timeout:.0f} s (last archived {last or 'none'}, last "
+                f"failed {failed or 'none'}); backup mode has ended and the backup_label is in "
+                "the report, but a restore from the WAL archive fails until that segment is "
+                "archived: fix archive_command (see pg_stat_archiver), or raise "
+                "postgres[].archive_timeout"
             ),
         )
 
     def _write_artifacts(self, op: Operation, label: str, spcmap: str) -> None:
         """Write the label files (the lock is released: the filesystems are thawed)."""
-        if not self.artifacts_dir:
+        if not self.settings.artifacts_dir:
             return
-        folder = os.path.join(self.artifacts_dir, safe_label(op.label))
+        folder = os.path.join(self.settings.artifacts_dir, safe_label(op.label))
         info = {
             k: v for k, v in self._artifacts.items() if k not in ("backup_label", "tablespace_map")
         }

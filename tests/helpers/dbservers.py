@@ -37,6 +37,7 @@ import pymysql
 from common.deadline import Deadline
 from hooks.base import Operation
 from hooks.kernel import freeze_path, thaw_path
+from hooks.mysql.settings import MysqlSettings
 
 IS_ROOT = os.geteuid() == 0
 PG_ENV = "QUIESCE_TEST_PG_DSN"
@@ -466,11 +467,11 @@ class MariaServer:
         except OSError:
             return ""
 
-    def writer_config(self, **over: Any) -> dict[str, Any]:
-        """Keyword arguments for MysqlWriter, pointing at this server."""
+    def writer_config(self, **over: Any) -> MysqlSettings:
+        """The MySQL writer's settings, pointing at this server."""
         kw: dict[str, Any] = {"name": "test", "unix_socket": self.socket, "user": self.user}
         kw.update(over)
-        return kw
+        return MysqlSettings(**kw)
 
 
 class ExternalMaria(MariaServer):

@@ -16,6 +16,7 @@ import pymysql
 import pytest
 
 from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
+from hooks.mysql.settings import MysqlSettings
 from hooks.mysql.strategy import _mask, choose_lock, parse_version, refuse_lock
 from hooks.mysql.writer import MysqlWriter
 from tests.helpers.dbservers import MariaServer, Play
@@ -37,7 +38,7 @@ def db(maria: MariaServer) -> Iterator[str]:
 
 
 def writer(maria: MariaServer, **kw: object) -> MysqlWriter:
-    return MysqlWriter(**maria.writer_config(**kw))
+    return MysqlWriter(maria.writer_config(**kw))
 
 
 # -- strategy choice (pure) ---------------------------------------------------------------------
@@ -229,9 +230,10 @@ def test_emergency_release_while_the_lock_attempt_waits(maria: MariaServer, db: 
 
 HOLDER = """
 import sys, time
+from hooks.mysql.settings import MysqlSettings
 from hooks.mysql.writer import MysqlWriter
 from tests.helpers.dbservers import Play
-Play(MysqlWriter(name="x", unix_socket=sys.argv[1], lock=sys.argv[2])).freeze()
+Play(MysqlWriter(MysqlSettings(name="x", unix_socket=sys.argv[1], lock=sys.argv[2]))).freeze()
 print("frozen", flush=True)
 time.sleep(600)
 """
@@ -262,7 +264,9 @@ def test_sigkilled_holder_takes_the_lock_with_it(maria: MariaServer, db: str, lo
 
 
 def test_unreachable_server_and_bad_password(maria: MariaServer, db: str, tmp_path: Path) -> None:
-    w = MysqlWriter(name="x", unix_socket=str(tmp_path / "nope.sock"), connect_timeout=1)
+    w = MysqlWriter(
+        MysqlSettings(name="x", unix_socket=str(tmp_path / "nope.sock"), connect_timeout=1)
+    )
     with pytest.raises(WriterUnavailable, match="cannot connect to .*nope.sock"):
         w.check()
     user = f"u{uuid.uuid4().hex[:6]}"
@@ -271,18 +275,22 @@ def test_unreachable_server_and_bad_password(maria: MariaServer, db: str, tmp_pa
         maria.sql(f"GRANT RELOAD, PROCESS, BINLOG MONITOR ON *.* TO '{user}'@'localhost'")
         pw = tmp_path / "pw"
         pw.write_text("wrong-pw\n")
-        w = MysqlWriter(name="x", unix_socket=maria.socket, user=user, password_file=str(pw))
+        w = MysqlWriter(
+            MysqlSettings(name="x", unix_socket=maria.socket, user=user, password_file=str(pw))
+        )
         with pytest.raises(WriterUnavailable, match="password_file") as info:
             w.check()
         assert "wrong-pw" not in str(info.value)
         pw.write_text("right-pw\n")
         play = Play(
             MysqlWriter(
-                name="x",
-                unix_socket=maria.socket,
-                user=user,
-                password_file=str(pw),
-                lock="backup_stage",
+                MysqlSettings(
+                    name="x",
+                    unix_socket=maria.socket,
+                    user=user,
+                    password_file=str(pw),
+                    lock="backup_stage",
+                )
             )
         ).freeze()
         assert play.thaw()["lock"] == "backup_stage"
@@ -292,9 +300,9 @@ def test_unreachable_server_and_bad_password(maria: MariaServer, db: str, tmp_pa
 
 def test_server_crash_while_locked_fails_the_thaw(maria_factory: object) -> None:
     server = maria_factory().start()  # type: ignore[operator]
-    play = Play(MysqlWriter(**server.writer_config(lock="backup_stage"))).freeze()
+    play = Play(MysqlWriter(server.writer_config(lock="backup_stage"))).freeze()
     server.kill()
     server.start()
     with pytest.raises(WriterError, match="was lost"):
         play.thaw()
-    assert Play(MysqlWriter(**server.writer_config())).freeze().thaw()["lock"] == "backup_stage"
+    assert Play(MysqlWriter(server.writer_config())).freeze().thaw()["lock"] == "backup_stage"

@@ -25,7 +25,6 @@ statement ran past its bound), WriterError (anything else, always naming the ste
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -39,6 +38,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from hooks.base import Operation, Stage, Writer
 from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
+from hooks.postgres.artifacts import label_folder, write_label_files
 from hooks.postgres.settings import PostgresSettings
 from hooks.postgres.wal import parse_lsn, parse_size, wal_file_name
 
@@ -50,11 +50,6 @@ KEEPALIVES: dict[str, Any] = {
     "keepalives_interval": 5,
     "keepalives_count": 3,
 }
-
-
-def safe_label(label: str) -> str:
-    """A label usable as a folder name."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", label)[:100].lstrip(".") or "backup"
 
 
 def _first_line(err: BaseException) -> str:
@@ -443,19 +438,12 @@ class PostgresWriter(Writer):
         """Write the label files (the lock is released: the filesystems are thawed)."""
         if not self.settings.artifacts_dir:
             return
-        folder = os.path.join(self.settings.artifacts_dir, safe_label(op.label))
+        folder = label_folder(self.settings.artifacts_dir, op.label)
         info = {
             k: v for k, v in self._artifacts.items() if k not in ("backup_label", "tablespace_map")
         }
         try:
-            os.makedirs(folder, mode=0o750, exist_ok=True)
-            _atomic_write(os.path.join(folder, "backup_label"), label)
-            if spcmap:
-                _atomic_write(os.path.join(folder, "tablespace_map"), spcmap)
-            _atomic_write(
-                os.path.join(folder, "backup_info.json"),
-                json.dumps(info, indent=2, sort_keys=True) + "\n",
-            )
+            write_label_files(folder, label, spcmap, info)
             self._artifacts["artifacts_path"] = folder
             op.log(self.qualified_name, f"wrote backup_label to {folder}")
         except OSError as err:
@@ -481,12 +469,3 @@ class PostgresWriter(Writer):
 
     def emergency_release(self) -> None:
         self._cut_socket()
-
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

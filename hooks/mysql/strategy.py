@@ -47,7 +47,7 @@ def refuse_lock(lock: str, flavor: str, version: tuple[int, int, int]) -> str | 
     return None
 
 
-def _mask(query: str | None) -> str:
+def mask(query: str | None) -> str:
     """A statement's head with string literals masked (they may hold secrets)."""
     text = re.sub(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", "'?'", query or "")
     text = " ".join(text.split())

@@ -14,7 +14,8 @@ Lock strategies (``lock:``), see docs/databases.md for what each blocks:
 The lock lives in the session: a daemon that dies takes it along. Each lock statement is
 bounded server-side by lock_wait_timeout and, since a client-side timeout does not cancel a
 waiting FLUSH, by a watchdog that KILLs it from a second (control) session. Binary log file,
-position and GTID set are read while the lock is held.
+position and GTID set are read while the lock is held (coordinates.py). Which strategy
+``auto`` picks is strategy.py's; what a failed statement means, failures.py's.
 
 Raises: WriterUnavailable (cannot connect, wrong server for the strategy, missing privilege),
 WriterTimeout (a lock wait ran out), WriterError (long statements, lost session, ...).
@@ -22,7 +23,6 @@ WriterTimeout (a lock wait ran out), WriterError (long statements, lost session,
 
 from __future__ import annotations
 
-import json
 import math
 import socket
 import threading
@@ -33,25 +33,22 @@ import pymysql
 from pymysql.connections import Connection
 
 from hooks.base import Operation, Stage, Writer
-from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
+from hooks.errors import WriterError, WriterUnavailable
+from hooks.mysql import coordinates
+from hooks.mysql.failures import ER_ACCESS_DENIED, classify, message
 from hooks.mysql.settings import MysqlSettings
-from hooks.mysql.strategy import _mask, choose_lock, parse_version, refuse_lock
+from hooks.mysql.strategy import choose_lock, mask, parse_version, refuse_lock
 
 GRACE = 1.0  # the watchdog kills a statement this long after its server-side bound
 POLL = 0.1
 NON_TRANSACTIONAL = ("MyISAM", "Aria", "MRG_MyISAM", "MRG_MYISAM", "CSV", "ARCHIVE")
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 STAGES = ("START", "FLUSH", "BLOCK_DDL", "BLOCK_COMMIT")
-LOCK_STEPS = ("FLUSH", "BACKUP STAGE", "LOCK INSTANCE")  # statements that wait for a lock
 UNLOCK = {
     "ftwrl": "UNLOCK TABLES",
     "backup_stage": "BACKUP STAGE END",
     "instance_lock": "UNLOCK INSTANCE",
 }
-# server error codes
-ER_ACCESS_DENIED, ER_SPECIFIC_ACCESS = 1045, 1227
-ER_LOCK_WAIT_TIMEOUT, ER_QUERY_INTERRUPTED, ER_STATEMENT_TIMEOUT = 1205, 1317, 1969
-CR_LOST = (2006, 2013, 2014, 2055)
 
 
 class MysqlWriter(Writer):
@@ -130,7 +127,7 @@ class MysqlWriter(Writer):
                 else "check that the server is running and mysql[].unix_socket / host"
             )
             raise WriterUnavailable(
-                self.qualified_name, f"cannot connect to {self.where}: {_msg(err)}; {hint}"
+                self.qualified_name, f"cannot connect to {self.where}: {message(err)}; {hint}"
             ) from err
 
     def _ctl_query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
@@ -146,7 +143,7 @@ class MysqlWriter(Writer):
                     return list(cur.fetchall())
             except pymysql.MySQLError as err:
                 self._close_ctl_locked()
-                raise WriterError(self.qualified_name, f"control session: {_msg(err)}") from err
+                raise WriterError(self.qualified_name, f"control session: {message(err)}") from err
 
     def _close_ctl_locked(self) -> None:
         conn, self._ctl = self._ctl, None
@@ -181,51 +178,19 @@ class MysqlWriter(Writer):
                 cur.execute(sql)
                 return list(cur.fetchall())
         except pymysql.MySQLError as err:
-            raise self._error(step, err, timeout) from err
+            raise classify(
+                err,
+                step,
+                timeout,
+                writer=self.qualified_name,
+                where=self.where,
+                user=self.settings.user,
+                flavor=self.flavor,
+                watchdog_killed=self._killed_by_watchdog,
+                cut=self._cut,
+            ) from err
         finally:
             timer.cancel()
-
-    def _error(self, step: str, err: pymysql.MySQLError, timeout: float) -> WriterError:
-        code = err.args[0] if err.args else 0
-        timed_out = code in (ER_LOCK_WAIT_TIMEOUT, ER_STATEMENT_TIMEOUT) or (
-            code == ER_QUERY_INTERRUPTED and self._killed_by_watchdog
-        )
-        if timed_out and not step.startswith(LOCK_STEPS):
-            return WriterTimeout(
-                self.qualified_name,
-                f"{step} did not finish within "
-                f"{timeout:.1f} s ({_msg(err)}); the server is overloaded or "
-                "stuck: check SHOW PROCESSLIST",
-            )
-        if timed_out:
-            return WriterTimeout(
-                self.qualified_name,
-                (
-                    f"{step} did not get its lock within {timeout:.0f} s ({_msg(err)}); find the "
-                    "blocker in SHOW PROCESSLIST (a long query, another backup holding BACKUP "
-                    "STAGE, an open LOCK TABLES) or raise mysql[].lock_wait_timeout"
-                ),
-            )
-        if code == ER_SPECIFIC_ACCESS:
-            need = (
-                "RELOAD, PROCESS, BINLOG MONITOR"
-                if self.flavor == "mariadb"
-                else "RELOAD, PROCESS, REPLICATION CLIENT, BACKUP_ADMIN"
-            )
-            return WriterUnavailable(
-                self.qualified_name,
-                f"{step}: {_msg(err)}; the agent's user {self.settings.user} needs {need}",
-            )
-        if self._cut or isinstance(err, pymysql.err.InterfaceError) or code in CR_LOST:
-            return WriterError(
-                self.qualified_name,
-                (
-                    f"{step}: the session to {self.where} was lost ({_msg(err)}); the server "
-                    "restarted, the session was killed, or the ceiling guard released it. The "
-                    "lock went with the session"
-                ),
-            )
-        return WriterError(self.qualified_name, f"{step} failed: {_msg(err)}")
 
     def _close_held(self) -> None:
         conn, self._held = self._held, None
@@ -366,7 +331,7 @@ class MysqlWriter(Writer):
         if not long:
             return
         listing = "; ".join(
-            f"id {i} user {u} running {float(t):.0f} s: {_mask(q)}" for i, u, t, q in long[:5]
+            f"id {i} user {u} running {float(t):.0f} s: {mask(q)}" for i, u, t, q in long[:5]
         )
         if not self.settings.kill_long_queries:
             raise WriterError(
@@ -422,44 +387,7 @@ class MysqlWriter(Writer):
     def _coordinates(self, op: Operation) -> dict[str, Any]:
         """Binary log file / position and GTID set, read while the lock is held."""
         bound = max(1.0, min(self.settings.lock_wait_timeout, op.deadline.remaining()))
-        if self.strategy == "instance_lock":
-            return self._log_status(bound)
-        out: dict[str, Any] = {
-            "binlog_file": None,
-            "binlog_position": None,
-            "gtid": None,
-            "coordinates_exact": True,
-        }
-        if self.flavor == "mysql" and self.version >= (8, 2, 0):
-            status = self._exec("SHOW BINARY LOG STATUS", "SHOW BINARY LOG STATUS", bound)
-        else:
-            status = self._exec("SHOW MASTER STATUS", "SHOW MASTER STATUS", bound)
-        if status:
-            out["binlog_file"], out["binlog_position"] = str(status[0][0]), int(status[0][1])
-        var = "@@gtid_binlog_pos" if self.flavor == "mariadb" else "@@gtid_executed"
-        has_gtid = self.version >= ((10, 0, 2) if self.flavor == "mariadb" else (5, 6, 5))
-        if has_gtid:  # older servers have no GTIDs at all
-            rows = self._exec("reading the GTID set", f"SELECT {var}", bound)
-            out["gtid"], out["gtid_variable"] = str(rows[0][0] or ""), var
-        return out
-
-    def _log_status(self, bound: float) -> dict[str, Any]:
-        """MySQL 8: LOCK INSTANCE FOR BACKUP lets commits through, so the coordinates are a
-        point inside the window, read atomically from performance_schema.log_status."""
-        rows = self._exec(
-            "reading performance_schema.log_status",
-            "SELECT LOCAL FROM performance_schema.log_status",
-            bound,
-        )
-        local = _parse_local(rows[0][0] if rows else None)
-        pos = local.get("binary_log_position") or {}
-        return {
-            "binlog_file": pos.get("binary_log_file"),
-            "binlog_position": pos.get("binary_log_position"),
-            "gtid": local.get("gtid_executed"),
-            "gtid_variable": "@@gtid_executed",
-            "coordinates_exact": False,
-        }
+        return coordinates.read(self._exec, self.strategy, self.flavor, self.version, bound)
 
     def _release_by_kill(self) -> None:
         """End the held session for sure: KILL it server-side, then close our end."""
@@ -530,22 +458,3 @@ class MysqlWriter(Writer):
                 conn.close()
         except Exception:  # noqa: BLE001 - the socket is already cut; best effort
             pass
-
-
-def _msg(err: BaseException) -> str:
-    args: tuple[Any, ...] = tuple(getattr(err, "args", ()))
-    if len(args) >= 2:
-        return f"{args[1]} ({args[0]})"
-    return str(err) or type(err).__name__
-
-
-def _parse_local(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if isinstance(value, dict):
-        return value
-    try:
-        parsed = json.loads(value)
-    except (TypeError, ValueError):
-        return {}
-    return parsed if isinstance(parsed, dict) else {}

@@ -7,6 +7,7 @@
              when WAL archiving is on and wait_for_archive is set, wait (bounded by
              archive_timeout) until pg_stat_archiver shows the last WAL segment archived;
              write backup_label / tablespace_map / backup_info.json to artifacts_dir
+             (artifacts.py; the WAL segments the backup needs come from wal.py)
     abort    close the session: the server aborts backup mode when the backend exits
 
 Backup mode lives only as long as the session (PostgreSQL 15 has no exclusive mode), so the
@@ -40,7 +41,7 @@ from hooks.base import Operation, Stage, Writer
 from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
 from hooks.postgres.artifacts import label_folder, write_label_files
 from hooks.postgres.settings import PostgresSettings
-from hooks.postgres.wal import parse_lsn, parse_size, wal_file_name
+from hooks.postgres.wal import backup_wal, parse_size
 
 CLIENT_GRACE = 2.0  # seconds the client waits past statement_timeout before cutting the socket
 ARCHIVE_POLL = 0.1
@@ -371,23 +372,10 @@ class PostgresWriter(Writer):
         return str(lsn), str(label or ""), str(spcmap or "")
 
     def _record(self, op: Operation, stop_lsn: str, label: str, spcmap: str) -> None:
-        m = re.search(r"START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+) \(file ([0-9A-F]{24})\)", label)
-        start_file = m.group(2) if m else None
-        timeline = int(start_file[:8], 16) if start_file else 1
-        first = parse_lsn(m.group(1)) // self.seg_size if m else None
-        last = max(parse_lsn(stop_lsn) - 1, 0) // self.seg_size
-        files = (
-            [wal_file_name(timeline, s, self.seg_size) for s in range(first, last + 1)]
-            if first is not None and last - first < 256
-            else []
-        )
         self._artifacts = {
             "start_lsn": self.start_lsn,
             "stop_lsn": stop_lsn,
-            "timeline": timeline,
-            "wal_file_start": start_file,
-            "wal_file_stop": wal_file_name(timeline, last, self.seg_size),
-            "wal_files": files,
+            **backup_wal(label, stop_lsn, self.seg_size),
             "backup_label": label,
             "tablespace_map": spcmap,
             "standby": self.standby,
@@ -398,7 +386,7 @@ class PostgresWriter(Writer):
         op.log(
             self.qualified_name,
             f"backup mode stopped at {stop_lsn} "
-            f"(WAL {start_file} .. {self._artifacts['wal_file_stop']})",
+            f"(WAL {self._artifacts['wal_file_start']} .. {self._artifacts['wal_file_stop']})",
         )
 
     def _wait_archived(self, op: Operation) -> None:

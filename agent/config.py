@@ -286,8 +286,8 @@ MYSQL_KEYS: dict[str, type | tuple[type, ...]] = {
 
 def _postgres(raw: Any, errors: _Errors) -> tuple[PostgresSettings, ...]:
     out = []
+    required = _required(PostgresSettings)
     for path, entry in _entries(raw, "postgres", errors):
-        required = _required(PostgresSettings)
         vals = _take(entry, path, errors, POSTGRES_KEYS, required)
         for key in ("connect_timeout", "statement_timeout", "archive_timeout"):
             _positive(vals, key, path, errors)
@@ -310,8 +310,8 @@ def _postgres(raw: Any, errors: _Errors) -> tuple[PostgresSettings, ...]:
 
 def _mysql(raw: Any, errors: _Errors) -> tuple[MysqlSettings, ...]:
     out = []
+    required = _required(MysqlSettings)
     for path, entry in _entries(raw, "mysql", errors):
-        required = _required(MysqlSettings)
         vals = _take(entry, path, errors, MYSQL_KEYS, required)
         if vals.get("lock", MysqlSettings.lock) not in LOCKS:
             errors.add(f"{path}.lock", f"must be one of {', '.join(LOCKS)}, got {vals['lock']!r}")

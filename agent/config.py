@@ -1,12 +1,17 @@
 """The agent's configuration: YAML, validated once at load, every error named by its key.
 
-A section that is absent turns its writer off. Defaults are the documented defaults
-(docs/config.md); unknown keys and bad values are errors, all reported together.
+A section that is absent turns its writer off. Defaults are the documented defaults, written
+once, in the dataclasses: the agent's own below, the database writers' in their settings
+modules (hooks/postgres/settings.py, hooks/mysql/settings.py, which import no driver, so
+loading the configuration never loads psycopg or pymysql). Unknown keys and bad values are
+errors, all reported together.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,9 +19,10 @@ from typing import Any
 import yaml
 
 from common.errors import ConfigError
+from hooks.mysql.settings import LOCKS, MysqlSettings
+from hooks.postgres.settings import PostgresSettings
 
 DEFAULT_PATH = "/etc/quiesce-agent/agent.yaml"
-MYSQL_LOCKS = ("auto", "ftwrl", "backup_stage", "instance_lock")
 PG_THAW_SECONDS = 27.0  # a writer's thaw gets 30 s; pg_backup_stop + the archive wait fit in
 
 
@@ -49,40 +55,13 @@ class FilesystemsConfig:
 
 
 @dataclass(frozen=True)
-class PostgresConfig:
-    name: str
-    dsn: str
-    connect_timeout: float = 5.0
-    statement_timeout: float = 10.0
-    wait_for_archive: bool = True
-    archive_timeout: float = 15.0  # statement_timeout + archive_timeout <= PG_THAW_SECONDS
-    artifacts_dir: str | None = None
-
-
-@dataclass(frozen=True)
-class MysqlConfig:
-    name: str
-    unix_socket: str | None = "/run/mysqld/mysqld.sock"
-    host: str | None = None
-    port: int = 3306
-    user: str = "root"
-    password_file: str | None = None
-    lock: str = "auto"
-    connect_timeout: float = 5.0
-    lock_wait_timeout: float = 5.0
-    long_query_wait: float = 5.0  # wait this long for long statements before locking
-    long_query_threshold: float = 1.0  # a statement running longer than this is "long"
-    kill_long_queries: bool = False  # kill them instead of failing the freeze
-
-
-@dataclass(frozen=True)
 class Config:
     listen: ListenConfig = field(default_factory=ListenConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     scripts: ScriptsConfig | None = None
     filesystems: FilesystemsConfig | None = None
-    postgres: tuple[PostgresConfig, ...] = ()
-    mysql: tuple[MysqlConfig, ...] = ()
+    postgres: tuple[PostgresSettings, ...] = ()
+    mysql: tuple[MysqlSettings, ...] = ()
     state_dir: str = "/run/quiesce-agent"
     source: str = "<defaults>"
 
@@ -110,16 +89,18 @@ def _take(
     raw: dict[str, Any],
     path: str,
     errors: _Errors,
-    spec: dict[str, tuple[type | tuple[type, ...], Any]],
+    spec: dict[str, type | tuple[type, ...]],
+    required: Collection[str] = (),
 ) -> dict[str, Any]:
-    """Pick the keys of ``spec`` from ``raw``, type-checked; unknown keys are errors."""
+    """Pick the keys of ``spec`` (key: allowed types) from ``raw``, type-checked; unknown keys
+    and missing ``required`` keys are errors."""
     out: dict[str, Any] = {}
     for key in raw:
         if key not in spec:
             errors.add(f"{path}.{key}", f"unknown key; known: {', '.join(spec)}")
-    for key, (types, default) in spec.items():
+    for key, types in spec.items():
         if key not in raw:
-            if default is _REQUIRED:
+            if key in required:
                 errors.add(f"{path}.{key}", "is required")
             continue
         value = raw[key]
@@ -132,7 +113,13 @@ def _take(
     return out
 
 
-_REQUIRED = object()
+def _required(settings: type) -> frozenset[str]:
+    """The fields of a settings dataclass that have no default: the keys an entry must give."""
+    return frozenset(
+        f.name
+        for f in dataclasses.fields(settings)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
 
 
 def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -167,16 +154,11 @@ def _listen(raw: Any, errors: _Errors) -> ListenConfig:
         sec,
         "listen",
         errors,
-        {
-            "unix": ((str, type(None)), None),
-            "vsock": (dict, None),
-            "virtio_serial": (str, None),
-            "group": (str, None),
-        },
+        {"unix": (str, type(None)), "vsock": dict, "virtio_serial": str, "group": str},
     )
     vsock_port = None
     if "vsock" in vals:
-        v = _take(vals.pop("vsock"), "listen.vsock", errors, {"port": (int, _REQUIRED)})
+        v = _take(vals.pop("vsock"), "listen.vsock", errors, {"port": int}, ("port",))
         vsock_port = v.get("port")
         if vsock_port is not None and not 1 <= vsock_port <= 0xFFFFFFFF:
             errors.add("listen.vsock.port", f"must be 1..4294967295, got {vsock_port}")
@@ -191,10 +173,8 @@ def _listen(raw: Any, errors: _Errors) -> ListenConfig:
 
 def _freeze(raw: Any, errors: _Errors) -> FreezeConfig:
     sec = _section(raw, "freeze", errors)
-    vals = _take(
-        sec, "freeze", errors, {"ceiling_seconds": (NUM, None), "timeout_seconds": (NUM, None)}
-    )
-    ceiling = vals.get("ceiling_seconds", 60.0)
+    vals = _take(sec, "freeze", errors, {"ceiling_seconds": NUM, "timeout_seconds": NUM})
+    ceiling = vals.get("ceiling_seconds", FreezeConfig.ceiling_seconds)
     if not 1 <= ceiling <= 60:
         errors.add(
             "freeze.ceiling_seconds",
@@ -202,8 +182,8 @@ def _freeze(raw: Any, errors: _Errors) -> FreezeConfig:
         )
         vals.pop("ceiling_seconds")
     _positive(vals, "timeout_seconds", "freeze", errors)
-    timeout = vals.get("timeout_seconds", 30.0)
-    if timeout > vals.get("ceiling_seconds", 60.0):
+    timeout = vals.get("timeout_seconds", FreezeConfig.timeout_seconds)
+    if timeout > vals.get("ceiling_seconds", FreezeConfig.ceiling_seconds):
         errors.add(
             "freeze.timeout_seconds", f"must not exceed freeze.ceiling_seconds, got {timeout}"
         )
@@ -217,10 +197,10 @@ def _scripts(raw: Any, errors: _Errors) -> ScriptsConfig:
         "scripts",
         errors,
         {
-            "dir": (str, None),
-            "timeout_seconds": (NUM, None),
-            "legacy_dir": ((str, type(None)), None),
-            "require_root_owner": (bool, None),
+            "dir": str,
+            "timeout_seconds": NUM,
+            "legacy_dir": (str, type(None)),
+            "require_root_owner": bool,
         },
     )
     _positive(vals, "timeout_seconds", "scripts", errors)
@@ -231,9 +211,7 @@ def _scripts(raw: Any, errors: _Errors) -> ScriptsConfig:
 
 def _filesystems(raw: Any, errors: _Errors) -> FilesystemsConfig:
     sec = _section(raw, "filesystems", errors)
-    vals = _take(
-        sec, "filesystems", errors, {"mounts": ((str, list), None), "exclude": (list, None)}
-    )
+    vals = _take(sec, "filesystems", errors, {"mounts": (str, list), "exclude": list})
     mounts = vals.get("mounts", "auto")
     resolved: tuple[str, ...] | None = None
     if isinstance(mounts, str):
@@ -279,29 +257,44 @@ def _entries(raw: Any, key: str, errors: _Errors) -> list[tuple[str, dict[str, A
     return out
 
 
-def _postgres(raw: Any, errors: _Errors) -> tuple[PostgresConfig, ...]:
+# The keys of a postgres[] / mysql[] entry, in the settings' field order, and the YAML types
+# each takes; which are required, and the defaults, come from the settings dataclasses.
+POSTGRES_KEYS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "dsn": str,
+    "connect_timeout": NUM,
+    "statement_timeout": NUM,
+    "wait_for_archive": bool,
+    "archive_timeout": NUM,
+    "artifacts_dir": str,
+}
+MYSQL_KEYS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "unix_socket": (str, type(None)),
+    "host": str,
+    "port": int,
+    "user": str,
+    "password_file": str,
+    "lock": str,
+    "connect_timeout": NUM,
+    "lock_wait_timeout": NUM,
+    "long_query_wait": NUM,
+    "long_query_threshold": NUM,
+    "kill_long_queries": bool,
+}
+
+
+def _postgres(raw: Any, errors: _Errors) -> tuple[PostgresSettings, ...]:
     out = []
+    required = _required(PostgresSettings)
     for path, entry in _entries(raw, "postgres", errors):
-        vals = _take(
-            entry,
-            path,
-            errors,
-            {
-                "name": (str, _REQUIRED),
-                "dsn": (str, _REQUIRED),
-                "connect_timeout": (NUM, None),
-                "statement_timeout": (NUM, None),
-                "wait_for_archive": (bool, None),
-                "archive_timeout": (NUM, None),
-                "artifacts_dir": (str, None),
-            },
-        )
+        vals = _take(entry, path, errors, POSTGRES_KEYS, required)
         for key in ("connect_timeout", "statement_timeout", "archive_timeout"):
             _positive(vals, key, path, errors)
         # the thaw runs pg_backup_stop (statement_timeout) then the archive wait; the agent
         # gives each writer's thaw 30 s (agent/session.py THAW_STEP_SECONDS), keep 3 s spare
-        thaw = vals.get("statement_timeout", PostgresConfig.statement_timeout) + vals.get(
-            "archive_timeout", PostgresConfig.archive_timeout
+        thaw = vals.get("statement_timeout", PostgresSettings.statement_timeout) + vals.get(
+            "archive_timeout", PostgresSettings.archive_timeout
         )
         if thaw > PG_THAW_SECONDS:
             errors.add(
@@ -310,44 +303,25 @@ def _postgres(raw: Any, errors: _Errors) -> tuple[PostgresConfig, ...]:
                 f"{PG_THAW_SECONDS:g} s (the thaw bound), got {thaw:g}",
             )
             vals.pop("archive_timeout", None)
-        if "name" in vals and "dsn" in vals:
-            out.append(PostgresConfig(**vals))
+        if required <= vals.keys():
+            out.append(PostgresSettings(**vals))
     return tuple(out)
 
 
-def _mysql(raw: Any, errors: _Errors) -> tuple[MysqlConfig, ...]:
+def _mysql(raw: Any, errors: _Errors) -> tuple[MysqlSettings, ...]:
     out = []
+    required = _required(MysqlSettings)
     for path, entry in _entries(raw, "mysql", errors):
-        vals = _take(
-            entry,
-            path,
-            errors,
-            {
-                "name": (str, _REQUIRED),
-                "unix_socket": ((str, type(None)), None),
-                "host": (str, None),
-                "port": (int, None),
-                "user": (str, None),
-                "password_file": (str, None),
-                "lock": (str, None),
-                "connect_timeout": (NUM, None),
-                "lock_wait_timeout": (NUM, None),
-                "long_query_wait": (NUM, None),
-                "long_query_threshold": (NUM, None),
-                "kill_long_queries": (bool, None),
-            },
-        )
-        if vals.get("lock", "auto") not in MYSQL_LOCKS:
-            errors.add(
-                f"{path}.lock", f"must be one of {', '.join(MYSQL_LOCKS)}, got {vals['lock']!r}"
-            )
+        vals = _take(entry, path, errors, MYSQL_KEYS, required)
+        if vals.get("lock", MysqlSettings.lock) not in LOCKS:
+            errors.add(f"{path}.lock", f"must be one of {', '.join(LOCKS)}, got {vals['lock']!r}")
             vals.pop("lock")
         for key in ("connect_timeout", "lock_wait_timeout", "long_query_threshold"):
             _positive(vals, key, path, errors)
         if "host" in vals and "unix_socket" not in entry:
             vals["unix_socket"] = None
-        if "name" in vals:
-            out.append(MysqlConfig(**vals))
+        if required <= vals.keys():
+            out.append(MysqlSettings(**vals))
     return tuple(out)
 
 

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from hooks.fsfreeze import thaw_path
+from hooks.kernel import thaw_path
 
 THAW_GRACE = 0.5  # seconds after the ceiling before the guard thaws in the daemon's place
 KILL_GRACE = 5.0  # seconds after that before it kills a daemon that never disarmed

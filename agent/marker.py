@@ -12,7 +12,7 @@ import logging
 import os
 from pathlib import Path
 
-from hooks.fsfreeze import ensure_allowed, thaw_path
+from hooks.kernel import ensure_allowed, thaw_path
 
 logger = logging.getLogger(__name__)
 NAME = "frozen.json"

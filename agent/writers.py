@@ -5,15 +5,14 @@ The state machine knows no writer by name; this is the one place that does.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 from agent.config import Config
 from common.errors import QuiesceError
-from hooks import fsfreeze, scripts
+from hooks import filesystems, scripts
 from hooks.base import Writer
-from hooks.mysql import MysqlWriter
-from hooks.postgres import PostgresWriter
+from hooks.mysql.writer import MysqlWriter
+from hooks.postgres.writer import PostgresWriter
 
 
 class UnknownWriter(QuiesceError):
@@ -28,13 +27,15 @@ def build_all(config: Config, notes: list[str]) -> list[Writer]:
         writers += scripts.build(
             s.dir, s.timeout_seconds, s.legacy_dir, s.require_root_owner, notes
         )
-    writers += [MysqlWriter(**dataclasses.asdict(m)) for m in config.mysql]
-    writers += [PostgresWriter(**dataclasses.asdict(p)) for p in config.postgres]
+    writers += [MysqlWriter(m) for m in config.mysql]
+    writers += [PostgresWriter(p) for p in config.postgres]
     if config.filesystems is not None and config.filesystems.mounts == ():
         notes.append("filesystems.mounts is an empty list: no filesystem is frozen")
     elif config.filesystems is not None:
         f = config.filesystems
-        writers.append(fsfreeze.FilesystemsWriter(f.mounts, f.exclude, protect=(config.state_dir,)))
+        writers.append(
+            filesystems.FilesystemsWriter(f.mounts, f.exclude, protect=(config.state_dir,))
+        )
     return writers
 
 

@@ -39,8 +39,10 @@ sys.path.insert(0, str(ROOT))
 
 from common.deadline import Deadline  # noqa: E402
 from hooks.base import Operation  # noqa: E402
-from hooks.mysql import MysqlWriter  # noqa: E402
-from hooks.postgres import PostgresWriter  # noqa: E402
+from hooks.mysql.settings import MysqlSettings  # noqa: E402
+from hooks.mysql.writer import MysqlWriter  # noqa: E402
+from hooks.postgres.settings import PostgresSettings  # noqa: E402
+from hooks.postgres.writer import PostgresWriter  # noqa: E402
 from tests.helpers.dbservers import MariaServer, PgServer, remove_templates  # noqa: E402
 
 Span = tuple[float, float]  # (wall-clock start, latency seconds)
@@ -168,7 +170,7 @@ def bench_postgres(args: argparse.Namespace) -> Result:
         span = args.cycles * (args.hold + args.gap + 0.3) + 2
         proc = pgbench(server, span, args.pg_rate, args.clients, logdir, "cyc")
         time.sleep(1.0)
-        writer = PostgresWriter(name="bench", dsn=server.dsn)
+        writer = PostgresWriter(PostgresSettings(name="bench", dsn=server.dsn))
         windows = cycles(writer, args.cycles, args.hold, args.gap, result)
         proc.wait()
         result.during["pgbench tx"] = overlapping(pgbench_spans(logdir, "cyc"), windows)
@@ -262,7 +264,7 @@ def bench_mysql(args: argparse.Namespace, lock: str) -> Result:
         span = args.cycles * (args.hold + args.gap + 0.3) + 2
         load = maria_load(server, span, args, box)
         time.sleep(1.0)
-        writer = MysqlWriter(name="bench", unix_socket=server.socket, lock=lock)
+        writer = MysqlWriter(MysqlSettings(name="bench", unix_socket=server.socket, lock=lock))
         windows = cycles(writer, args.cycles, args.hold, args.gap, result)
         load.join()
         result.during = {k: overlapping(v, windows) for k, v in box.items()}

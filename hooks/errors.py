@@ -38,7 +38,7 @@ class WriterUnavailable(WriterError):
 
 
 class UnsafeFreezeTarget(QuiesceError):
-    """A FIFREEZE outside the allowed set was refused (see hooks/fsfreeze.py)."""
+    """A FIFREEZE outside the allowed set was refused (see hooks/kernel.py)."""
 
     code = "UnsafeFreezeTarget"
     exit_code = 4

@@ -33,7 +33,8 @@ from typing import Any
 
 from common.deadline import Deadline
 from hooks.base import Operation
-from hooks.fsfreeze import freeze_path, thaw_path
+from hooks.kernel import freeze_path, thaw_path
+from hooks.mysql.settings import MysqlSettings
 from host.lab.databases import LabError, LabMaria, LabPostgres, chown_tree, server_owner
 from host.lab.databases import mariadbd_path as mariadbd_path  # for the conftest's skips
 from host.lab.databases import pg_bindir as pg_bindir
@@ -223,11 +224,11 @@ class MariaServer(LabMaria):
         if not str(self.datadir).startswith(str(self.base)):
             shutil.rmtree(self.datadir, ignore_errors=True)
 
-    def writer_config(self, **over: Any) -> dict[str, Any]:
-        """Keyword arguments for MysqlWriter, pointing at this server."""
+    def writer_config(self, **over: Any) -> MysqlSettings:
+        """The MySQL writer's settings, pointing at this server."""
         kw: dict[str, Any] = {"name": "test", "unix_socket": self.socket, "user": self.user}
         kw.update(over)
-        return kw
+        return MysqlSettings(**kw)
 
 
 class ExternalMaria(MariaServer):

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from hooks.fsfreeze import freeze_path, thaw_path
+from hooks.kernel import freeze_path, thaw_path
 
 
 def frozen_now(path: str) -> bool:

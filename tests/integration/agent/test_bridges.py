@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from hooks.fsfreeze import freeze_path, thaw_path
+from hooks.kernel import freeze_path, thaw_path
 from tests.helpers.agentproc import AgentProcess
 from tests.helpers.dbservers import MariaServer, PgServer
 from tests.helpers.env import REPO

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from hooks.fsfreeze import freeze_path
+from hooks.kernel import freeze_path
 from tests.helpers.agentproc import AgentProcess
 from tests.helpers.dbservers import MariaServer, PgServer, copy_tree
 from tests.helpers.waiting import Background

@@ -16,7 +16,8 @@ import pymysql
 import pytest
 
 from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
-from hooks.mysql import MysqlWriter, _mask, choose_lock, parse_version, refuse_lock
+from hooks.mysql.settings import MysqlSettings
+from hooks.mysql.writer import MysqlWriter
 from tests.helpers.dbservers import MariaServer, Play
 from tests.helpers.env import REPO
 from tests.helpers.waiting import Background, wait_until
@@ -36,31 +37,7 @@ def db(maria: MariaServer) -> Iterator[str]:
 
 
 def writer(maria: MariaServer, **kw: object) -> MysqlWriter:
-    return MysqlWriter(**maria.writer_config(**kw))
-
-
-# -- strategy choice (pure) ---------------------------------------------------------------------
-
-
-def test_version_gating_and_auto_choice() -> None:
-    assert parse_version("10.11.19-MariaDB-0+deb12u1-log") == ("mariadb", (10, 11, 19))
-    assert parse_version("8.4.3") == ("mysql", (8, 4, 3))
-    assert choose_lock("mariadb", (10, 11, 6), {})[0] == "backup_stage"
-    assert choose_lock("mariadb", (10, 3, 30), {})[0] == "ftwrl"
-    assert choose_lock("mysql", (8, 0, 36), {})[0] == "instance_lock"
-    assert choose_lock("mysql", (5, 7, 44), {})[0] == "ftwrl"
-    strategy, reason = choose_lock("mysql", (8, 4, 0), {"MyISAM": 2})
-    assert strategy == "ftwrl" and "2 MyISAM" in reason
-    assert refuse_lock("instance_lock", "mysql", (8, 0, 11)) is None
-    assert "MySQL 8.0" in (refuse_lock("instance_lock", "mysql", (5, 7, 44)) or "")
-    assert "backup_stage" in (refuse_lock("instance_lock", "mariadb", (10, 11, 6)) or "")
-    assert "MariaDB 10.4" in (refuse_lock("backup_stage", "mysql", (8, 0, 36)) or "")
-    assert refuse_lock("ftwrl", "mysql", (5, 6, 0)) is None
-    # statements named in errors and logs never show their string literals
-    assert (
-        _mask("ALTER USER 'app'@'%' IDENTIFIED BY 'hunter2'")
-        == "ALTER USER '?'@'?' IDENTIFIED BY '?'"
-    )
+    return MysqlWriter(maria.writer_config(**kw))
 
 
 def test_instance_lock_is_refused_on_mariadb(maria: MariaServer) -> None:
@@ -228,9 +205,10 @@ def test_emergency_release_while_the_lock_attempt_waits(maria: MariaServer, db: 
 
 HOLDER = """
 import sys, time
-from hooks.mysql import MysqlWriter
+from hooks.mysql.settings import MysqlSettings
+from hooks.mysql.writer import MysqlWriter
 from tests.helpers.dbservers import Play
-Play(MysqlWriter(name="x", unix_socket=sys.argv[1], lock=sys.argv[2])).freeze()
+Play(MysqlWriter(MysqlSettings(name="x", unix_socket=sys.argv[1], lock=sys.argv[2]))).freeze()
 print("frozen", flush=True)
 time.sleep(600)
 """
@@ -261,7 +239,9 @@ def test_sigkilled_holder_takes_the_lock_with_it(maria: MariaServer, db: str, lo
 
 
 def test_unreachable_server_and_bad_password(maria: MariaServer, db: str, tmp_path: Path) -> None:
-    w = MysqlWriter(name="x", unix_socket=str(tmp_path / "nope.sock"), connect_timeout=1)
+    w = MysqlWriter(
+        MysqlSettings(name="x", unix_socket=str(tmp_path / "nope.sock"), connect_timeout=1)
+    )
     with pytest.raises(WriterUnavailable, match="cannot connect to .*nope.sock"):
         w.check()
     user = f"u{uuid.uuid4().hex[:6]}"
@@ -270,18 +250,22 @@ def test_unreachable_server_and_bad_password(maria: MariaServer, db: str, tmp_pa
         maria.sql(f"GRANT RELOAD, PROCESS, BINLOG MONITOR ON *.* TO '{user}'@'localhost'")
         pw = tmp_path / "pw"
         pw.write_text("wrong-pw\n")
-        w = MysqlWriter(name="x", unix_socket=maria.socket, user=user, password_file=str(pw))
+        w = MysqlWriter(
+            MysqlSettings(name="x", unix_socket=maria.socket, user=user, password_file=str(pw))
+        )
         with pytest.raises(WriterUnavailable, match="password_file") as info:
             w.check()
         assert "wrong-pw" not in str(info.value)
         pw.write_text("right-pw\n")
         play = Play(
             MysqlWriter(
-                name="x",
-                unix_socket=maria.socket,
-                user=user,
-                password_file=str(pw),
-                lock="backup_stage",
+                MysqlSettings(
+                    name="x",
+                    unix_socket=maria.socket,
+                    user=user,
+                    password_file=str(pw),
+                    lock="backup_stage",
+                )
             )
         ).freeze()
         assert play.thaw()["lock"] == "backup_stage"
@@ -291,9 +275,9 @@ def test_unreachable_server_and_bad_password(maria: MariaServer, db: str, tmp_pa
 
 def test_server_crash_while_locked_fails_the_thaw(maria_factory: object) -> None:
     server = maria_factory().start()  # type: ignore[operator]
-    play = Play(MysqlWriter(**server.writer_config(lock="backup_stage"))).freeze()
+    play = Play(MysqlWriter(server.writer_config(lock="backup_stage"))).freeze()
     server.kill()
     server.start()
     with pytest.raises(WriterError, match="was lost"):
         play.thaw()
-    assert Play(MysqlWriter(**server.writer_config())).freeze().thaw()["lock"] == "backup_stage"
+    assert Play(MysqlWriter(server.writer_config())).freeze().thaw()["lock"] == "backup_stage"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hooks.mysql import MysqlWriter
+from hooks.mysql.writer import MysqlWriter
 from tests.helpers.dbservers import MariaServer, Play, copy_tree, fsfreeze
 from tests.helpers.waiting import Background
 
@@ -38,7 +38,7 @@ def test_frozen_copy_restores_with_rows_before_and_none_after(
     server.sql("CREATE TABLE d.t (i INT PRIMARY KEY, phase VARCHAR(10)) ENGINE=InnoDB")
     server.sql("INSERT INTO d.t SELECT seq, 'before' FROM d.seq_1_to_1000")
 
-    play = Play(MysqlWriter(**server.writer_config(lock=lock))).freeze()
+    play = Play(MysqlWriter(server.writer_config(lock=lock))).freeze()
     during = Background(server, "INSERT INTO d.t VALUES (5000, 'during')")
     time.sleep(0.3)
     copy = tmp_path / "copy"

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hooks.postgres import PostgresWriter
+from hooks.postgres.settings import PostgresSettings
+from hooks.postgres.writer import PostgresWriter
 from tests.helpers.dbservers import PgServer, Play, copy_tree, fsfreeze
 
 pytestmark = [pytest.mark.pg, pytest.mark.root, pytest.mark.slow]
@@ -38,7 +39,9 @@ def test_frozen_copy_restores_by_crash_recovery_and_with_the_label(
     server.sql("CREATE TABLE t (i int PRIMARY KEY, phase text)")
     server.sql("INSERT INTO t SELECT g, 'before' FROM generate_series(1, 1000) g")
 
-    play = Play(PostgresWriter(name="main", dsn=server.dsn), label="frozen").freeze()
+    play = Play(
+        PostgresWriter(PostgresSettings(name="main", dsn=server.dsn)), label="frozen"
+    ).freeze()
     copy = tmp_path / "copy"
     fsfreeze(fs.path, True)
     try:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
+
 import pytest
 
 from agent import config
 from common.errors import ConfigError
+from hooks.mysql.settings import MysqlSettings
+from hooks.postgres.settings import PostgresSettings
 from tests.helpers.env import REPO
 
 
@@ -16,6 +22,51 @@ def test_an_empty_file_gives_the_documented_defaults() -> None:
     assert cfg.listen.unix == "/run/quiesce-agent/agent.sock"
     assert cfg.scripts is None and cfg.filesystems is None  # absent section = writer off
     assert cfg.postgres == () and cfg.mysql == ()
+
+
+def test_a_database_entry_gets_the_writers_own_defaults() -> None:
+    cfg = config.parse(
+        {"postgres": [{"name": "main", "dsn": "host=/tmp"}], "mysql": [{"name": "main"}]}
+    )
+    assert cfg.postgres == (PostgresSettings(name="main", dsn="host=/tmp"),)
+    assert cfg.mysql == (MysqlSettings(name="main"),)
+
+
+@pytest.mark.parametrize(
+    ("settings", "keys", "entry"),
+    [
+        (PostgresSettings, config.POSTGRES_KEYS, {"name": "main", "dsn": "host=/tmp"}),
+        (MysqlSettings, config.MYSQL_KEYS, {"name": "main"}),
+    ],
+)
+def test_every_setting_is_a_key_and_its_default_is_accepted(
+    settings: type, keys: dict[str, object], entry: dict[str, object]
+) -> None:
+    fields = dataclasses.fields(settings)
+    assert list(keys) == [f.name for f in fields]  # the order "unknown key; known: ..." lists
+    # every default written out in the YAML gives the same settings as leaving it out
+    spelled = dict(entry)
+    for f in fields:
+        if f.default is not dataclasses.MISSING and f.default is not None:
+            spelled[f.name] = f.default
+    section = "postgres" if settings is PostgresSettings else "mysql"
+    assert config.parse({section: [spelled]}) == config.parse({section: [entry]})
+
+
+def test_loading_the_config_loads_no_database_driver() -> None:
+    # the client CLI loads the configuration to find the socket: that must not cost psycopg
+    # or pymysql (nor any writer)
+    code = (
+        "import sys, agent.config\n"
+        "agent.config.parse({'postgres': [{'name': 'a', 'dsn': 'x'}], 'mysql': [{'name': 'b'}]})\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('psycopg', 'pymysql') or m.endswith('.writer'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-B", "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == []
 
 
 def test_the_design_example_loads() -> None:

@@ -14,7 +14,8 @@ Lock strategies (``lock:``), see docs/databases.md for what each blocks:
 The lock lives in the session: a daemon that dies takes it along. Each lock statement is
 bounded server-side by lock_wait_timeout and, since a client-side timeout does not cancel a
 waiting FLUSH, by a watchdog that KILLs it from a second (control) session. Binary log file,
-position and GTID set are read while the lock is held.
+position and GTID set are read while the lock is held (coordinates.py). Which strategy
+``auto`` picks is strategy.py's; what a failed statement means, failures.py's.
 
 Raises: WriterUnavailable (cannot connect, wrong server for the strategy, missing privilege),
 WriterTimeout (a lock wait ran out), WriterError (long statements, lost session, ...).
@@ -22,9 +23,7 @@ WriterTimeout (a lock wait ran out), WriterError (long statements, lost session,
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import socket
 import threading
 import time
@@ -34,68 +33,22 @@ import pymysql
 from pymysql.connections import Connection
 
 from hooks.base import Operation, Stage, Writer
-from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
+from hooks.errors import WriterError, WriterUnavailable
+from hooks.mysql import coordinates
+from hooks.mysql.failures import ER_ACCESS_DENIED, classify, message
+from hooks.mysql.settings import MysqlSettings
+from hooks.mysql.strategy import choose_lock, mask, parse_version, refuse_lock
 
 GRACE = 1.0  # the watchdog kills a statement this long after its server-side bound
 POLL = 0.1
 NON_TRANSACTIONAL = ("MyISAM", "Aria", "MRG_MyISAM", "MRG_MYISAM", "CSV", "ARCHIVE")
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 STAGES = ("START", "FLUSH", "BLOCK_DDL", "BLOCK_COMMIT")
-LOCK_STEPS = ("FLUSH", "BACKUP STAGE", "LOCK INSTANCE")  # statements that wait for a lock
 UNLOCK = {
     "ftwrl": "UNLOCK TABLES",
     "backup_stage": "BACKUP STAGE END",
     "instance_lock": "UNLOCK INSTANCE",
 }
-# server error codes
-ER_ACCESS_DENIED, ER_SPECIFIC_ACCESS = 1045, 1227
-ER_LOCK_WAIT_TIMEOUT, ER_QUERY_INTERRUPTED, ER_STATEMENT_TIMEOUT = 1205, 1317, 1969
-CR_LOST = (2006, 2013, 2014, 2055)
-
-
-def parse_version(text: str) -> tuple[str, tuple[int, int, int]]:
-    """'10.11.19-MariaDB-0+deb12u1-log' -> ('mariadb', (10, 11, 19))."""
-    m = re.match(r"(\d+)\.(\d+)\.(\d+)", text)
-    numbers = (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else (0, 0, 0)
-    return ("mariadb" if "mariadb" in text.lower() else "mysql"), numbers
-
-
-def choose_lock(
-    flavor: str, version: tuple[int, int, int], non_transactional: dict[str, int]
-) -> tuple[str, str]:
-    """The ``auto`` decision: (strategy, reason)."""
-    if non_transactional:
-        tables = ", ".join(f"{n} {e}" for e, n in sorted(non_transactional.items()))
-        return "ftwrl", f"non-transactional user tables ({tables}) need FLUSH TABLES WITH READ LOCK"
-    if flavor == "mariadb" and version >= (10, 4, 0):
-        return "backup_stage", "MariaDB 10.4+ with transactional tables only"
-    if flavor == "mysql" and version >= (8, 0, 0):
-        return "instance_lock", "MySQL 8.0+ with transactional tables only"
-    return "ftwrl", f"{flavor} {'.'.join(map(str, version))} has no lighter backup lock"
-
-
-def refuse_lock(lock: str, flavor: str, version: tuple[int, int, int]) -> str | None:
-    """Why ``lock`` cannot work on this server, or None."""
-    shown = f"{'MariaDB' if flavor == 'mariadb' else 'MySQL'} {'.'.join(map(str, version))}"
-    if lock == "backup_stage" and not (flavor == "mariadb" and version >= (10, 4, 0)):
-        return (
-            f"lock: backup_stage needs MariaDB 10.4 or later, this is {shown}; "
-            "use lock: instance_lock (MySQL 8.0+) or ftwrl"
-        )
-    if lock == "instance_lock" and not (flavor == "mysql" and version >= (8, 0, 0)):
-        hint = "backup_stage" if flavor == "mariadb" and version >= (10, 4, 0) else "ftwrl"
-        return (
-            f"lock: instance_lock (LOCK INSTANCE FOR BACKUP) needs MySQL 8.0 or later, "
-            f"this is {shown}; use lock: {hint}"
-        )
-    return None
-
-
-def _mask(query: str | None) -> str:
-    """A statement's head with string literals masked (they may hold secrets)."""
-    text = re.sub(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", "'?'", query or "")
-    text = " ".join(text.split())
-    return text[:60] + ("..." if len(text) > 60 else "")
 
 
 class MysqlWriter(Writer):
@@ -104,29 +57,9 @@ class MysqlWriter(Writer):
     kind = "mysql"
     stage = Stage.MYSQL
 
-    def __init__(
-        self,
-        name: str,
-        unix_socket: str | None = "/run/mysqld/mysqld.sock",
-        host: str | None = None,
-        port: int = 3306,
-        user: str = "root",
-        password_file: str | None = None,
-        lock: str = "auto",
-        connect_timeout: float = 5.0,
-        lock_wait_timeout: float = 5.0,
-        long_query_wait: float = 5.0,
-        long_query_threshold: float = 1.0,
-        kill_long_queries: bool = False,
-    ) -> None:
-        super().__init__(name)
-        self.unix_socket, self.host, self.port = unix_socket, host, port
-        self.user, self.password_file, self.lock = user, password_file, lock
-        self.connect_timeout = connect_timeout
-        self.lock_wait_timeout = lock_wait_timeout
-        self.long_query_wait = long_query_wait
-        self.long_query_threshold = long_query_threshold
-        self.kill_long_queries = kill_long_queries
+    def __init__(self, settings: MysqlSettings) -> None:
+        super().__init__(settings.name)
+        self.settings = settings
         self._held: Connection[Any] | None = None
         self._ctl: Connection[Any] | None = None
         self._ctl_lock = threading.Lock()
@@ -135,7 +68,7 @@ class MysqlWriter(Writer):
         self._killed_by_watchdog = False
         self._locked = False
         self.flavor, self.version = "mysql", (0, 0, 0)
-        self.strategy, self.reason = lock, "configured"
+        self.strategy, self.reason = settings.lock, "configured"
         self._prepared_at = 0.0
         self._artifacts: dict[str, Any] = {}
         self._ms: dict[str, float] = {}  # lock_ms (taking the lock), release_ms (unlock)
@@ -144,40 +77,44 @@ class MysqlWriter(Writer):
 
     @property
     def where(self) -> str:
-        return self.unix_socket if self.unix_socket else f"{self.host}:{self.port}"
+        return (
+            self.settings.unix_socket
+            if self.settings.unix_socket
+            else f"{self.settings.host}:{self.settings.port}"
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
             "where": self.where,
-            "user": self.user,
-            "lock": self.lock,
-            "kill_long_queries": self.kill_long_queries,
+            "user": self.settings.user,
+            "lock": self.settings.lock,
+            "kill_long_queries": self.settings.kill_long_queries,
         }
 
     def _password(self) -> str:
-        if not self.password_file:
+        if not self.settings.password_file:
             return ""
         try:
-            with open(self.password_file) as f:
+            with open(self.settings.password_file) as f:
                 return f.read().rstrip("\r\n")
         except OSError as err:
             raise WriterUnavailable(
                 self.qualified_name,
-                f"cannot read mysql[].password_file {self.password_file}: {err.strerror}",
+                f"cannot read mysql[].password_file {self.settings.password_file}: {err.strerror}",
             ) from err
 
     def _connect(self, budget: float, read_timeout: float | None = None) -> Connection[Any]:
         kw: dict[str, Any] = (
-            {"unix_socket": self.unix_socket}
-            if self.unix_socket
-            else {"host": self.host, "port": self.port}
+            {"unix_socket": self.settings.unix_socket}
+            if self.settings.unix_socket
+            else {"host": self.settings.host, "port": self.settings.port}
         )
         try:
             return pymysql.connect(
-                user=self.user,
+                user=self.settings.user,
                 password=self._password(),
                 autocommit=True,
-                connect_timeout=max(0.5, min(self.connect_timeout, budget)),
+                connect_timeout=max(0.5, min(self.settings.connect_timeout, budget)),
                 read_timeout=read_timeout,
                 program_name="quiesce-agent",
                 **kw,
@@ -190,7 +127,7 @@ class MysqlWriter(Writer):
                 else "check that the server is running and mysql[].unix_socket / host"
             )
             raise WriterUnavailable(
-                self.qualified_name, f"cannot connect to {self.where}: {_msg(err)}; {hint}"
+                self.qualified_name, f"cannot connect to {self.where}: {message(err)}; {hint}"
             ) from err
 
     def _ctl_query(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
@@ -198,7 +135,7 @@ class MysqlWriter(Writer):
         with self._ctl_lock:
             if self._ctl is None:
                 self._ctl = self._connect(
-                    self.connect_timeout, read_timeout=self.lock_wait_timeout + 10
+                    self.settings.connect_timeout, read_timeout=self.settings.lock_wait_timeout + 10
                 )
             try:
                 with self._ctl.cursor() as cur:
@@ -206,7 +143,7 @@ class MysqlWriter(Writer):
                     return list(cur.fetchall())
             except pymysql.MySQLError as err:
                 self._close_ctl_locked()
-                raise WriterError(self.qualified_name, f"control session: {_msg(err)}") from err
+                raise WriterError(self.qualified_name, f"control session: {message(err)}") from err
 
     def _close_ctl_locked(self) -> None:
         conn, self._ctl = self._ctl, None
@@ -241,51 +178,19 @@ class MysqlWriter(Writer):
                 cur.execute(sql)
                 return list(cur.fetchall())
         except pymysql.MySQLError as err:
-            raise self._error(step, err, timeout) from err
+            raise classify(
+                err,
+                step,
+                timeout,
+                writer=self.qualified_name,
+                where=self.where,
+                user=self.settings.user,
+                flavor=self.flavor,
+                watchdog_killed=self._killed_by_watchdog,
+                cut=self._cut,
+            ) from err
         finally:
             timer.cancel()
-
-    def _error(self, step: str, err: pymysql.MySQLError, timeout: float) -> WriterError:
-        code = err.args[0] if err.args else 0
-        timed_out = code in (ER_LOCK_WAIT_TIMEOUT, ER_STATEMENT_TIMEOUT) or (
-            code == ER_QUERY_INTERRUPTED and self._killed_by_watchdog
-        )
-        if timed_out and not step.startswith(LOCK_STEPS):
-            return WriterTimeout(
-                self.qualified_name,
-                f"{step} did not finish within "
-                f"{timeout:.1f} s ({_msg(err)}); the server is overloaded or "
-                "stuck: check SHOW PROCESSLIST",
-            )
-        if timed_out:
-            return WriterTimeout(
-                self.qualified_name,
-                (
-                    f"{step} did not get its lock within {timeout:.0f} s ({_msg(err)}); find the "
-                    "blocker in SHOW PROCESSLIST (a long query, another backup holding BACKUP "
-                    "STAGE, an open LOCK TABLES) or raise mysql[].lock_wait_timeout"
-                ),
-            )
-        if code == ER_SPECIFIC_ACCESS:
-            need = (
-                "RELOAD, PROCESS, BINLOG MONITOR"
-                if self.flavor == "mariadb"
-                else "RELOAD, PROCESS, REPLICATION CLIENT, BACKUP_ADMIN"
-            )
-            return WriterUnavailable(
-                self.qualified_name,
-                f"{step}: {_msg(err)}; the agent's user {self.user} needs {need}",
-            )
-        if self._cut or isinstance(err, pymysql.err.InterfaceError) or code in CR_LOST:
-            return WriterError(
-                self.qualified_name,
-                (
-                    f"{step}: the session to {self.where} was lost ({_msg(err)}); the server "
-                    "restarted, the session was killed, or the ceiling guard released it. The "
-                    "lock went with the session"
-                ),
-            )
-        return WriterError(self.qualified_name, f"{step} failed: {_msg(err)}")
 
     def _close_held(self) -> None:
         conn, self._held = self._held, None
@@ -308,13 +213,13 @@ class MysqlWriter(Writer):
         rows = self._exec("reading the version", "SELECT VERSION(), @@log_bin", timeout)
         self.flavor, self.version = parse_version(str(rows[0][0]))
         self.binlog = bool(rows[0][1])
-        self.strategy, self.reason = self.lock, "configured"
-        refusal = refuse_lock(self.lock, self.flavor, self.version)
+        self.strategy, self.reason = self.settings.lock, "configured"
+        refusal = refuse_lock(self.settings.lock, self.flavor, self.version)
         if refusal:
             raise WriterUnavailable(self.qualified_name, refusal)
-        if self.lock in ("auto", "instance_lock", "backup_stage"):
+        if self.settings.lock in ("auto", "instance_lock", "backup_stage"):
             engines = self._non_transactional(timeout)
-            if self.lock == "auto":
+            if self.settings.lock == "auto":
                 self.strategy, self.reason = choose_lock(self.flavor, self.version, engines)
             elif engines:
                 self.reason = (
@@ -339,9 +244,9 @@ class MysqlWriter(Writer):
     # -- the Writer interface -------------------------------------------------------------------
 
     def check(self) -> list[str]:
-        self._open(self.connect_timeout)
+        self._open(self.settings.connect_timeout)
         try:
-            self._read_facts(self.lock_wait_timeout)
+            self._read_facts(self.settings.lock_wait_timeout)
         finally:
             self._close()
         shown = (
@@ -358,12 +263,12 @@ class MysqlWriter(Writer):
         self._cut = False
         self._held = self._connect(budget)
         self._held_id = int(self._held.thread_id())  # type: ignore[no-untyped-call]
-        lwt = max(1, math.ceil(self.lock_wait_timeout))
+        lwt = max(1, math.ceil(self.settings.lock_wait_timeout))
         # the held session must survive an idle freeze window of up to the ceiling
         self._exec(
             "session settings",
             f"SET SESSION lock_wait_timeout = {lwt}, SESSION wait_timeout = 3600",
-            self.lock_wait_timeout,
+            self.settings.lock_wait_timeout,
         )
 
     def prepare(self, op: Operation) -> None:
@@ -371,10 +276,10 @@ class MysqlWriter(Writer):
         self._prepared_at = time.monotonic()
         self._open(op.time_left(self.qualified_name, "connect"))
         try:
-            self._read_facts(min(self.lock_wait_timeout, op.deadline.remaining()))
+            self._read_facts(min(self.settings.lock_wait_timeout, op.deadline.remaining()))
             op.log(self.qualified_name, f"lock {self.strategy}: {self.reason}")
             if self.strategy == "ftwrl":
-                self._clear_long_queries(op, self.long_query_wait)
+                self._clear_long_queries(op, self.settings.long_query_wait)
                 t0 = time.monotonic()
                 self._bounded(
                     op, "FLUSH NO_WRITE_TO_BINLOG TABLES", "FLUSH NO_WRITE_TO_BINLOG TABLES"
@@ -387,8 +292,8 @@ class MysqlWriter(Writer):
     def _bounded(self, op: Operation, step: str, sql: str) -> list[tuple[Any, ...]]:
         """A lock statement: session lock_wait_timeout, and the watchdog, within the budget."""
         left = op.time_left(self.qualified_name, step)
-        bound = min(self.lock_wait_timeout, left)
-        if bound < self.lock_wait_timeout:
+        bound = min(self.settings.lock_wait_timeout, left)
+        if bound < self.settings.lock_wait_timeout:
             self._exec(
                 "lock_wait_timeout",
                 f"SET SESSION lock_wait_timeout = {max(1, math.ceil(bound))}",
@@ -406,7 +311,7 @@ class MysqlWriter(Writer):
             "'Killed', 'Slave_IO', 'Slave_SQL', 'Slave_worker') AND INFO IS NOT NULL "
             f"AND USER NOT IN ('system user', 'event_scheduler') AND ID NOT IN ({mine}) "
             f"AND {ms} >= %s",
-            [self.long_query_threshold],
+            [self.settings.long_query_threshold],
         )
 
     def _clear_long_queries(self, op: Operation, wait: float) -> None:
@@ -426,9 +331,9 @@ class MysqlWriter(Writer):
         if not long:
             return
         listing = "; ".join(
-            f"id {i} user {u} running {float(t):.0f} s: {_mask(q)}" for i, u, t, q in long[:5]
+            f"id {i} user {u} running {float(t):.0f} s: {mask(q)}" for i, u, t, q in long[:5]
         )
-        if not self.kill_long_queries:
+        if not self.settings.kill_long_queries:
             raise WriterError(
                 self.qualified_name,
                 (
@@ -451,7 +356,7 @@ class MysqlWriter(Writer):
         t0 = time.monotonic()
         try:
             if self.strategy == "ftwrl":
-                left = self.long_query_wait - (time.monotonic() - self._prepared_at)
+                left = self.settings.long_query_wait - (time.monotonic() - self._prepared_at)
                 self._clear_long_queries(op, max(0.0, left))
                 self._locked = True  # from here on, thaw/abort must unlock
                 self._bounded(op, "FLUSH TABLES WITH READ LOCK", "FLUSH TABLES WITH READ LOCK")
@@ -481,45 +386,8 @@ class MysqlWriter(Writer):
 
     def _coordinates(self, op: Operation) -> dict[str, Any]:
         """Binary log file / position and GTID set, read while the lock is held."""
-        bound = max(1.0, min(self.lock_wait_timeout, op.deadline.remaining()))
-        if self.strategy == "instance_lock":
-            return self._log_status(bound)
-        out: dict[str, Any] = {
-            "binlog_file": None,
-            "binlog_position": None,
-            "gtid": None,
-            "coordinates_exact": True,
-        }
-        if self.flavor == "mysql" and self.version >= (8, 2, 0):
-            status = self._exec("SHOW BINARY LOG STATUS", "SHOW BINARY LOG STATUS", bound)
-        else:
-            status = self._exec("SHOW MASTER STATUS", "SHOW MASTER STATUS", bound)
-        if status:
-            out["binlog_file"], out["binlog_position"] = str(status[0][0]), int(status[0][1])
-        var = "@@gtid_binlog_pos" if self.flavor == "mariadb" else "@@gtid_executed"
-        has_gtid = self.version >= ((10, 0, 2) if self.flavor == "mariadb" else (5, 6, 5))
-        if has_gtid:  # older servers have no GTIDs at all
-            rows = self._exec("reading the GTID set", f"SELECT {var}", bound)
-            out["gtid"], out["gtid_variable"] = str(rows[0][0] or ""), var
-        return out
-
-    def _log_status(self, bound: float) -> dict[str, Any]:
-        """MySQL 8: LOCK INSTANCE FOR BACKUP lets commits through, so the coordinates are a
-        point inside the window, read atomically from performance_schema.log_status."""
-        rows = self._exec(
-            "reading performance_schema.log_status",
-            "SELECT LOCAL FROM performance_schema.log_status",
-            bound,
-        )
-        local = _parse_local(rows[0][0] if rows else None)
-        pos = local.get("binary_log_position") or {}
-        return {
-            "binlog_file": pos.get("binary_log_file"),
-            "binlog_position": pos.get("binary_log_position"),
-            "gtid": local.get("gtid_executed"),
-            "gtid_variable": "@@gtid_executed",
-            "coordinates_exact": False,
-        }
+        bound = max(1.0, min(self.settings.lock_wait_timeout, op.deadline.remaining()))
+        return coordinates.read(self._exec, self.strategy, self.flavor, self.version, bound)
 
     def _release_by_kill(self) -> None:
         """End the held session for sure: KILL it server-side, then close our end."""
@@ -534,7 +402,7 @@ class MysqlWriter(Writer):
         sql = UNLOCK[self.strategy]
         t0 = time.monotonic()
         try:
-            self._exec(sql, sql, self.lock_wait_timeout)
+            self._exec(sql, sql, self.settings.lock_wait_timeout)
             self._ms["release_ms"] = round((time.monotonic() - t0) * 1000, 1)
             op.log(self.qualified_name, f"{sql}: released")
         except WriterError as err:
@@ -582,7 +450,7 @@ class MysqlWriter(Writer):
 
     def _kill_quietly(self, held_id: int) -> None:
         try:
-            conn = self._connect(min(2.0, self.connect_timeout), read_timeout=5)
+            conn = self._connect(min(2.0, self.settings.connect_timeout), read_timeout=5)
             try:
                 with conn.cursor() as cur:
                     cur.execute(f"KILL CONNECTION {int(held_id)}")
@@ -590,22 +458,3 @@ class MysqlWriter(Writer):
                 conn.close()
         except Exception:  # noqa: BLE001 - the socket is already cut; best effort
             pass
-
-
-def _msg(err: BaseException) -> str:
-    args: tuple[Any, ...] = tuple(getattr(err, "args", ()))
-    if len(args) >= 2:
-        return f"{args[1]} ({args[0]})"
-    return str(err) or type(err).__name__
-
-
-def _parse_local(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if isinstance(value, dict):
-        return value
-    try:
-        parsed = json.loads(value)
-    except (TypeError, ValueError):
-        return {}
-    return parsed if isinstance(parsed, dict) else {}

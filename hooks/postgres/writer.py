@@ -7,6 +7,7 @@
              when WAL archiving is on and wait_for_archive is set, wait (bounded by
              archive_timeout) until pg_stat_archiver shows the last WAL segment archived;
              write backup_label / tablespace_map / backup_info.json to artifacts_dir
+             (artifacts.py; the WAL segments the backup needs come from wal.py)
     abort    close the session: the server aborts backup mode when the backend exits
 
 Backup mode lives only as long as the session (PostgreSQL 15 has no exclusive mode), so the
@@ -25,7 +26,6 @@ statement ran past its bound), WriterError (anything else, always naming the ste
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -39,6 +39,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 from hooks.base import Operation, Stage, Writer
 from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
+from hooks.postgres.artifacts import label_folder, write_label_files
+from hooks.postgres.settings import PostgresSettings
+from hooks.postgres.wal import backup_wal, parse_size
 
 CLIENT_GRACE = 2.0  # seconds the client waits past statement_timeout before cutting the socket
 ARCHIVE_POLL = 0.1
@@ -48,32 +51,6 @@ KEEPALIVES: dict[str, Any] = {
     "keepalives_interval": 5,
     "keepalives_count": 3,
 }
-
-
-def parse_lsn(text: str) -> int:
-    """'16/B374D848' -> int."""
-    hi, lo = text.split("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
-
-
-def wal_file_name(timeline: int, segno: int, seg_size: int) -> str:
-    """The name of WAL segment ``segno`` (XLogFileName)."""
-    per_id = 0x100000000 // seg_size
-    return f"{timeline:08X}{segno // per_id:08X}{segno % per_id:08X}"
-
-
-def parse_size(text: str) -> int:
-    """A PostgreSQL size setting as SHOW prints it ('16MB', '1GB', '8192kB') -> bytes."""
-    m = re.fullmatch(r"\s*(\d+)\s*(B|kB|MB|GB|TB)?\s*", text)
-    if not m:
-        raise ValueError(f"not a size: {text!r}")
-    unit = {"B": 1, None: 1, "kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
-    return int(m.group(1)) * unit[m.group(2)]
-
-
-def safe_label(label: str) -> str:
-    """A label usable as a folder name."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", label)[:100].lstrip(".") or "backup"
 
 
 def _first_line(err: BaseException) -> str:
@@ -86,23 +63,9 @@ class PostgresWriter(Writer):
     kind = "postgres"
     stage = Stage.POSTGRES
 
-    def __init__(
-        self,
-        name: str,
-        dsn: str,
-        connect_timeout: float = 5.0,
-        statement_timeout: float = 10.0,
-        wait_for_archive: bool = True,
-        archive_timeout: float = 15.0,
-        artifacts_dir: str | None = None,
-    ) -> None:
-        super().__init__(name)
-        self.dsn = dsn
-        self.connect_timeout = connect_timeout
-        self.statement_timeout = statement_timeout
-        self.wait_for_archive = wait_for_archive
-        self.archive_timeout = archive_timeout
-        self.artifacts_dir = artifacts_dir
+    def __init__(self, settings: PostgresSettings) -> None:
+        super().__init__(settings.name)
+        self.settings = settings
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
         self._cut = False  # the socket was shut down (emergency or a client-side timeout)
@@ -124,7 +87,7 @@ class PostgresWriter(Writer):
     def where(self) -> str:
         """Host (or socket dir), port and database from the DSN; never the password."""
         try:
-            info = conninfo_to_dict(self.dsn)
+            info = conninfo_to_dict(self.settings.dsn)
         except psycopg.ProgrammingError:
             return "(unparsable dsn)"
         host = info.get("host") or info.get("hostaddr") or "default socket"
@@ -133,17 +96,17 @@ class PostgresWriter(Writer):
     def describe(self) -> dict[str, Any]:
         return {
             "where": self.where,
-            "wait_for_archive": self.wait_for_archive,
-            "artifacts_dir": self.artifacts_dir,
+            "wait_for_archive": self.settings.wait_for_archive,
+            "artifacts_dir": self.settings.artifacts_dir,
         }
 
     # -- connection and bounded statements ----------------------------------------------------
 
     def _connect(self, budget: float) -> psycopg.Connection[Any]:
-        timeout = max(2, int(min(self.connect_timeout, max(budget, 0.0)) + 0.999))
+        timeout = max(2, int(min(self.settings.connect_timeout, max(budget, 0.0)) + 0.999))
         try:
             conn = psycopg.connect(
-                self.dsn,
+                self.settings.dsn,
                 autocommit=True,
                 connect_timeout=timeout,
                 application_name="quiesce-agent",
@@ -232,9 +195,9 @@ class PostgresWriter(Writer):
 
     def check(self) -> list[str]:
         with self._lock:
-            self._conn = self._connect(self.connect_timeout)
+            self._conn = self._connect(self.settings.connect_timeout)
         try:
-            self._read_facts(self.statement_timeout)
+            self._read_facts(self.settings.statement_timeout)
         finally:
             self._close()
         notes = [
@@ -242,7 +205,7 @@ class PostgresWriter(Writer):
             f"{' standby' if self.standby else ''}, archiving "
             f"{'on' if self.archiving else 'off'}"
         ]
-        if self.wait_for_archive and not self.archiving:
+        if self.settings.wait_for_archive and not self.archiving:
             notes.append(
                 "WAL archiving is off: backup_label restores need the WAL copied by "
                 "other means; an atomic snapshot restores by crash recovery"
@@ -296,7 +259,7 @@ class PostgresWriter(Writer):
         with self._lock:
             self._conn = conn
         try:
-            self._read_facts(min(self.statement_timeout, op.deadline.remaining()))
+            self._read_facts(min(self.settings.statement_timeout, op.deadline.remaining()))
             # the held session must survive an idle freeze window
             off = ["idle_in_transaction_session_timeout"]
             if self.version >= 140000:
@@ -306,7 +269,7 @@ class PostgresWriter(Writer):
                     f"SET {name}",
                     "SELECT set_config(%s, '0', false)",
                     [name],
-                    self.statement_timeout,
+                    self.settings.statement_timeout,
                 )
             self._checkpoint(op)
         except WriterError:
@@ -318,7 +281,7 @@ class PostgresWriter(Writer):
         t0 = time.monotonic()
         try:
             left = op.time_left(self.qualified_name, "CHECKPOINT")
-            self._exec("CHECKPOINT", "CHECKPOINT", None, min(self.statement_timeout, left))
+            self._exec("CHECKPOINT", "CHECKPOINT", None, min(self.settings.statement_timeout, left))
             op.log(self.qualified_name, f"CHECKPOINT in {time.monotonic() - t0:.3f} s")
         except WriterUnavailable as err:  # not allowed: only a slower start, not a failure
             op.log(self.qualified_name, f"CHECKPOINT skipped: {err}")
@@ -340,7 +303,10 @@ class PostgresWriter(Writer):
         t0 = time.monotonic()
         try:
             rows = self._exec(
-                "pg_backup_start", sql, [op.label[:1000]], min(self.statement_timeout, left)
+                "pg_backup_start",
+                sql,
+                [op.label[:1000]],
+                min(self.settings.statement_timeout, left),
             )
         except WriterError:
             self._close()
@@ -381,7 +347,7 @@ class PostgresWriter(Writer):
                 ) from err
             self._ms["release_ms"] = round((time.monotonic() - t0) * 1000, 1)
             self._record(op, lsn, label, spcmap)
-            if self.wait_for_archive and self.archiving:
+            if self.settings.wait_for_archive and self.archiving:
                 t0 = time.monotonic()
                 try:
                     self._wait_archived(op)
@@ -401,28 +367,15 @@ class PostgresWriter(Writer):
             sql = "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
         else:
             sql = "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false)"
-        rows = self._exec("pg_backup_stop", sql, None, self.statement_timeout)
+        rows = self._exec("pg_backup_stop", sql, None, self.settings.statement_timeout)
         lsn, label, spcmap = rows[0]
         return str(lsn), str(label or ""), str(spcmap or "")
 
     def _record(self, op: Operation, stop_lsn: str, label: str, spcmap: str) -> None:
-        m = re.search(r"START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+) \(file ([0-9A-F]{24})\)", label)
-        start_file = m.group(2) if m else None
-        timeline = int(start_file[:8], 16) if start_file else 1
-        first = parse_lsn(m.group(1)) // self.seg_size if m else None
-        last = max(parse_lsn(stop_lsn) - 1, 0) // self.seg_size
-        files = (
-            [wal_file_name(timeline, s, self.seg_size) for s in range(first, last + 1)]
-            if first is not None and last - first < 256
-            else []
-        )
         self._artifacts = {
             "start_lsn": self.start_lsn,
             "stop_lsn": stop_lsn,
-            "timeline": timeline,
-            "wal_file_start": start_file,
-            "wal_file_stop": wal_file_name(timeline, last, self.seg_size),
-            "wal_files": files,
+            **backup_wal(label, stop_lsn, self.seg_size),
             "backup_label": label,
             "tablespace_map": spcmap,
             "standby": self.standby,
@@ -433,20 +386,20 @@ class PostgresWriter(Writer):
         op.log(
             self.qualified_name,
             f"backup mode stopped at {stop_lsn} "
-            f"(WAL {start_file} .. {self._artifacts['wal_file_stop']})",
+            f"(WAL {self._artifacts['wal_file_start']} .. {self._artifacts['wal_file_stop']})",
         )
 
     def _wait_archived(self, op: Operation) -> None:
         """Wait until the last WAL segment of the backup is archived, at most archive_timeout."""
         need = self._artifacts["wal_file_stop"]
-        end = time.monotonic() + self.archive_timeout
+        end = time.monotonic() + self.settings.archive_timeout
         last = None
         while True:
             rows = self._exec(
                 "reading pg_stat_archiver",
                 "SELECT last_archived_wal, last_failed_wal FROM pg_stat_archiver",
                 None,
-                self.statement_timeout,
+                self.settings.statement_timeout,
             )
             last, failed = rows[0]
             if last and re.fullmatch(r"[0-9A-F]{24}", last[:24]) and last[:24] >= need:
@@ -460,31 +413,25 @@ class PostgresWriter(Writer):
         raise WriterError(
             self.qualified_name,
             (
-                f"WAL segment {need} was not archived within {self.archive_timeout:.0f} s (last "
-                f"archived {last or 'none'}, last failed {failed or 'none'}); backup mode has "
-                "ended and the backup_label is in the report, but a restore from the WAL archive "
-                "fails until that segment is archived: fix archive_command (see "
-                "pg_stat_archiver), or raise postgres[].archive_timeout"
+                f"WAL segment {need} was not archived within "
+                f"{self.settings.archive_timeout:.0f} s (last archived {last or 'none'}, last "
+                f"failed {failed or 'none'}); backup mode has ended and the backup_label is in "
+                "the report, but a restore from the WAL archive fails until that segment is "
+                "archived: fix archive_command (see pg_stat_archiver), or raise "
+                "postgres[].archive_timeout"
             ),
         )
 
     def _write_artifacts(self, op: Operation, label: str, spcmap: str) -> None:
         """Write the label files (the lock is released: the filesystems are thawed)."""
-        if not self.artifacts_dir:
+        if not self.settings.artifacts_dir:
             return
-        folder = os.path.join(self.artifacts_dir, safe_label(op.label))
+        folder = label_folder(self.settings.artifacts_dir, op.label)
         info = {
             k: v for k, v in self._artifacts.items() if k not in ("backup_label", "tablespace_map")
         }
         try:
-            os.makedirs(folder, mode=0o750, exist_ok=True)
-            _atomic_write(os.path.join(folder, "backup_label"), label)
-            if spcmap:
-                _atomic_write(os.path.join(folder, "tablespace_map"), spcmap)
-            _atomic_write(
-                os.path.join(folder, "backup_info.json"),
-                json.dumps(info, indent=2, sort_keys=True) + "\n",
-            )
+            write_label_files(folder, label, spcmap, info)
             self._artifacts["artifacts_path"] = folder
             op.log(self.qualified_name, f"wrote backup_label to {folder}")
         except OSError as err:
@@ -510,12 +457,3 @@ class PostgresWriter(Writer):
 
     def emergency_release(self) -> None:
         self._cut_socket()
-
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -50,11 +50,10 @@ def _log_status(run: Run, bound: float) -> dict[str, Any]:
         "SELECT LOCAL FROM performance_schema.log_status",
         bound,
     )
-    local = _parse_local(rows[0][0] if rows else None)
-    pos = local.get("binary_log_position") or {}
+    local = _parse_local(rows[0][0] if rows else None)  # flat keys, as MySQL documents it
     return {
-        "binlog_file": pos.get("binary_log_file"),
-        "binlog_position": pos.get("binary_log_position"),
+        "binlog_file": local.get("binary_log_file"),
+        "binlog_position": local.get("binary_log_position"),
         "gtid": local.get("gtid_executed"),
         "gtid_variable": "@@gtid_executed",
         "coordinates_exact": False,

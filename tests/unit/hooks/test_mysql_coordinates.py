@@ -82,13 +82,6 @@ def test_instance_lock_with_an_unreadable_log_status_reports_no_position(local: 
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="known defect, left for its own change: MySQL's manual gives LOCAL's keys flat "
-    "(binary_log_file, binary_log_position, gtid_executed); the reader looks for the file "
-    "inside binary_log_position",
-)
 def test_instance_lock_reads_the_position_from_log_status_as_mysql_documents_it() -> None:
     local = {
         "gtid_executed": "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa:1-2",

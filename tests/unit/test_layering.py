@@ -6,7 +6,10 @@
   modules and the concrete writers; the settings only in agent/config.py (so loading the
   configuration loads no database driver), the concrete writers only in agent/writers.py
   (the one registry that knows them);
-- host uses only agent.protocol (the package and its modules) from the agent;
+- host uses only agent.protocol (the package and its modules) from the agent, and nothing
+  from hooks;
+- inside host, each part imports only the parts below it: engine <- serve <- snapshots <-
+  lab <- cli (so the engine imports nothing above it, and only host/cli reaches host/lab);
 - and nothing on the freeze path imports lazily.
 """
 
@@ -163,6 +166,40 @@ def test_host_imports_only_the_protocol_from_the_agent() -> None:
         and not name.startswith("agent.protocol.")
     ]
     assert not found, _listing(found) + ": the host uses only agent.protocol (and its modules)"
+
+
+def test_host_imports_nothing_from_the_hooks() -> None:
+    found = [
+        f"{module} imports {name}"
+        for module, names in _imports("host").items()
+        for name in sorted(names)
+        if _ours(name, "hooks")
+    ]
+    assert not found, _listing(found) + ": the host never loads the guest's writers"
+
+
+HOST_PARTS = ("engine", "serve", "snapshots", "lab", "cli")  # bottom to top
+
+
+def _part(name: str) -> str | None:
+    """``engine`` for host.engine.disk; None for a module of host/ itself (host/__init__)."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "host" else None
+
+
+def test_each_part_of_the_host_imports_only_the_parts_below_it() -> None:
+    found = []
+    for module, names in _imports("host").items():
+        here = module.split("/")[1] if module.count("/") > 1 else None
+        if here not in HOST_PARTS:
+            continue
+        for name in sorted(names):
+            there = _part(name)
+            if there in HOST_PARTS and HOST_PARTS.index(there) > HOST_PARTS.index(here):
+                found.append(f"{module} imports {name}")
+    assert not found, (
+        _listing(found) + ": imports point down, engine <- serve <- snapshots <- lab <- cli"
+    )
 
 
 def test_the_agent_uses_no_lazy_imports_on_the_freeze_path() -> None:

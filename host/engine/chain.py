@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from host.engine.durable import space_error
+from host.engine.errors import space_error
 from host.engine.vmdk import GRAIN, GRAIN_SECTORS, SECTOR, ZERO_GRAIN, FlatBase, Layer, SparseExtent
 
 Progress = Callable[[int, int], Any]  # (bytes done, bytes total)

@@ -16,14 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from host.engine.durable import (
-    INTENT,
-    ChainBroken,
-    CidMismatch,
-    DiskError,
-    FolderLock,
-    read_intent,
-)
+from host.engine.durable import INTENT, FolderLock, read_intent
+from host.engine.errors import ChainBroken, CidMismatch, DiskError
 from host.engine.tree import DELTA_NAME, Tree
 from host.engine.vmdk import BASE_NAME, FlatBase, Layer, SparseExtent, inside, safe_name
 

@@ -38,32 +38,34 @@ from host.engine.chain import Chain, Progress, allocated, flatten, merge_up
 from host.engine.check import examine, link_error, role
 from host.engine.durable import (
     INTENT,
+    FolderLock,
+    clear_intent,
+    pending_log_path,
+    pwrite_all,
+    read_intent,
+    unlink_durably,
+    write_intent,
+)
+from host.engine.errors import (
     ChainBroken,
+    ChainFileMissing,
     ChainTooDeep,
     CidMismatch,
     CorruptFile,
     DiskBusy,
     DiskError,
-    FolderLock,
     ForeignFile,
     NoSpace,
     ReadOnly,
     SnapshotExists,
     SnapshotNotFound,
-    clear_intent,
-    pending_log_path,
-    pwrite_all,
-    read_intent,
     space_error,
-    unlink_durably,
-    write_intent,
 )
 from host.engine.tree import DELTA_NAME, MAX_CHAIN, TREE, Tree
 from host.engine.vmdk import (
     BASE_NAME,
     GRAIN,
     MAX_CAPACITY,
-    ChainFileMissing,
     FlatBase,
     Layer,
     SparseExtent,

@@ -1,4 +1,4 @@
-"""Durable files for the delta-disk engine, and the engine's error tree.
+"""Durable files for the delta-disk engine.
 
 Everything the engine writes that must survive a crash goes through here: ``atomic_write``
 (temp file in the same folder, write, fsync, rename, fsync the folder, borg's ``SaveFile``),
@@ -12,20 +12,8 @@ keeping both promises: the grain table in the file only ever points at data alre
 survives the death of the process (its entry is in the log, which the next open of the same
 boot replays; after a reboot the log is ignored: those writes were never flushed).
 
-The errors live here because this is the bottom module every other one imports::
-
-    DiskError                    root of the engine's (a QuiesceError); every message names
-                                 the file and what is wrong
-     ├── ForeignFile             not a file this engine can use (bad magic, unsupported format)
-     ├── CorruptFile             our format, damaged (truncated, table past the end, ...)
-     ├── ChainBroken             missing parent, parent loop, hint outside the folder
-     │    └── CidMismatch        child's parentCID is not the parent's CID
-     ├── ChainTooDeep            a 33rd snapshot in one chain
-     ├── SnapshotNotFound
-     ├── SnapshotExists
-     ├── DiskBusy                another process holds the disk's lock
-     ├── ReadOnly                a write on a disk opened read-only
-     └── NoSpace                 ENOSPC/EDQUOT; the operation was undone or can be finished
+Raises DiskError and NoSpace (``host.engine.errors``), DiskBusy from ``FolderLock``,
+CorruptFile for a damaged intent record.
 """
 
 from __future__ import annotations
@@ -38,78 +26,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from common.errors import QuiesceError
-
-
-class DiskError(QuiesceError):
-    """Root of the host engine's errors."""
-
-    code = "DiskError"
-    exit_code = 2
-
-    def __init__(self, message: str, path: str | Path | None = None) -> None:
-        super().__init__(message)
-        self.path = Path(path) if path is not None else None
-
-
-class ForeignFile(DiskError):
-    code = "ForeignFile"
-    exit_code = 10
-
-
-class CorruptFile(DiskError):
-    code = "CorruptFile"
-    exit_code = 11
-
-
-class ChainBroken(DiskError):
-    code = "ChainBroken"
-    exit_code = 12
-
-
-class CidMismatch(ChainBroken):
-    code = "CidMismatch"
-    exit_code = 13
-
-
-class ChainTooDeep(DiskError):
-    code = "ChainTooDeep"
-    exit_code = 14
-
-
-class SnapshotNotFound(DiskError):
-    code = "SnapshotNotFound"
-    exit_code = 15
-
-
-class SnapshotExists(DiskError):
-    code = "SnapshotExists"
-    exit_code = 16
-
-
-class DiskBusy(DiskError):
-    code = "DiskBusy"
-    exit_code = 17
-
-
-class ReadOnly(DiskError):
-    code = "ReadOnly"
-    exit_code = 18
-
-
-class NoSpace(DiskError):
-    code = "NoSpace"
-    exit_code = 19
-
-
-SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-
-
-def space_error(err: OSError, path: str | Path, doing: str) -> DiskError:
-    """Turn an OSError into the DiskError a sysadmin can act on (NoSpace for a full disk)."""
-    if err.errno in SPACE_ERRNOS:
-        return NoSpace(f"{path}: no space left while {doing}; free space and retry", path)
-    return DiskError(f"{path}: {doing} failed: {err.strerror or err}", path)
+from host.engine.errors import CorruptFile, DiskBusy, DiskError, space_error
 
 
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:

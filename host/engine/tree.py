@@ -24,7 +24,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from host.engine.durable import ChainBroken, CorruptFile, SnapshotNotFound, write_json
+from host.engine.durable import write_json
+from host.engine.errors import ChainBroken, CorruptFile, SnapshotNotFound
 from host.engine.vmdk import BASE_NAME, GRAIN, SAFE_NAME
 
 TREE = "tree.json"

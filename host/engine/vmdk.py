@@ -29,17 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from host.engine.durable import (
-    ChainBroken,
-    CorruptFile,
-    DiskError,
-    ForeignFile,
     PendingLog,
     atomic_write,
     fsync_dir,
     pending_log_path,
     pwrite_all,
-    space_error,
 )
+from host.engine.errors import ChainFileMissing, CorruptFile, DiskError, ForeignFile, space_error
 
 SECTOR = 512
 GRAIN_SECTORS = 128
@@ -69,12 +65,6 @@ ZERO_GRAIN = bytes(GRAIN)
 
 # a layer file name: no slashes, no leading dot, ends in .vmdk
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,200}\.vmdk$")
-
-
-class ChainFileMissing(ChainBroken):
-    """A layer file named by the chain is missing or unreadable."""
-
-    code = "ChainFileMissing"
 
 
 def new_cid() -> int:

@@ -20,8 +20,8 @@ Semantics (see DESIGN.md "The delta-disk engine" and docs/internals/disk-format.
 - ``snapshot_delete_all`` writes every grain of the current chain straight into the base in
   one pass and removes every delta.
 
-Errors: every method raises subclasses of ``DiskError`` (re-exported here), whose messages
-name the file and what is wrong.
+Errors: every method raises subclasses of ``DiskError`` (``host.engine.errors``), whose
+messages name the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -47,18 +47,12 @@ from host.engine.durable import (
     write_intent,
 )
 from host.engine.errors import (
-    ChainBroken,
     ChainFileMissing,
     ChainTooDeep,
-    CidMismatch,
     CorruptFile,
-    DiskBusy,
     DiskError,
-    ForeignFile,
-    NoSpace,
     ReadOnly,
     SnapshotExists,
-    SnapshotNotFound,
     space_error,
 )
 from host.engine.tree import DELTA_NAME, MAX_CHAIN, TREE, Tree
@@ -74,21 +68,7 @@ from host.engine.vmdk import (
     safe_name,
 )
 
-__all__ = [
-    "ChainBroken",
-    "ChainTooDeep",
-    "CidMismatch",
-    "CorruptFile",
-    "Disk",
-    "DiskBusy",
-    "DiskError",
-    "ForeignFile",
-    "NoSpace",
-    "ReadOnly",
-    "SnapshotExists",
-    "SnapshotNotFound",
-    "MAX_CHAIN",
-]
+__all__ = ["CONSISTENCY", "MAX_CHAIN", "Disk"]
 
 CONSISTENCY = ("application", "filesystem", "crash")
 SNAPSHOT_NAME = re.compile(r"^[^\x00-\x1f/\x7f]{1,128}$")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from host.engine.disk import CidMismatch, Disk
+from host.engine.disk import Disk
+from host.engine.errors import CidMismatch
 from host.engine.vmdk import HEADER, Layout, parse_descriptor
 from tests.helpers.disks import (
     GRAIN,

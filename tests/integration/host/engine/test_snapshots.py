@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from host.engine.disk import (
-    MAX_CHAIN,
-    ChainTooDeep,
-    Disk,
-    DiskError,
-    SnapshotExists,
-    SnapshotNotFound,
-)
+from host.engine.disk import MAX_CHAIN, Disk
+from host.engine.errors import ChainTooDeep, DiskError, SnapshotExists, SnapshotNotFound
 from tests.helpers.disks import GRAIN, SIZE
 
 

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from host.engine.chain import Layer
 from host.engine.durable import INTENT, FolderLock, read_intent
 from host.engine.errors import ChainBroken, CidMismatch, DiskError
+from host.engine.flat import FlatBase
+from host.engine.names import BASE_NAME, inside, safe_name
+from host.engine.sparse import SparseExtent
 from host.engine.tree import DELTA_NAME, Tree
-from host.engine.vmdk import BASE_NAME, FlatBase, Layer, SparseExtent, inside, safe_name
 
 
 def check_folder(folder: str | Path) -> list[str]:

@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from host.engine.chain import Chain, Progress, allocated, flatten, merge_up
+from host.engine.chain import Chain, Layer, Progress, allocated, flatten, merge_up
 from host.engine.check import examine, link_error, role
 from host.engine.durable import (
     INTENT,
@@ -55,18 +55,10 @@ from host.engine.errors import (
     SnapshotExists,
     space_error,
 )
+from host.engine.flat import FlatBase
+from host.engine.names import BASE_NAME, inside, new_cid, safe_name
+from host.engine.sparse import GRAIN, MAX_CAPACITY, SparseExtent
 from host.engine.tree import DELTA_NAME, MAX_CHAIN, TREE, Tree
-from host.engine.vmdk import (
-    BASE_NAME,
-    GRAIN,
-    MAX_CAPACITY,
-    FlatBase,
-    Layer,
-    SparseExtent,
-    inside,
-    new_cid,
-    safe_name,
-)
 
 __all__ = ["CONSISTENCY", "MAX_CHAIN", "Disk"]
 

@@ -26,7 +26,8 @@ from typing import Any
 
 from host.engine.durable import write_json
 from host.engine.errors import ChainBroken, CorruptFile, SnapshotNotFound
-from host.engine.vmdk import BASE_NAME, GRAIN, SAFE_NAME
+from host.engine.names import BASE_NAME, SAFE_NAME
+from host.engine.sparse import GRAIN
 
 TREE = "tree.json"
 FORMAT = "quiesce-disk/1"

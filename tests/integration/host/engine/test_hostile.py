@@ -13,7 +13,7 @@ import pytest
 
 from host.engine.disk import Disk
 from host.engine.errors import ChainBroken, CidMismatch, CorruptFile, DiskError, ForeignFile
-from host.engine.vmdk import HEADER
+from host.engine.sparse import HEADER
 from tests.helpers.disks import GRAIN, need_qemu, qemu_io
 
 SMALL = 64 * GRAIN

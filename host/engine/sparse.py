@@ -1,7 +1,4 @@
-"""The VMware hosted-disk files the engine keeps: a flat base and sparse (KDMV) deltas.
-
-A disk folder holds ``disk.vmdk`` (a monolithicFlat descriptor) + ``disk-flat.vmdk`` (the
-raw base) and one ``disk-NNNNNN.vmdk`` per delta: a monolithicSparse extent, version 1, 64 KiB
+"""A delta of a disk: ``disk-NNNNNN.vmdk``, a monolithicSparse (KDMV) extent, version 1, 64 KiB
 grains (grainSize 128), 512 entries per grain table, the descriptor at sector 1 owning sectors
 1-20, a redundant grain directory and tables, then the primary ones, every grain table
 allocated at creation (qemu never allocates one), grains appended grain-aligned at the end.
@@ -17,25 +14,16 @@ Raises ForeignFile (not a file we can use), CorruptFile (damaged), DiskError, No
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno
 import os
-import re
-import secrets
 import struct
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from host.engine.durable import (
-    PendingLog,
-    atomic_write,
-    fsync_dir,
-    pending_log_path,
-    pwrite_all,
-)
+from host.engine.descriptor import Descriptor, descriptor_problems, parse_descriptor
+from host.engine.durable import PendingLog, fsync_dir, pending_log_path, pwrite_all
 from host.engine.errors import ChainFileMissing, CorruptFile, DiskError, ForeignFile, space_error
+from host.engine.names import new_cid
 
 SECTOR = 512
 GRAIN_SECTORS = 128
@@ -51,292 +39,13 @@ FLAG_RGD = 2  # bit1: redundant grain directory and tables are kept
 FLAG_ZEROED = 4  # bit2 (v2+): GTE 1 means a zeroed grain
 FLAG_COMPRESSED = 1 << 16
 FLAG_MARKERS = 1 << 17
-NO_PARENT = 0xFFFFFFFF
 MAX_CAPACITY = (2**32 - 1) * SECTOR // GRAIN * GRAIN  # u32 sector offsets in the tables
-BASE_NAME = "disk.vmdk"
-FLAT_NAME = "disk-flat.vmdk"
-MAX_DESCRIPTOR_FILE = 64 * 1024
 
 HEADER = struct.Struct("<4sIIQQQQIQQQB4sH433x")
 assert HEADER.size == SECTOR
 EOL_BYTES = b"\n \r\n"
 
 ZERO_GRAIN = bytes(GRAIN)
-
-# a layer file name: no slashes, no leading dot, ends in .vmdk
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,200}\.vmdk$")
-
-
-def new_cid() -> int:
-    """A random content ID; never 0xffffffff (which means "no parent")."""
-    while True:
-        cid = secrets.randbits(32)
-        if cid != NO_PARENT:
-            return cid
-
-
-def safe_name(folder: Path, name: str, what: str, owner: Path) -> str:
-    """Refuse a file name that could resolve outside the disk folder (path traversal)."""
-    candidate = Path(name)
-    if candidate.is_absolute() or "/" in name or "\\" in name or not SAFE_NAME.match(name):
-        resolved = (owner.parent / candidate).resolve()
-        raise ForeignFile(
-            f"{owner}: {what} {name!r} is not a plain file name in the disk folder "
-            f"(resolves to {resolved}); refusing to follow it",
-            owner,
-        )
-    return name
-
-
-def inside(folder: Path, name: str, owner: Path) -> Path:
-    """``folder/name``, refusing symlinks that lead out of the folder."""
-    path = folder / name
-    if path.is_symlink() and path.resolve().parent != folder.resolve():
-        raise ForeignFile(
-            f"{owner}: {name} is a symlink out of the disk folder "
-            f"(to {path.resolve()}); refusing to follow it",
-            owner,
-        )
-    return path
-
-
-# ---------------------------------------------------------------- descriptor text
-
-
-@dataclass
-class Descriptor:
-    cid: int
-    parent_cid: int = NO_PARENT
-    create_type: str = "monolithicSparse"
-    parent_hint: str | None = None
-    extents: list[tuple[str, int, str, str, int]] = field(default_factory=list)
-    # (access, sectors, type, file name, offset)
-
-    def render(self) -> bytes:
-        sectors = self.extents[0][1] if self.extents else 0
-        lines = [
-            "# Disk DescriptorFile",
-            "version=1",
-            f"CID={self.cid:08x}",
-            f"parentCID={self.parent_cid:08x}",
-            f'createType="{self.create_type}"',
-        ]
-        if self.parent_hint is not None:
-            lines.append(f'parentFileNameHint="{self.parent_hint}"')
-        lines += ["", "# Extent description"]
-        for access, count, kind, name, offset in self.extents:
-            tail = f" {offset}" if kind == "FLAT" else ""
-            lines.append(f'{access} {count} {kind} "{name}"{tail}')
-        cylinders = max(1, min(sectors // (16 * 63), 16383))
-        lines += [
-            "",
-            "# The Disk Data Base",
-            "#DDB",
-            "",
-            'ddb.virtualHWVersion = "4"',
-            f'ddb.geometry.cylinders = "{cylinders}"',
-            'ddb.geometry.heads = "16"',
-            'ddb.geometry.sectors = "63"',
-            'ddb.adapterType = "ide"',
-            "",
-        ]
-        return "\n".join(lines).encode()
-
-
-_EXTENT = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)\s+"([^"]*)"(?:\s+(\d+))?\s*$')
-
-
-def parse_descriptor(text: bytes, path: Path) -> Descriptor:
-    """Parse the descriptor the way qemu does (first ``CID=`` wins, key=value lines)."""
-    try:
-        s = text.split(b"\0", 1)[0].decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise CorruptFile(f"{path}: the descriptor is not text ({err})", path) from err
-    values: dict[str, str] = {}
-    extents = []
-    for raw in s.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = _EXTENT.match(line)
-        if m:
-            extents.append((m[1], int(m[2]), m[3], m[4], int(m[5] or 0)))
-            continue
-        key, sep, value = line.partition("=")
-        if sep:
-            values.setdefault(key.strip(), value.strip().strip('"'))
-    if "CID" not in values or "parentCID" not in values:
-        raise CorruptFile(f"{path}: the descriptor has no CID/parentCID line", path)
-    try:
-        cid = int(values["CID"], 16)
-        parent_cid = int(values["parentCID"], 16)
-    except ValueError as err:
-        raise CorruptFile(f"{path}: CID or parentCID is not hexadecimal", path) from err
-    return Descriptor(
-        cid, parent_cid, values.get("createType", ""), values.get("parentFileNameHint"), extents
-    )
-
-
-def descriptor_problems(text: bytes) -> list[str]:
-    """What qemu's strstr-based parser would get wrong in this descriptor."""
-    s = text.split(b"\0", 1)[0].decode("utf-8", "replace")
-    problems = []
-    first = s.find("CID")
-    if first < 0 or not s[first:].startswith("CID=") or (first and s[first - 1] != "\n"):
-        problems.append("the first 'CID' in the descriptor is not the CID= line")
-    lines = s.splitlines()
-    idx = [i for i, ln in enumerate(lines) if ln.startswith("CID=")]
-    if idx and (idx[0] + 1 >= len(lines) or not lines[idx[0] + 1].startswith("parentCID=")):
-        problems.append("parentCID= is not on the line right after CID=")
-    return problems
-
-
-# ---------------------------------------------------------------- the flat base
-
-
-class FlatBase:
-    """``disk.vmdk`` (monolithicFlat descriptor) + ``disk-flat.vmdk`` (raw data)."""
-
-    kind = "flat"
-
-    def __init__(self, folder: Path, size: int, writable: bool) -> None:
-        self.folder = folder
-        self.name = BASE_NAME
-        self.path = inside(folder, BASE_NAME, folder / BASE_NAME)
-        self.writable = writable
-        self.cid_bumped = False
-        desc = self.read_descriptor()
-        if desc.create_type != "monolithicFlat":
-            raise ForeignFile(
-                f"{self.path}: createType is {desc.create_type!r}, expected "
-                "'monolithicFlat' for the base",
-                self.path,
-            )
-        if len(desc.extents) != 1 or desc.extents[0][2] != "FLAT" or desc.extents[0][4] != 0:
-            raise ForeignFile(
-                f"{self.path}: the base must have exactly one FLAT extent at offset 0", self.path
-            )
-        access, sectors, _, flat, _ = desc.extents[0]
-        if sectors * SECTOR != size:
-            raise CorruptFile(
-                f"{self.path}: the extent has {sectors} sectors but the disk is {size} bytes",
-                self.path,
-            )
-        safe_name(folder, flat, "FLAT extent", self.path)
-        self.flat_path = inside(folder, flat, self.path)
-        try:
-            self.fd = os.open(
-                self.flat_path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW
-            )
-        except OSError as err:
-            raise CorruptFile(
-                f"{self.flat_path}: cannot open the base's flat extent: {err.strerror}",
-                self.flat_path,
-            ) from err
-        have = os.fstat(self.fd).st_size
-        if have < size:
-            os.close(self.fd)
-            raise CorruptFile(
-                f"{self.flat_path}: truncated: {have} bytes, the descriptor says {size}",
-                self.flat_path,
-            )
-        self.size = size
-
-    @classmethod
-    def create(cls, folder: Path, size: int, preallocate: bool = True) -> None:
-        flat = folder / FLAT_NAME
-        try:
-            fd = os.open(flat, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                os.ftruncate(fd, size)
-                try:  # a preallocated flat extent: merges into it never hit ENOSPC
-                    if preallocate:
-                        os.posix_fallocate(fd, 0, size)
-                except OSError as err:
-                    if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                        raise
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as err:
-            flat.unlink(missing_ok=True)
-            raise space_error(err, flat, "creating the flat extent") from err
-        desc = Descriptor(
-            new_cid(),
-            NO_PARENT,
-            "monolithicFlat",
-            None,
-            [("RW", size // SECTOR, "FLAT", FLAT_NAME, 0)],
-        )
-        atomic_write(folder / BASE_NAME, desc.render())
-
-    def read_descriptor(self) -> Descriptor:
-        try:
-            with open(self.path, "rb") as f:
-                text = f.read(MAX_DESCRIPTOR_FILE + 1)
-        except OSError as err:
-            raise ChainFileMissing(
-                f"{self.path}: cannot read the base descriptor: {err.strerror}", self.path
-            ) from err
-        if len(text) > MAX_DESCRIPTOR_FILE or text[:4] == MAGIC:
-            raise ForeignFile(
-                f"{self.path}: not a descriptor file (expected the text "
-                "descriptor of a monolithicFlat base)",
-                self.path,
-            )
-        return parse_descriptor(text, self.path)
-
-    def read_cid(self) -> int:
-        return self.read_descriptor().cid
-
-    def set_cid(self, cid: int) -> None:
-        desc = self.read_descriptor()
-        desc.cid = cid
-        atomic_write(self.path, desc.render())
-
-    def read(self, offset: int, length: int) -> bytes:
-        data = os.pread(self.fd, length, offset)
-        if len(data) != length:
-            raise CorruptFile(
-                f"{self.flat_path}: short read at {offset} (file truncated?)", self.flat_path
-            )
-        return data
-
-    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        try:
-            pwrite_all(self.fd, data, offset)
-        except OSError as err:
-            raise space_error(err, self.flat_path, "writing to the base") from err
-
-    def problems(self) -> list[str]:
-        """What is wrong with the base that open tolerated."""
-        with open(self.path, "rb") as f:
-            return descriptor_problems(f.read(MAX_DESCRIPTOR_FILE))
-
-    def punch(self, offset: int, length: int) -> bool:
-        """Deallocate an aligned range (reads as zeros); False if the filesystem can't."""
-        return punch_hole(self.fd, offset, length)
-
-    def sync(self) -> None:
-        os.fsync(self.fd)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_FALLOC_PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-
-
-def punch_hole(fd: int, offset: int, length: int) -> bool:
-    fallocate = _libc.fallocate
-    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-    return bool(fallocate(fd, _FALLOC_PUNCH, offset, length) == 0)
-
-
-# ---------------------------------------------------------------- sparse deltas
 
 
 @dataclass
@@ -797,6 +506,3 @@ class SparseExtent:
 
 def _more(count: int) -> str:
     return f" ({count - 1} more like it)" if count > 1 else ""
-
-
-Layer = FlatBase | SparseExtent

@@ -87,17 +87,3 @@ def parse_descriptor(text: bytes, path: Path) -> Descriptor:
     return Descriptor(
         cid, parent_cid, values.get("createType", ""), values.get("parentFileNameHint"), extents
     )
-
-
-def descriptor_problems(text: bytes) -> list[str]:
-    """What qemu's strstr-based parser would get wrong in this descriptor."""
-    s = text.split(b"\0", 1)[0].decode("utf-8", "replace")
-    problems = []
-    first = s.find("CID")
-    if first < 0 or not s[first:].startswith("CID=") or (first and s[first - 1] != "\n"):
-        problems.append("the first 'CID' in the descriptor is not the CID= line")
-    lines = s.splitlines()
-    idx = [i for i, ln in enumerate(lines) if ln.startswith("CID=")]
-    if idx and (idx[0] + 1 >= len(lines) or not lines[idx[0] + 1].startswith("parentCID=")):
-        problems.append("parentCID= is not on the line right after CID=")
-    return problems

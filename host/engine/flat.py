@@ -16,7 +16,7 @@ import errno
 import os
 from pathlib import Path
 
-from host.engine.descriptor import Descriptor, descriptor_problems, parse_descriptor
+from host.engine.descriptor import Descriptor, parse_descriptor
 from host.engine.durable import atomic_write, pwrite_all
 from host.engine.errors import ChainFileMissing, CorruptFile, ForeignFile, space_error
 from host.engine.names import BASE_NAME, FLAT_NAME, NO_PARENT, inside, new_cid, safe_name
@@ -138,11 +138,6 @@ class FlatBase:
             pwrite_all(self.fd, data, offset)
         except OSError as err:
             raise space_error(err, self.flat_path, "writing to the base") from err
-
-    def problems(self) -> list[str]:
-        """What is wrong with the base that open tolerated."""
-        with open(self.path, "rb") as f:
-            return descriptor_problems(f.read(MAX_DESCRIPTOR_FILE))
 
     def punch(self, offset: int, length: int) -> bool:
         """Deallocate an aligned range (reads as zeros); False if the filesystem can't."""

@@ -20,7 +20,7 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
-from host.engine.descriptor import Descriptor, descriptor_problems, parse_descriptor
+from host.engine.descriptor import Descriptor, parse_descriptor
 from host.engine.durable import PendingLog, fsync_dir, pending_log_path, pwrite_all
 from host.engine.errors import ChainFileMissing, CorruptFile, DiskError, ForeignFile, space_error
 from host.engine.names import new_cid
@@ -436,57 +436,6 @@ class SparseExtent:
         except OSError as err:
             raise space_error(err, self.path, "writing grain tables") from err
 
-    def problems(self) -> list[str]:
-        """Damage qemu-img check does not see: shared, misaligned or out-of-place grains,
-        redundant tables that differ from the primary, descriptor text qemu would misparse."""
-        out = descriptor_problems(self.read_descriptor_bytes())
-        raw = os.pread(self.fd, SECTOR, 0)
-        if self.flags & FLAG_NEWLINE and raw[73:77] != EOL_BYTES:
-            out.append("the newline-detection bytes are damaged (file mangled as text?)")
-        if self.read_descriptor().create_type != "monolithicSparse":
-            out.append("createType is not monolithicSparse")
-        if self.pending:
-            out.append(
-                f"{len(self.pending)} grains written before a crash are not in the "
-                "grain tables yet (a read-write open commits them)"
-            )
-        busy = {g // GTES for g in self.pending}
-        for t, sector in enumerate(self.gde):
-            disk = self.read_table(sector)[: len(self.gt[t * GTES : (t + 1) * GTES])]
-            if t not in busy and disk != self.gt[t * GTES : (t + 1) * GTES]:
-                out.append(f"grain table {t} on disk differs from the one in memory")
-            if self.rgde and self.read_table(self.rgde[t]) != self.read_table(sector):
-                out.append(
-                    f"redundant grain table {t} differs from the primary (damaged, "
-                    "or a crash cut a table update short)"
-                )
-        if self.rgde and self.rgde == self.gde:
-            out.append("the redundant grain directory is the primary one")
-        used = sorted((s, g) for g, s in enumerate(self.gt) if s > 1)
-        misaligned = [(s, g) for s, g in used if s % GRAIN_SECTORS]
-        if misaligned:
-            s, g = misaligned[0]
-            out.append(
-                f"grain {g} (disk offset {g * GRAIN}) points to sector {s}, not a "
-                f"multiple of {GRAIN_SECTORS}: not grain-aligned" + _more(len(misaligned))
-            )
-        shared = [
-            (a, b) for a, b in zip(used, used[1:], strict=False) if a[0] + GRAIN_SECTORS > b[0]
-        ]
-        if shared:
-            (sa, ga), (sb, gb) = shared[0]
-            out.append(
-                f"grains {ga} and {gb} (disk offsets {ga * GRAIN} and {gb * GRAIN}) "
-                f"overlap in the file (sectors {sa} and {sb}): writing one changes "
-                "the other" + _more(len(shared))
-            )
-        if 1 in self.gt and not self.zeroed:
-            out.append(
-                "a grain table entry is 1 but the file has no zeroed-grain flag "
-                "(qemu reads the descriptor as data)"
-            )
-        return out
-
     def read_table(self, sector: int) -> array[int]:
         t = array("I")
         t.frombytes(os.pread(self.fd, GT_BYTES, sector * SECTOR))
@@ -502,7 +451,3 @@ class SparseExtent:
             os.close(self.fd)
             self.fd = -1
         self.log.close(remove=self.writable and not self.pending)
-
-
-def _more(count: int) -> str:
-    return f" ({count - 1} more like it)" if count > 1 else ""

@@ -1,7 +1,8 @@
 """Durable files for the delta-disk engine.
 
 Everything the engine writes that must survive a crash goes through here: ``atomic_write``
-(temp file in the same folder, write, fsync, rename, fsync the folder, borg's ``SaveFile``),
+(``common.files``: temp file in the same folder, write, fsync, rename, fsync the folder,
+borg's ``SaveFile``; here an OSError becomes the engine's DiskError or NoSpace),
 the one-writer ``FolderLock`` (an ``fcntl.flock`` on ``DISK/.lock``) and the intent record
 (``DISK/intent.json``) that a multi-step operation writes first so that ``Disk.open`` can roll
 it forward or back.
@@ -26,6 +27,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from common import files
 from host.engine.errors import CorruptFile, DiskBusy, DiskError, space_error
 
 
@@ -37,38 +39,15 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
         view, offset = view[n:], offset + n
 
 
-def fsync_dir(folder: str | Path) -> None:
-    """fsync a directory so that a rename or unlink in it is durable."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: str | Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, whole.
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, whole
+    (``common.files.atomic_write``: temp file ``.NAME.tmp-PID``, fsync, rename, folder fsync).
 
     Raises NoSpace (the old file untouched, the temp file removed) or DiskError.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-        fsync_dir(path.parent)
+        files.atomic_write(path, data)
     except OSError as err:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise space_error(err, path, "writing") from err
 
 
@@ -86,7 +65,7 @@ def unlink_durably(*paths: Path) -> None:
         except FileNotFoundError:
             pass
     for folder in folders:
-        fsync_dir(folder)
+        files.fsync_dir(folder)
 
 
 class FolderLock:

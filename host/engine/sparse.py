@@ -20,8 +20,9 @@ from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.files import atomic_file
 from host.engine.descriptor import Descriptor, parse_descriptor
-from host.engine.durable import PendingLog, fsync_dir, pending_log_path, pwrite_all
+from host.engine.durable import PendingLog, pending_log_path, pwrite_all
 from host.engine.errors import ChainFileMissing, CorruptFile, DiskError, ForeignFile, space_error
 from host.engine.names import new_cid
 
@@ -254,7 +255,8 @@ class SparseExtent:
 
     @classmethod
     def create(cls, path: Path, size: int, parent_cid: int, parent_hint: str) -> None:
-        """Write a new empty delta at ``path`` atomically (temp file, fsync, rename)."""
+        """Write a new empty delta at ``path`` atomically (``atomic_file``: a temp file whose
+        header, descriptor and tables are written in place, fsync, rename, folder fsync)."""
         capacity = size // SECTOR
         lay = Layout.of(capacity)
         header = HEADER.pack(
@@ -286,10 +288,8 @@ class SparseExtent:
             f"<{lay.num_gts}I", *(lay.rgt + i * GT_SECTORS for i in range(lay.num_gts))
         )
         gd = struct.pack(f"<{lay.num_gts}I", *(lay.gt + i * GT_SECTORS for i in range(lay.num_gts)))
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-            try:
+            with atomic_file(path) as fd:
                 os.ftruncate(fd, lay.overhead * SECTOR)
                 for data, sector in (
                     (header, 0),
@@ -298,13 +298,7 @@ class SparseExtent:
                     (gd, lay.gd),
                 ):
                     pwrite_all(fd, data, sector * SECTOR)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)
-            fsync_dir(path.parent)
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             raise space_error(err, path, "creating a delta") from err
 
     # -- descriptor -----------------------------------------------------------------------

@@ -411,12 +411,6 @@ class SparseExtent:
         except OSError as err:
             raise space_error(err, self.path, "writing grain tables") from err
 
-    def set_entries(self, entries: dict[int, int]) -> None:
-        """Set grain table entries directly (0 drops a grain), primary then redundant."""
-        for g, s in entries.items():
-            self.gt[g] = s
-        self._write_tables({g // GTES for g in entries})
-
     def _write_tables(self, tables: set[int]) -> None:
         try:
             for directory in (self.gde, self.rgde):

@@ -209,6 +209,5 @@ class Tree:
                 if s is not snap and self.named_ancestor(s["layer"]) == snap["name"]
             ]
             entry["is_current_position"] = snap["name"] == position
-            entry["is_current"] = entry["is_current_position"]  # alias the servers read
             out.append(entry)
         return out

@@ -18,9 +18,10 @@ import os
 from pathlib import Path
 
 from host.engine.chain import Layer
-from host.engine.durable import INTENT, FolderLock, read_intent
+from host.engine.durable import FolderLock
 from host.engine.errors import ChainBroken, CidMismatch, DiskError
 from host.engine.flat import MAX_DESCRIPTOR_FILE, FlatBase
+from host.engine.intents import INTENT, read_intent
 from host.engine.names import BASE_NAME, inside, safe_name
 from host.engine.sparse import (
     EOL_BYTES,

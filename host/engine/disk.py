@@ -36,16 +36,7 @@ from typing import Any
 
 from host.engine.chain import Chain, Layer, Progress, allocated, flatten, merge_up
 from host.engine.check import examine, link_error, role
-from host.engine.durable import (
-    INTENT,
-    FolderLock,
-    clear_intent,
-    pending_log_path,
-    pwrite_all,
-    read_intent,
-    unlink_durably,
-    write_intent,
-)
+from host.engine.durable import FolderLock, pending_log_path, pwrite_all, unlink_durably
 from host.engine.errors import (
     ChainFileMissing,
     ChainTooDeep,
@@ -56,6 +47,7 @@ from host.engine.errors import (
     space_error,
 )
 from host.engine.flat import FlatBase
+from host.engine.intents import INTENT, clear_intent, read_intent, write_intent
 from host.engine.names import BASE_NAME, inside, new_cid, safe_name
 from host.engine.sparse import GRAIN, MAX_CAPACITY, SparseExtent
 from host.engine.tree import DELTA_NAME, MAX_CHAIN, TREE, Tree

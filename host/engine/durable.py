@@ -3,9 +3,7 @@
 Everything the engine writes that must survive a crash goes through here: ``atomic_write``
 (``common.files``: temp file in the same folder, write, fsync, rename, fsync the folder,
 borg's ``SaveFile``; here an OSError becomes the engine's DiskError or NoSpace),
-the one-writer ``FolderLock`` (an ``fcntl.flock`` on ``DISK/.lock``) and the intent record
-(``DISK/intent.json``) that a multi-step operation writes first so that ``Disk.open`` can roll
-it forward or back.
+the one-writer ``FolderLock`` (an ``fcntl.flock`` on ``DISK/.lock``) and the pending log.
 
 ``PendingLog`` lets a write that allocates a grain be acknowledged without an fsync while
 keeping both promises: the grain table in the file only ever points at data already synced
@@ -13,8 +11,7 @@ keeping both promises: the grain table in the file only ever points at data alre
 survives the death of the process (its entry is in the log, which the next open of the same
 boot replays; after a reboot the log is ignored: those writes were never flushed).
 
-Raises DiskError and NoSpace (``host.engine.errors``), DiskBusy from ``FolderLock``,
-CorruptFile for a damaged intent record.
+Raises DiskError and NoSpace (``host.engine.errors``), DiskBusy from ``FolderLock``.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from common import files
-from host.engine.errors import CorruptFile, DiskBusy, DiskError, space_error
+from host.engine.errors import DiskBusy, DiskError, space_error
 
 
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
@@ -98,33 +95,6 @@ class FolderLock:
         if self.fd is not None:
             os.close(self.fd)  # closing drops the flock
             self.fd = None
-
-
-INTENT = "intent.json"
-
-
-def read_intent(folder: Path) -> dict[str, Any] | None:
-    """The pending intent record, or None. A damaged record is a CorruptFile."""
-    path = folder / INTENT
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        obj = json.loads(raw)
-    except ValueError as err:
-        raise CorruptFile(f"{path}: the intent record is not valid JSON ({err})", path) from err
-    if not isinstance(obj, dict) or not isinstance(obj.get("op"), str):
-        raise CorruptFile(f"{path}: the intent record has no 'op'", path)
-    return obj
-
-
-def write_intent(folder: Path, record: dict[str, Any]) -> None:
-    write_json(folder / INTENT, record)
-
-
-def clear_intent(folder: Path) -> None:
-    unlink_durably(folder / INTENT)
 
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"

@@ -49,6 +49,7 @@ from host.engine.errors import (
 from host.engine.flat import FlatBase
 from host.engine.intents import INTENT, clear_intent, read_intent, write_intent
 from host.engine.names import BASE_NAME, inside, new_cid, safe_name
+from host.engine.planning import tidy_step
 from host.engine.sparse import GRAIN, MAX_CAPACITY, SparseExtent
 from host.engine.tree import DELTA_NAME, MAX_CHAIN, TREE, Tree
 
@@ -523,7 +524,7 @@ class Disk:
             tree.snapshot(name)  # SnapshotNotFound
             tree.snapshots = [s for s in tree.snapshots if s["name"] != name]
             cost = 0
-            while (step := _tidy_step(tree)) is not None:
+            while (step := tidy_step(tree)) is not None:
                 _, child, tree = step
                 if child is not None:
                     layer = self._layer(child)
@@ -601,7 +602,7 @@ class Disk:
     def _normalize(self, tree: Tree, progress: Progress | None) -> None:
         """Merge or remove unnamed layers until every read-only layer is needed."""
         while True:
-            step = _tidy_step(tree)
+            step = tidy_step(tree)
             if step is None:
                 if tree.to_json() != self.tree.to_json():
                     tree.save()
@@ -754,34 +755,3 @@ class Disk:
                     if DELTA_NAME.match(p.name) and p.name not in tree.layers
                 ),
             }
-
-
-def _tidy_step(tree: Tree) -> tuple[str, str | None, Tree] | None:
-    """The next step that makes every read-only layer needed again: (layer, None, after)
-    drops an unnamed layer nothing descends from; (layer, child, after) merges the one child
-    of an unnamed layer into it, the merged layer taking the child's place. None: tidy."""
-    named = {s["layer"] for s in tree.snapshots}
-    todo = [
-        n
-        for n in tree.layers
-        if n not in named and n != tree.current and len(tree.children(n)) <= 1
-    ]
-    if not todo:
-        return None
-    layer = todo[0]
-    after = tree.copy()
-    kids = after.children(layer)
-    if not kids:
-        del after.layers[layer]
-        return layer, None, after
-    child = kids[0]
-    for n, p in list(after.layers.items()):
-        if p == child:
-            after.layers[n] = layer
-    del after.layers[child]
-    if after.current == child:
-        after.current = layer
-    for snap in after.snapshots:
-        if snap["layer"] == child:
-            snap["layer"] = layer
-    return layer, child, after

@@ -49,7 +49,7 @@ from host.engine.errors import (
 from host.engine.flat import FlatBase
 from host.engine.intents import INTENT, clear_intent, read_intent, write_intent
 from host.engine.names import BASE_NAME, inside, new_cid, safe_name
-from host.engine.planning import tidy_step
+from host.engine.planning import delete_cost, tidy_step, without
 from host.engine.sparse import GRAIN, MAX_CAPACITY, SparseExtent
 from host.engine.tree import DELTA_NAME, MAX_CHAIN, TREE, Tree
 
@@ -520,17 +520,11 @@ class Disk:
         taken that is only what was written since: that is how a quiesce that failed after
         the switch takes it back, even while the disk is served. 0 when no data moves."""
         with self._lock:
-            tree = self.tree.copy()
-            tree.snapshot(name)  # SnapshotNotFound
-            tree.snapshots = [s for s in tree.snapshots if s["name"] != name]
-            cost = 0
-            while (step := tidy_step(tree)) is not None:
-                _, child, tree = step
-                if child is not None:
-                    layer = self._layer(child)
-                    if isinstance(layer, SparseExtent):
-                        cost += len(allocated(layer)) * GRAIN
-            return cost
+            return delete_cost(self.tree, name, self._allocated_grains)
+
+    def _allocated_grains(self, name: str) -> int:
+        layer = self._layer(name)
+        return len(allocated(layer)) if isinstance(layer, SparseExtent) else 0
 
     def snapshot_list(self) -> list[dict[str, Any]]:
         """Every snapshot (oldest first) with parent, children and ``is_current_position``."""
@@ -578,10 +572,8 @@ class Disk:
         with self._lock:
             self._writable()
             self._finish_pending()
-            self.tree.snapshot(name)
+            tree = without(self.tree, name)  # SnapshotNotFound
             self.flush()  # pending grain entries into the tables before any merge
-            tree = self.tree.copy()
-            tree.snapshots = [s for s in tree.snapshots if s["name"] != name]
             self._normalize(tree, progress)
 
     def snapshot_delete_all(self, progress: Progress | None = None) -> None:
@@ -608,7 +600,7 @@ class Disk:
                     tree.save()
                     self.tree = tree
                 return
-            layer, child, after = step
+            layer, child, after = step.layer, step.child, step.after
             if child is None:
                 write_intent(self.folder, {"op": "drop", "files": [layer], "tree": after.to_json()})
                 self._finish_drop([layer], after)

@@ -72,7 +72,7 @@ def examine(folder: Path) -> list[str]:
             try:
                 layers[name] = _open(folder, tree, name)
             except DiskError as err:
-                problems.append(f"{err} ({role(tree, name)})")
+                problems.append(f"{err} ({tree.role(name)})")
         for layer in layers.values():
             problems += [f"{layer.path}: {p}" for p in layer_problems(layer)]
         if not pending:  # a merge in progress has links half re-pointed, legitimately
@@ -98,24 +98,6 @@ def _open(folder: Path, tree: Tree, name: str) -> Layer:
     owner = tree.path
     return SparseExtent(
         inside(folder, safe_name(folder, name, "layer", owner), owner), False, tree.size
-    )
-
-
-def role(tree: Tree, name: str) -> str:
-    """What ``name`` is for, e.g. "this file holds snapshot 'a' and is the parent of X"."""
-    parts = []
-    if name == tree.current:
-        parts.append("takes the writes")
-    snaps = [repr(s["name"]) for s in tree.snapshots if s["layer"] == name]
-    if snaps:
-        parts.append(f"holds snapshot {', '.join(snaps)}")
-    kids = tree.children(name)
-    if kids:
-        parts.append(f"is the parent of {', '.join(kids)}")
-    if not parts:
-        return "this file is an unnamed layer of the tree"
-    return "this file " + (
-        " and ".join([", ".join(parts[:-1]), parts[-1]]) if len(parts) > 1 else parts[0]
     )
 
 

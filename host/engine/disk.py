@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from host.engine.chain import Chain, Layer, Progress, allocated, flatten, merge_up
-from host.engine.check import examine, link_error, role
+from host.engine.check import examine, link_error
 from host.engine.durable import FolderLock, pending_log_path, pwrite_all, unlink_durably
 from host.engine.errors import (
     ChainFileMissing,
@@ -205,7 +205,7 @@ class Disk:
                     layer = SparseExtent(path, writable, self.tree.size)
                 except ChainFileMissing as err:
                     raise ChainFileMissing(
-                        f"{err} ({role(self.tree, name)}); restore the file, or see "
+                        f"{err} ({self.tree.role(name)}); restore the file, or see "
                         f"'quiesce-host disk check {self.folder}' for everything that is wrong",
                         path,
                     ) from err

@@ -176,6 +176,23 @@ class Tree:
                 return snap
         return None
 
+    def role(self, name: str) -> str:
+        """What ``name`` is for, e.g. "this file holds snapshot 'a' and is the parent of X"."""
+        parts = []
+        if name == self.current:
+            parts.append("takes the writes")
+        snaps = [repr(s["name"]) for s in self.snapshots if s["layer"] == name]
+        if snaps:
+            parts.append(f"holds snapshot {', '.join(snaps)}")
+        kids = self.children(name)
+        if kids:
+            parts.append(f"is the parent of {', '.join(kids)}")
+        if not parts:
+            return "this file is an unnamed layer of the tree"
+        return "this file " + (
+            " and ".join([", ".join(parts[:-1]), parts[-1]]) if len(parts) > 1 else parts[0]
+        )
+
     def named_ancestor(self, layer: str) -> str | None:
         """The snapshot whose state ``layer`` was started from (nearest named ancestor)."""
         for name in reversed(self.chain(layer)[:-1]):

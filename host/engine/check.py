@@ -22,7 +22,8 @@ from host.engine.durable import FolderLock
 from host.engine.errors import ChainBroken, CidMismatch, DiskError
 from host.engine.flat import MAX_DESCRIPTOR_FILE, FlatBase
 from host.engine.intents import INTENT, read_intent
-from host.engine.names import BASE_NAME, inside, safe_name
+from host.engine.layers import open_layer
+from host.engine.names import safe_name
 from host.engine.sparse import (
     EOL_BYTES,
     FLAG_NEWLINE,
@@ -56,7 +57,7 @@ def examine(folder: Path) -> list[str]:
         if intent is not None:
             pending = True
             problems.append(
-                f"{folder / INTENT}: an interrupted {intent['op']} is pending; the "
+                f"{folder / INTENT}: an interrupted {intent.op} is pending; the "
                 "next read-write open of the disk ('snapshot create', 'revert', "
                 "'delete' or 'serve') finishes or undoes it first"
             )
@@ -70,7 +71,7 @@ def examine(folder: Path) -> list[str]:
     try:
         for name in tree.layers:
             try:
-                layers[name] = _open(folder, tree, name)
+                layers[name] = open_layer(folder, tree, name, writable=False)
             except DiskError as err:
                 problems.append(f"{err} ({tree.role(name)})")
         for layer in layers.values():
@@ -90,15 +91,6 @@ def examine(folder: Path) -> list[str]:
         elif p.name.startswith(".") and ".tmp-" in p.name:
             problems.append(f"{p}: a temporary file left by an interrupted write")
     return problems
-
-
-def _open(folder: Path, tree: Tree, name: str) -> Layer:
-    if name == BASE_NAME:
-        return FlatBase(folder, tree.size, writable=False)
-    owner = tree.path
-    return SparseExtent(
-        inside(folder, safe_name(folder, name, "layer", owner), owner), False, tree.size
-    )
 
 
 def link_error(child: Layer, parent: Layer, parent_name: str) -> DiskError | None:

@@ -34,29 +34,40 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from host.engine.chain import Chain, Layer, Progress, allocated, flatten, merge_up
+from host.engine.chain import Chain, Progress, allocated
 from host.engine.check import examine, link_error
-from host.engine.durable import FolderLock, pending_log_path, pwrite_all, unlink_durably
+from host.engine.durable import FolderLock, pwrite_all, unlink_durably
 from host.engine.errors import (
-    ChainFileMissing,
     ChainTooDeep,
-    CorruptFile,
     DiskError,
     ReadOnly,
     SnapshotExists,
     space_error,
 )
 from host.engine.flat import FlatBase
-from host.engine.intents import INTENT, clear_intent, read_intent, write_intent
-from host.engine.names import BASE_NAME, inside, new_cid, safe_name
+from host.engine.intents import (
+    INTENT,
+    CreateIntent,
+    DropIntent,
+    Intent,
+    MergeAllIntent,
+    MergeIntent,
+    RevertIntent,
+    clear_intent,
+    read_intent,
+    write_intent,
+)
+from host.engine.layers import Layers
+from host.engine.names import BASE_NAME, new_cid
 from host.engine.planning import delete_cost, tidy_step, without
 from host.engine.sparse import GRAIN, MAX_CAPACITY, SparseExtent
-from host.engine.tree import DELTA_NAME, MAX_CHAIN, TREE, Tree
+from host.engine.tree import DELTA_NAME, MAX_CHAIN, Tree
 
 __all__ = ["CONSISTENCY", "MAX_CHAIN", "Disk"]
 
 CONSISTENCY = ("application", "filesystem", "crash")
 SNAPSHOT_NAME = re.compile(r"^[^\x00-\x1f/\x7f]{1,128}$")
+
 TEMP_FILE = re.compile(r"^\.(tree\.json|intent\.json|disk(-\d{6})?\.vmdk)\.tmp-\d+$")
 EXPORT_CHUNK = 4 * 1024 * 1024
 ZERO_CHUNK = bytes(EXPORT_CHUNK)
@@ -70,7 +81,7 @@ class Disk:
         self.readonly = readonly
         self._flock: FolderLock | None = lock
         self._lock = threading.RLock()
-        self._layers: dict[str, Layer] = {}
+        self._layers = Layers(folder, not readonly, lambda: self.tree)
         self._load(verify=verify)
         self.size: int = self.tree.size
 
@@ -146,9 +157,7 @@ class Disk:
                 self._flock = None
 
     def _close_layers(self) -> None:
-        for layer in self._layers.values():
-            layer.close()
-        self._layers = {}
+        self._layers.close_all()
 
     def _load(self, recover: bool = True, verify: bool = True) -> None:
         """Recover a pending intent, read the tree, open and verify every layer."""
@@ -158,7 +167,7 @@ class Disk:
         if intent is not None:
             if self.readonly:
                 raise DiskError(
-                    f"{self.folder}: an interrupted {intent['op']} is pending; "
+                    f"{self.folder}: an interrupted {intent.op} is pending; "
                     "open the disk read-write once to finish it",
                     self.folder,
                 )
@@ -175,7 +184,7 @@ class Disk:
                 unlink_durably(*orphans)
         try:
             for name in self.tree.layers:
-                self._layer(name)
+                self._layers[name]  # opened here: a bad file fails the open
             if recover and verify:  # links are mid-repair while a failed merge waits
                 self._verify_links()
         except BaseException:
@@ -189,29 +198,6 @@ class Disk:
         if stale:
             unlink_durably(*stale)
 
-    def _layer(self, name: str) -> Layer:
-        layer = self._layers.get(name)
-        if layer is None:
-            writable = not self.readonly
-            if name == BASE_NAME:
-                layer = FlatBase(self.folder, self.tree.size, writable)
-            else:
-                path = inside(
-                    self.folder,
-                    safe_name(self.folder, name, "layer", self.folder / TREE),
-                    self.folder / TREE,
-                )
-                try:
-                    layer = SparseExtent(path, writable, self.tree.size)
-                except ChainFileMissing as err:
-                    raise ChainFileMissing(
-                        f"{err} ({self.tree.role(name)}); restore the file, or see "
-                        f"'quiesce-host disk check {self.folder}' for everything that is wrong",
-                        path,
-                    ) from err
-            self._layers[name] = layer
-        return layer
-
     def _verify_links(self) -> None:
         for name, parent in self.tree.layers.items():
             if parent is not None:
@@ -220,7 +206,12 @@ class Disk:
                     raise err
 
     def _build_chain(self, top: str) -> Chain:
-        return Chain([self._layer(n) for n in self.tree.chain(top)])
+        return Chain([self._layers[n] for n in self.tree.chain(top)])
+
+    def _adopt(self, tree: Tree) -> None:
+        """An operation is done: ``tree`` is the saved one, and its current chain is read."""
+        self.tree = tree
+        self._chain = self._build_chain(tree.current)
 
     def _writable(self) -> None:
         self._check_open()
@@ -236,116 +227,35 @@ class Disk:
             except DiskError:
                 self._close_layers()
                 self._load(recover=False)  # merges keep the view: reads stay right
-                self._hide_doomed()
+                self._hide_doomed(read_intent(self.folder))
                 raise
 
     # -- recovery: each step below can be repeated after a crash ----------------------------
 
-    def _recover(self, intent: dict[str, Any]) -> None:
+    def _recover(self, intent: Intent) -> None:
         """Roll an interrupted operation forward (merges) or back (create/revert)."""
-        op = intent["op"]
         self.tree = Tree.load(self.folder)
         try:
-            if op == "create":
-                if intent["new"] not in self.tree.layers:
-                    self._unlink_layers(intent["new"])
-            elif op == "revert":
-                done = self.tree.current == intent["new"]
-                gone = intent["discard"] if done else intent["new"]
-                if gone != BASE_NAME:
-                    self._unlink_layers(gone)
-            elif op == "drop":
-                self._finish_drop(list(intent["files"]), Tree(intent["tree"], self.tree.path))
-            elif op == "merge":
-                after = Tree(intent["tree"], self.tree.path)
-                if self._path(intent["src"]).exists():
-                    self._finish_merge(intent["src"], intent["dst"], after, None)
-                else:
-                    after.save()
-            elif op == "merge_all":
-                if self.tree.current == BASE_NAME and len(self.tree.layers) == 1:
-                    self._unlink_layers(*intent["chain"][1:], *intent["discard"])
-                else:
-                    self._finish_merge_all(list(intent["chain"]), list(intent["discard"]), None)
-            else:
-                raise CorruptFile(
-                    f"{self.folder / INTENT}: unknown operation {op!r}", self.folder / INTENT
-                )
-        except (KeyError, TypeError) as err:
-            raise CorruptFile(
-                f"{self.folder / INTENT}: malformed {op} record ({err})", self.folder / INTENT
-            ) from err
+            intent.roll_forward(self._layers, self.tree)
         finally:
             self._close_layers()
         clear_intent(self.folder)
 
-    def _hide_doomed(self) -> None:
+    def _hide_doomed(self, intent: Intent | None) -> None:
         """A merge that failed (NoSpace) stays pending and is finished later, never undone:
         the snapshots it deletes are gone now (their layers are already being overwritten),
         so drop them from the in-memory tree too."""
-        intent = read_intent(self.folder)
-        if intent is None:
-            return
-        if intent["op"] == "merge_all":
-            keep: set[str] = set()
-        elif intent["op"] in ("merge", "drop"):
-            keep = {s["name"] for s in intent["tree"]["snapshots"]}
-        else:
-            return
-        self.tree.snapshots = [s for s in self.tree.snapshots if s["name"] in keep]
+        if intent is not None:
+            self.tree.snapshots = intent.snapshots_after(self.tree.snapshots)
 
-    def _unlink_layers(self, *names: str) -> None:
-        paths = [self._path(n) for n in names if n != BASE_NAME]
-        unlink_durably(*paths, *(pending_log_path(p) for p in paths))
-
-    def _path(self, name: str) -> Path:
-        return self.folder / safe_name(self.folder, name, "layer", self.folder / INTENT)
-
-    def _finish_drop(self, files: list[str], after: Tree) -> None:
-        after.save()
-        self.tree = after
-        for name in files:
-            layer = self._layers.pop(name, None)
-            if layer is not None:
-                layer.close()
-        self._unlink_layers(*files)
-        clear_intent(self.folder)
-        self._chain = self._build_chain(after.current)
-
-    def _finish_merge(self, src: str, dst: str, after: Tree, progress: Progress | None) -> None:
-        """Copy ``src`` into its parent ``dst``, re-point src's children, remove src."""
-        source, target = self._layer(src), self._layer(dst)
-        assert isinstance(source, SparseExtent)
-        merge_up(source, target, progress)
-        cid = new_cid()
-        target.set_cid(cid)
-        target.cid_bumped = True
-        for child in after.children(dst):
-            self._layer(child).set_parent(cid, dst)  # type: ignore[union-attr]
-        after.save()
-        self.tree = after
-        self._layers.pop(src).close()
-        self._unlink_layers(src)
-        clear_intent(self.folder)
-        self._chain = self._build_chain(after.current)
-
-    def _finish_merge_all(
-        self, chain: list[str], others: list[str], progress: Progress | None
-    ) -> None:
-        if len(chain) > 1:
-            flatten(Chain([self._layer(n) for n in chain]), progress)
-        base = self._layer(BASE_NAME)
-        base.set_cid(new_cid())
-        base.cid_bumped = True
-        after = Tree.new(self.folder, self.tree.size)
-        after.save()
-        self.tree = after
-        for name in list(self._layers):
-            if name != BASE_NAME:
-                self._layers.pop(name).close()
-        self._unlink_layers(*chain[1:], *others)
-        clear_intent(self.folder)
-        self._chain = self._build_chain(BASE_NAME)
+    def _merge(self, intent: MergeIntent | MergeAllIntent, progress: Progress | None) -> None:
+        """Write the intent and merge; a merge that fails keeps its intent (see above)."""
+        write_intent(self.folder, intent)
+        try:
+            self._adopt(intent.run(self._layers, progress))
+        except DiskError:
+            self._hide_doomed(intent)
+            raise
 
     # -- data -----------------------------------------------------------------------------
 
@@ -463,7 +373,7 @@ class Disk:
             tree.snapshots.append(entry)
             tree.layers[new] = old
             tree.current = new
-            write_intent(self.folder, {"op": "create", "new": new})
+            write_intent(self.folder, CreateIntent(new))
             try:
                 SparseExtent.create(self.folder / new, self.size, self._layers[old].read_cid(), old)
                 tree.save()
@@ -473,7 +383,7 @@ class Disk:
                 raise
             clear_intent(self.folder)
             self.tree = tree
-            layer = self._layer(new)
+            layer = self._layers[new]
             assert isinstance(layer, SparseExtent)
             self._chain.push(layer)
             return dict(entry)
@@ -523,7 +433,7 @@ class Disk:
             return delete_cost(self.tree, name, self._allocated_grains)
 
     def _allocated_grains(self, name: str) -> int:
-        layer = self._layer(name)
+        layer = self._layers[name]
         return len(allocated(layer)) if isinstance(layer, SparseExtent) else 0
 
     def snapshot_list(self) -> list[dict[str, Any]]:
@@ -550,7 +460,7 @@ class Disk:
             tree.current = new
             if old != BASE_NAME:
                 del tree.layers[old]
-            write_intent(self.folder, {"op": "revert", "new": new, "discard": old})
+            write_intent(self.folder, RevertIntent(new, old))
             try:
                 SparseExtent.create(
                     self.folder / new, self.size, self._layers[target].read_cid(), target
@@ -560,11 +470,10 @@ class Disk:
                 unlink_durably(self.folder / new)
                 clear_intent(self.folder)
                 raise
-            self._layers.pop(old).close()
-            self._unlink_layers(old)
+            self._layers.close(old)
+            self._layers.remove(old)
             clear_intent(self.folder)
-            self.tree = tree
-            self._chain = self._build_chain(new)
+            self._adopt(tree)
             self._normalize(self.tree.copy(), None)
 
     def snapshot_delete(self, name: str, progress: Progress | None = None) -> None:
@@ -584,37 +493,21 @@ class Disk:
             self.flush()
             chain = self.tree.chain(self.tree.current)
             others = [n for n in self.tree.layers if n not in chain]
-            write_intent(self.folder, {"op": "merge_all", "chain": chain, "discard": others})
-            try:
-                self._finish_merge_all(chain, others, progress)
-            except DiskError:
-                self._hide_doomed()
-                raise
+            self._merge(MergeAllIntent(tuple(chain), tuple(others)), progress)
 
     def _normalize(self, tree: Tree, progress: Progress | None) -> None:
         """Merge or remove unnamed layers until every read-only layer is needed."""
-        while True:
-            step = tidy_step(tree)
-            if step is None:
-                if tree.to_json() != self.tree.to_json():
-                    tree.save()
-                    self.tree = tree
-                return
-            layer, child, after = step.layer, step.child, step.after
-            if child is None:
-                write_intent(self.folder, {"op": "drop", "files": [layer], "tree": after.to_json()})
-                self._finish_drop([layer], after)
+        while (step := tidy_step(tree)) is not None:
+            if step.child is None:
+                drop = DropIntent((step.layer,), step.after)
+                write_intent(self.folder, drop)
+                self._adopt(drop.run(self._layers))
             else:
-                write_intent(
-                    self.folder,
-                    {"op": "merge", "src": child, "dst": layer, "tree": after.to_json()},
-                )
-                try:
-                    self._finish_merge(child, layer, after, progress)
-                except DiskError:
-                    self._hide_doomed()
-                    raise
+                self._merge(MergeIntent(step.child, step.layer, step.after), progress)
             tree = self.tree.copy()
+        if tree.to_json() != self.tree.to_json():
+            tree.save()
+            self.tree = tree
 
     # -- whole-disk operations ------------------------------------------------------------
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 import re
 import threading
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -38,10 +37,8 @@ from host.engine.chain import Chain, Progress, allocated
 from host.engine.check import examine, link_error
 from host.engine.durable import FolderLock, pwrite_all, unlink_durably
 from host.engine.errors import (
-    ChainTooDeep,
     DiskError,
     ReadOnly,
-    SnapshotExists,
     space_error,
 )
 from host.engine.flat import FlatBase
@@ -63,10 +60,7 @@ from host.engine.planning import delete_cost, tidy_step, without
 from host.engine.sparse import GRAIN, MAX_CAPACITY, SparseExtent
 from host.engine.tree import DELTA_NAME, MAX_CHAIN, Tree
 
-__all__ = ["CONSISTENCY", "MAX_CHAIN", "Disk"]
-
-CONSISTENCY = ("application", "filesystem", "crash")
-SNAPSHOT_NAME = re.compile(r"^[^\x00-\x1f/\x7f]{1,128}$")
+__all__ = ["Disk"]
 
 TEMP_FILE = re.compile(r"^\.(tree\.json|intent\.json|disk(-\d{6})?\.vmdk)\.tmp-\d+$")
 EXPORT_CHUNK = 4 * 1024 * 1024
@@ -334,59 +328,22 @@ class Disk:
         with self._lock:
             self._writable()
             self._finish_pending()
-            if not SNAPSHOT_NAME.match(name):
-                raise DiskError(
-                    f"{self.folder}: snapshot name {name!r} must be 1-128 "
-                    "printable characters without '/'",
-                    self.folder,
-                )
-            if consistency not in CONSISTENCY:
-                raise DiskError(
-                    f"{self.folder}: consistency {consistency!r} must be one of "
-                    f"{', '.join(CONSISTENCY)}",
-                    self.folder,
-                )
-            if any(s["name"] == name for s in self.tree.snapshots):
-                raise SnapshotExists(
-                    f"{self.folder}: a snapshot named {name!r} exists already", self.folder
-                )
-            if self.tree.depth() + 1 > MAX_CHAIN:
-                raise ChainTooDeep(
-                    f"{self.current_file()}: the chain already has "
-                    f"{self.tree.depth()} snapshots, the most one chain may "
-                    "have; delete one first",
-                    self.current_file(),
-                )
+            tree = self.tree.taking(
+                name,
+                self.tree.next_delta_name(self.folder),
+                description=description,
+                consistency=consistency,
+                report=report or {},
+                artifacts=artifacts or {},
+            )
             self.flush()
-            old = self.tree.current
-            new = self.tree.next_delta_name(self.folder)
-            entry = {
-                "name": name,
-                "layer": old,
-                "description": description,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "consistency": consistency,
-                "report": report or {},
-                "artifacts": artifacts or {},
-            }
-            tree = self.tree.copy()
-            tree.snapshots.append(entry)
-            tree.layers[new] = old
-            tree.current = new
-            write_intent(self.folder, CreateIntent(new))
-            try:
-                SparseExtent.create(self.folder / new, self.size, self._layers[old].read_cid(), old)
-                tree.save()
-            except DiskError:
-                unlink_durably(self.folder / new)
-                clear_intent(self.folder)
-                raise
-            clear_intent(self.folder)
-            self.tree = tree
-            layer = self._layers[new]
+            intent = CreateIntent(tree.current)
+            write_intent(self.folder, intent)
+            self.tree = intent.run(self._layers, tree)
+            layer = self._layers[tree.current]
             assert isinstance(layer, SparseExtent)
             self._chain.push(layer)
-            return dict(entry)
+            return dict(tree.snapshot(name))
 
     def snapshot_update(
         self,
@@ -405,24 +362,16 @@ class Disk:
         """
         with self._lock:
             self._writable()
-            if consistency is not None and consistency not in CONSISTENCY:
-                raise DiskError(
-                    f"{self.folder}: consistency {consistency!r} must be one of "
-                    f"{', '.join(CONSISTENCY)}",
-                    self.folder,
-                )
-            tree = self.tree.copy()
-            snap = tree.snapshot(name)
             fields = {
                 "description": description,
                 "consistency": consistency,
                 "report": report,
                 "artifacts": artifacts,
             }
-            snap.update({k: v for k, v in fields.items() if v is not None})
+            tree = self.tree.updating(name, fields)
             tree.save()
             self.tree = tree
-            return dict(snap)
+            return dict(tree.snapshot(name))
 
     def delete_cost(self, name: str) -> int:
         """Bytes that deleting ``name`` would copy, over every merge the delete sets off (a
@@ -452,28 +401,10 @@ class Disk:
         with self._lock:
             self._writable()
             self._finish_pending()
-            target = self.tree.snapshot(name)["layer"]
-            old = self.tree.current
-            new = self.tree.next_delta_name(self.folder)
-            tree = self.tree.copy()
-            tree.layers[new] = target
-            tree.current = new
-            if old != BASE_NAME:
-                del tree.layers[old]
-            write_intent(self.folder, RevertIntent(new, old))
-            try:
-                SparseExtent.create(
-                    self.folder / new, self.size, self._layers[target].read_cid(), target
-                )
-                tree.save()
-            except DiskError:
-                unlink_durably(self.folder / new)
-                clear_intent(self.folder)
-                raise
-            self._layers.close(old)
-            self._layers.remove(old)
-            clear_intent(self.folder)
-            self._adopt(tree)
+            tree = self.tree.reverting(name, self.tree.next_delta_name(self.folder))
+            intent = RevertIntent(tree.current, self.tree.current)
+            write_intent(self.folder, intent)
+            self._adopt(intent.run(self._layers, tree))
             self._normalize(self.tree.copy(), None)
 
     def snapshot_delete(self, name: str, progress: Progress | None = None) -> None:

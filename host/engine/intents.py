@@ -2,7 +2,8 @@
 how to finish it after a crash.
 
 An operation writes its intent (atomically) before its first step and removes it after its
-last; ``Disk.open`` reads a record a crash left behind and calls its ``roll_forward``
+last; ``run`` is the steps in between (a create or revert whose step fails undoes itself at
+once). ``Disk.open`` reads a record a crash left behind and calls its ``roll_forward``
 (``docs/internals/disk-format.md`` lists the steps of each and what a crash leaves)::
 
     CreateIntent    create     new                 the tree does not name new: remove it
@@ -13,8 +14,8 @@ last; ``Disk.open`` reads a record a crash left behind and calls its ``roll_forw
 
 A merge is only ever rolled forward: the snapshots it deletes are gone from the moment the
 intent exists (their layers are being overwritten), so ``snapshots_after`` hides them while
-a merge that ran out of space waits. ``run`` is a merge's steps, the same for the live
-operation and its roll-forward.
+a merge that ran out of space waits; its roll-forward is the same ``run`` as the live
+operation's.
 
 Each record is checked when it is read: a damaged or malformed one is a CorruptFile naming
 intent.json, a layer name that leads out of the folder a ForeignFile. The steps raise what
@@ -31,7 +32,7 @@ from typing import Any, ClassVar
 
 from host.engine.chain import Chain, Progress, flatten, merge_up
 from host.engine.durable import unlink_durably, write_json
-from host.engine.errors import CorruptFile
+from host.engine.errors import CorruptFile, DiskError
 from host.engine.layers import Layers
 from host.engine.names import BASE_NAME, new_cid, safe_name
 from host.engine.sparse import SparseExtent
@@ -56,6 +57,12 @@ class CreateIntent:
     def record(self) -> Record:
         return {"op": self.op, "new": self.new}
 
+    def run(self, layers: Layers, after: Tree) -> Tree:
+        """Make the new delta on its parent and save ``after``; on failure neither is left."""
+        _new_delta(layers, self.new, after)
+        clear_intent(layers.folder)
+        return after
+
     def roll_forward(self, layers: Layers, tree: Tree) -> None:
         """Rolled back: a new delta the saved tree does not name is removed."""
         if self.new not in tree.layers:
@@ -79,6 +86,15 @@ class RevertIntent:
 
     def record(self) -> Record:
         return {"op": self.op, "new": self.new, "discard": self.discard}
+
+    def run(self, layers: Layers, after: Tree) -> Tree:
+        """Make the new delta on the target, save ``after``, then remove the discarded layer
+        (not the base); on failure before the tree is saved, nothing changed."""
+        _new_delta(layers, self.new, after)
+        layers.close(self.discard)
+        layers.remove(self.discard)
+        clear_intent(layers.folder)
+        return after
 
     def roll_forward(self, layers: Layers, tree: Tree) -> None:
         """Forward if the saved tree has the new delta (discard it), else back (remove new)."""
@@ -271,6 +287,21 @@ def _tree(record: Record, path: Path) -> Tree:
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         what = f"{type(err).__name__} {err}"
         raise _malformed(record, path, f"'tree' is not a whole tree: {what}") from err
+
+
+def _new_delta(layers: Layers, name: str, after: Tree) -> None:
+    """An empty delta ``name`` on its parent in ``after``, then ``after`` saved; if either
+    fails the delta and the intent are removed again (the operation did not happen)."""
+    parent = after.layers[name]
+    assert parent is not None
+    try:
+        cid = layers[parent].read_cid()
+        SparseExtent.create(layers.folder / name, layers.size, cid, parent)
+        after.save()
+    except DiskError:
+        unlink_durably(layers.folder / name)
+        clear_intent(layers.folder)
+        raise
 
 
 def _kept(snapshots: Snapshots, after: Tree) -> Snapshots:

@@ -12,8 +12,12 @@ more children stays as an unnamed layer until a later delete lets it be merged::
      "snapshots": [{"name": "before-upgrade", "layer": "disk.vmdk", "created": "...", ...},
                    {"name": "after", "layer": "disk-000001.vmdk", ...}]}
 
+The changes a snapshot operation makes (``taking``, ``reverting``, ``updating``) are
+computed here on a copy, checked first (a snapshot's name and consistency level, a name
+taken, a chain too deep), and saved by the caller once the files are ready.
+
 Raises CorruptFile (a damaged or inconsistent tree), ChainBroken (a parent loop),
-SnapshotNotFound.
+SnapshotNotFound, SnapshotExists, ChainTooDeep, DiskError (a bad name or consistency).
 """
 
 from __future__ import annotations
@@ -21,11 +25,19 @@ from __future__ import annotations
 import copy
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 from host.engine.durable import write_json
-from host.engine.errors import ChainBroken, CorruptFile, SnapshotNotFound
+from host.engine.errors import (
+    ChainBroken,
+    ChainTooDeep,
+    CorruptFile,
+    DiskError,
+    SnapshotExists,
+    SnapshotNotFound,
+)
 from host.engine.names import BASE_NAME, SAFE_NAME
 from host.engine.sparse import GRAIN
 
@@ -33,6 +45,8 @@ TREE = "tree.json"
 FORMAT = "quiesce-disk/1"
 MAX_CHAIN = 32  # snapshots (read-only layers) in one chain
 DELTA_NAME = re.compile(r"^disk-(\d{6})\.vmdk$")
+CONSISTENCY = ("application", "filesystem", "crash")
+SNAPSHOT_NAME = re.compile(r"^[^\x00-\x1f/\x7f]{1,128}$")
 
 
 class Tree:
@@ -228,3 +242,75 @@ class Tree:
             entry["is_current_position"] = snap["name"] == position
             out.append(entry)
         return out
+
+    # -- changes: each returns a new, checked tree that the caller saves -------------------
+
+    def taking(
+        self,
+        name: str,
+        new: str,
+        *,
+        description: str,
+        consistency: str,
+        report: dict[str, Any],
+        artifacts: dict[str, Any],
+    ) -> Tree:
+        """The tree once snapshot ``name`` is taken: the current layer is frozen under it and
+        the new delta ``new`` takes the writes."""
+        folder = self.path.parent
+        if not SNAPSHOT_NAME.match(name):
+            raise DiskError(
+                f"{folder}: snapshot name {name!r} must be 1-128 printable characters without '/'",
+                folder,
+            )
+        self._check_consistency(consistency)
+        if any(s["name"] == name for s in self.snapshots):
+            raise SnapshotExists(f"{folder}: a snapshot named {name!r} exists already", folder)
+        if self.depth() + 1 > MAX_CHAIN:
+            current = folder / self.current
+            raise ChainTooDeep(
+                f"{current}: the chain already has {self.depth()} snapshots, the most one "
+                "chain may have; delete one first",
+                current,
+            )
+        entry = {
+            "name": name,
+            "layer": self.current,
+            "description": description,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "consistency": consistency,
+            "report": report,
+            "artifacts": artifacts,
+        }
+        after = self.copy()
+        after.snapshots.append(entry)
+        after.layers[new] = self.current
+        after.current = new
+        return after
+
+    def reverting(self, name: str, new: str) -> Tree:
+        """The tree once the disk is reverted to ``name``: the current layer is discarded (the
+        base is kept) and the new delta ``new`` on the snapshot's layer takes the writes."""
+        target = self.snapshot(name)["layer"]
+        after = self.copy()
+        after.layers[new] = target
+        after.current = new
+        if self.current != BASE_NAME:
+            del after.layers[self.current]
+        return after
+
+    def updating(self, name: str, fields: dict[str, Any]) -> Tree:
+        """The tree with the ``fields`` given (not None) replaced in ``name``'s record."""
+        if fields.get("consistency") is not None:
+            self._check_consistency(fields["consistency"])
+        after = self.copy()
+        after.snapshot(name).update({k: v for k, v in fields.items() if v is not None})
+        return after
+
+    def _check_consistency(self, consistency: str) -> None:
+        if consistency not in CONSISTENCY:
+            raise DiskError(
+                f"{self.path.parent}: consistency {consistency!r} must be one of "
+                f"{', '.join(CONSISTENCY)}",
+                self.path.parent,
+            )

@@ -35,12 +35,13 @@ from typing import Any
 
 from host.engine.chain import Chain, Progress, allocated
 from host.engine.check import examine, link_error
-from host.engine.durable import FolderLock, pwrite_all, unlink_durably
+from host.engine.durable import FolderLock, unlink_durably
 from host.engine.errors import (
     DiskError,
     ReadOnly,
     space_error,
 )
+from host.engine.export import write_raw
 from host.engine.flat import FlatBase
 from host.engine.intents import (
     INTENT,
@@ -63,8 +64,6 @@ from host.engine.tree import DELTA_NAME, MAX_CHAIN, Tree
 __all__ = ["Disk"]
 
 TEMP_FILE = re.compile(r"^\.(tree\.json|intent\.json|disk(-\d{6})?\.vmdk)\.tmp-\d+$")
-EXPORT_CHUNK = 4 * 1024 * 1024
-ZERO_CHUNK = bytes(EXPORT_CHUNK)
 
 
 class Disk:
@@ -457,36 +456,17 @@ class Disk:
         during the export of a snapshot (its layers are read-only; the server keeps deletes
         out meanwhile). The current state is a point in time only when nothing writes.
         """
-        out = Path(out)
-        part = out.with_name(out.name + ".part")
         with self._lock:
             self._check_open()
             top = self.tree.current if snapshot is None else self.tree.snapshot(snapshot)["layer"]
             chain = self._chain if top == self.tree.current else self._build_chain(top)
-        try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                for pos in range(0, self.size, EXPORT_CHUNK):
-                    n = min(EXPORT_CHUNK, self.size - pos)
-                    with self._lock:
-                        self._check_open()
-                        data = chain.read(pos, n)
-                    if data != ZERO_CHUNK[:n]:
-                        pwrite_all(fd, data, pos)
-                    if progress:
-                        progress(pos + n, self.size)
-                os.ftruncate(fd, self.size)
-                if sync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(part, out)
-        except OSError as err:
-            part.unlink(missing_ok=True)
-            raise space_error(err, out, "exporting") from err
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
+
+        def read(offset: int, length: int) -> bytes:
+            with self._lock:
+                self._check_open()
+                return chain.read(offset, length)
+
+        write_raw(Path(out), self.size, read, progress, sync)
 
     def _check_open(self) -> None:
         if self._flock is None:

@@ -8,6 +8,9 @@ that open tolerates (``layer_problems``: overlapping or misaligned grains, redun
 that differ, a descriptor qemu would misparse); each parent link is checked where both ends
 opened. Every problem names the file, what is wrong, and the part that file plays in the tree.
 
+``relink_layers`` is the one repair (``disk check --relink``): every delta's parent link set
+from the tree, for a chain another tool changed the way ``qemu-img commit`` does.
+
 Raises DiskError (no such folder), DiskBusy (a server or command holds the disk): there is
 nothing to check then. Everything else found is returned as a problem.
 """
@@ -22,7 +25,7 @@ from host.engine.durable import FolderLock
 from host.engine.errors import ChainBroken, CidMismatch, DiskError
 from host.engine.flat import MAX_DESCRIPTOR_FILE, FlatBase
 from host.engine.intents import INTENT, read_intent
-from host.engine.layers import open_layer
+from host.engine.layers import Layers, open_layer
 from host.engine.names import safe_name
 from host.engine.sparse import (
     EOL_BYTES,
@@ -33,7 +36,7 @@ from host.engine.sparse import (
     SECTOR,
     SparseExtent,
 )
-from host.engine.tree import DELTA_NAME, Tree
+from host.engine.tree import Tree
 
 
 def check_folder(folder: str | Path) -> list[str]:
@@ -86,11 +89,20 @@ def examine(folder: Path) -> list[str]:
         for layer in layers.values():
             layer.close()
     for p in sorted(folder.iterdir()):
-        if DELTA_NAME.match(p.name) and p.name not in tree.layers:
-            problems.append(f"{p}: a delta file that no snapshot or layer uses")
-        elif p.name.startswith(".") and ".tmp-" in p.name:
+        if p.name.startswith(".") and ".tmp-" in p.name:
             problems.append(f"{p}: a temporary file left by an interrupted write")
+    for name in tree.stray_deltas():
+        problems.append(f"{folder / name}: a delta file that no snapshot or layer uses")
     return problems
+
+
+def verify_links(tree: Tree, layers: Layers) -> None:
+    """Raise the first parent link of ``tree`` that the layer files break (``Disk.open``)."""
+    for name, parent in tree.layers.items():
+        if parent is not None:
+            err = link_error(layers[name], layers[parent], parent)
+            if err is not None:
+                raise err
 
 
 def link_error(child: Layer, parent: Layer, parent_name: str) -> DiskError | None:
@@ -201,3 +213,21 @@ def descriptor_problems(text: bytes) -> list[str]:
 
 def _more(count: int) -> str:
     return f" ({count - 1} more like it)" if count > 1 else ""
+
+
+def relink_layers(tree: Tree, layers: Layers) -> list[str]:
+    """Set every delta's parent hint and ``parentCID`` to what ``tree`` and the parent's CID
+    say (``disk check --relink``); what was fixed, one line per delta."""
+    fixed = []
+    for name, parent in tree.layers.items():
+        if parent is None:
+            continue
+        child = layers[name]
+        desc, cid = child.read_descriptor(), layers[parent].read_cid()
+        if desc.parent_cid != cid or desc.parent_hint != parent:
+            child.set_parent(cid, parent)  # type: ignore[union-attr]
+            fixed.append(
+                f"{child.path}: parent set to {parent} "
+                f"(parentCID {desc.parent_cid:08x} -> {cid:08x})"
+            )
+    return fixed

@@ -26,21 +26,15 @@ messages name the file and what is wrong.
 
 from __future__ import annotations
 
-import os
-import re
 import threading
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from host.engine.chain import Chain, Progress, allocated
-from host.engine.check import examine, link_error
-from host.engine.durable import FolderLock, unlink_durably
-from host.engine.errors import (
-    DiskError,
-    ReadOnly,
-    space_error,
-)
+from host.engine.chain import Chain, Progress
+from host.engine.check import examine, relink_layers, verify_links
+from host.engine.durable import FolderLock, sweep_pending_logs, sweep_temp_files
+from host.engine.errors import DiskError, ReadOnly, space_error
 from host.engine.export import write_raw
 from host.engine.flat import FlatBase
 from host.engine.intents import (
@@ -56,14 +50,12 @@ from host.engine.intents import (
     write_intent,
 )
 from host.engine.layers import Layers
-from host.engine.names import BASE_NAME, new_cid
+from host.engine.names import BASE_NAME, FLAT_NAME, new_cid
 from host.engine.planning import delete_cost, tidy_step, without
 from host.engine.sparse import GRAIN, MAX_CAPACITY, SparseExtent
-from host.engine.tree import DELTA_NAME, MAX_CHAIN, Tree
+from host.engine.tree import MAX_CHAIN, Tree
 
 __all__ = ["Disk"]
-
-TEMP_FILE = re.compile(r"^\.(tree\.json|intent\.json|disk(-\d{6})?\.vmdk)\.tmp-\d+$")
 
 
 class Disk:
@@ -106,7 +98,7 @@ class Disk:
             FlatBase.create(folder, size, preallocate)
             Tree.new(folder, size).save()
         except DiskError:
-            for name in (BASE_NAME, "disk-flat.vmdk"):
+            for name in (BASE_NAME, FLAT_NAME):
                 (folder / name).unlink(missing_ok=True)
             raise
         finally:
@@ -122,9 +114,13 @@ class Disk:
         folder = Path(folder)
         if not folder.is_dir():
             raise DiskError(f"{folder}: no such disk folder", folder)
+        return cls._locked(folder, readonly)
+
+    @classmethod
+    def _locked(cls, folder: Path, readonly: bool, verify: bool = True) -> Disk:
         lock = FolderLock(folder, shared=readonly)
         try:
-            return cls(folder, readonly, lock)
+            return cls(folder, readonly, lock, verify)
         except BaseException:
             lock.release()
             raise
@@ -155,7 +151,7 @@ class Disk:
     def _load(self, recover: bool = True, verify: bool = True) -> None:
         """Recover a pending intent, read the tree, open and verify every layer."""
         if not self.readonly:
-            self._sweep_temp_files()
+            sweep_temp_files(self.folder)
         intent = read_intent(self.folder) if recover else None
         if intent is not None:
             if self.readonly:
@@ -167,36 +163,16 @@ class Disk:
             self._recover(intent)
         self.tree = Tree.load(self.folder)
         if not self.readonly:
-            orphans = [
-                p
-                for p in self.folder.iterdir()
-                if p.name.endswith(".pending")
-                and p.name[1 : -len(".pending")] not in self.tree.layers
-            ]
-            if orphans:
-                unlink_durably(*orphans)
+            sweep_pending_logs(self.folder, self.tree.layers)
         try:
             for name in self.tree.layers:
                 self._layers[name]  # opened here: a bad file fails the open
             if recover and verify:  # links are mid-repair while a failed merge waits
-                self._verify_links()
+                verify_links(self.tree, self._layers)
         except BaseException:
             self._close_layers()
             raise
         self._chain = self._build_chain(self.tree.current)
-
-    def _sweep_temp_files(self) -> None:
-        """Remove the temp files of atomic writes a crash cut short (we hold the lock)."""
-        stale = [p for p in self.folder.iterdir() if TEMP_FILE.match(p.name)]
-        if stale:
-            unlink_durably(*stale)
-
-    def _verify_links(self) -> None:
-        for name, parent in self.tree.layers.items():
-            if parent is not None:
-                err = link_error(self._layers[name], self._layers[parent], parent)
-                if err is not None:
-                    raise err
 
     def _build_chain(self, top: str) -> Chain:
         return Chain([self._layers[n] for n in self.tree.chain(top)])
@@ -378,11 +354,7 @@ class Disk:
         taken that is only what was written since: that is how a quiesce that failed after
         the switch takes it back, even while the disk is served. 0 when no data moves."""
         with self._lock:
-            return delete_cost(self.tree, name, self._allocated_grains)
-
-    def _allocated_grains(self, name: str) -> int:
-        layer = self._layers[name]
-        return len(allocated(layer)) if isinstance(layer, SparseExtent) else 0
+            return delete_cost(self.tree, name, self._layers.grains)
 
     def snapshot_list(self) -> list[dict[str, Any]]:
         """Every snapshot (oldest first) with parent, children and ``is_current_position``."""
@@ -480,27 +452,8 @@ class Disk:
         leaves the child's ``parentCID`` stale). Only use it when the parent's change kept
         the child's view (as a commit does): the engine cannot tell. Returns what it fixed.
         """
-        folder = Path(folder)
-        lock = FolderLock(folder, shared=False)
-        try:
-            disk = cls(folder, False, lock, verify=False)
-        except BaseException:
-            lock.release()
-            raise
-        fixed = []
-        with disk:
-            for name, parent in disk.tree.layers.items():
-                if parent is None:
-                    continue
-                child = disk._layers[name]
-                desc, cid = child.read_descriptor(), disk._layers[parent].read_cid()
-                if desc.parent_cid != cid or desc.parent_hint != parent:
-                    child.set_parent(cid, parent)  # type: ignore[union-attr]
-                    fixed.append(
-                        f"{child.path}: parent set to {parent} "
-                        f"(parentCID {desc.parent_cid:08x} -> {cid:08x})"
-                    )
-        return fixed
+        with cls._locked(Path(folder), False, verify=False) as disk:
+            return relink_layers(disk.tree, disk._layers)
 
     def check(self) -> list[str]:
         """Problems found in the files and links (empty = clean).
@@ -516,23 +469,6 @@ class Disk:
     def info(self) -> dict[str, Any]:
         with self._lock:
             tree = self.tree
-            layers = []
-            for name in tree.chain(tree.current)[::-1] + sorted(
-                set(tree.layers) - set(tree.chain(tree.current))
-            ):
-                layer = self._layers[name]
-                snap = tree.by_layer(name)
-                entry: dict[str, Any] = {
-                    "file": name,
-                    "parent": tree.layers[name],
-                    "cid": f"{layer.read_cid():08x}",
-                    "snapshot": snap["name"] if snap else None,
-                    "in_current_chain": name in tree.chain(tree.current),
-                    "file_bytes": os.stat(layer.path).st_size,
-                }
-                if isinstance(layer, SparseExtent):
-                    entry["allocated_bytes"] = sum(1 for s in layer.gt if s) * GRAIN
-                layers.append(entry)
             return {
                 "folder": str(self.folder),
                 "size": self.size,
@@ -544,10 +480,6 @@ class Disk:
                 "snapshots": len(tree.snapshots),
                 "position": tree.named_ancestor(tree.current),
                 "readonly": self.readonly,
-                "layers": layers,
-                "orphans": sorted(
-                    p.name
-                    for p in self.folder.iterdir()
-                    if DELTA_NAME.match(p.name) and p.name not in tree.layers
-                ),
+                "layers": self._layers.describe(tree),
+                "orphans": tree.stray_deltas(),
             }

@@ -3,7 +3,8 @@
 Everything the engine writes that must survive a crash goes through here: ``atomic_write``
 (``common.files``: temp file in the same folder, write, fsync, rename, fsync the folder,
 borg's ``SaveFile``; here an OSError becomes the engine's DiskError or NoSpace),
-the one-writer ``FolderLock`` (an ``fcntl.flock`` on ``DISK/.lock``) and the pending log.
+the one-writer ``FolderLock`` (an ``fcntl.flock`` on ``DISK/.lock``), the pending log, and
+the sweeps that remove what a crash left of them (temp files, logs of layers gone).
 
 ``PendingLog`` lets a write that allocates a grain be acknowledged without an fsync while
 keeping both promises: the grain table in the file only ever points at data already synced
@@ -20,7 +21,9 @@ import errno
 import fcntl
 import json
 import os
+import re
 import struct
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +166,25 @@ class PendingLog:
 
 def pending_log_path(layer: Path) -> Path:
     return layer.with_name(f".{layer.name}.pending")
+
+
+def sweep_pending_logs(folder: Path, layers: Collection[str]) -> None:
+    """Remove the pending logs of layers no longer in the tree (the caller holds the lock)."""
+    orphans = [
+        p
+        for p in folder.iterdir()
+        if p.name.endswith(".pending") and p.name[1 : -len(".pending")] not in layers
+    ]
+    if orphans:
+        unlink_durably(*orphans)
+
+
+# the temp file (common.files.temp_name) of each file a disk replaces whole
+TEMP_FILE = re.compile(r"^\.(tree\.json|intent\.json|disk(-\d{6})?\.vmdk)\.tmp-\d+$")
+
+
+def sweep_temp_files(folder: Path) -> None:
+    """Remove the temp files of atomic writes a crash cut short (the caller holds the lock)."""
+    stale = [p for p in folder.iterdir() if TEMP_FILE.match(p.name)]
+    if stale:
+        unlink_durably(*stale)

@@ -4,7 +4,7 @@ A layer is the flat base or a sparse delta (``chain.Layer``). ``open_layer`` ope
 name the tree gives it, refusing a name or a symlink that leads out of the folder; the check
 uses it to open each layer on its own. ``Layers`` is the set a ``Disk`` holds open while it
 is: ``layers[name]`` opens on first use, ``close`` and ``remove`` (the files, durably, with
-their pending logs) end a layer's life.
+their pending logs) end a layer's life, ``describe`` lists them for ``disk info``.
 
 Raises what the layer classes raise: ForeignFile, CorruptFile, ChainFileMissing (for a
 delta, with the part the file plays in the tree and what to do), DiskError, NoSpace.
@@ -12,15 +12,17 @@ delta, with the part the file plays in the tree and what to do), DiskError, NoSp
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from host.engine.chain import Layer
+from host.engine.chain import Layer, allocated
 from host.engine.durable import pending_log_path, unlink_durably
 from host.engine.errors import ChainFileMissing
 from host.engine.flat import FlatBase
 from host.engine.names import BASE_NAME, inside, safe_name
-from host.engine.sparse import SparseExtent
+from host.engine.sparse import GRAIN, SparseExtent
 from host.engine.tree import Tree
 
 
@@ -64,6 +66,11 @@ class Layers:
             self._open[name] = layer
         return layer
 
+    def grains(self, name: str) -> int:
+        """The grains delta ``name`` holds (data or zeroed); 0 for the base."""
+        layer = self[name]
+        return len(allocated(layer)) if isinstance(layer, SparseExtent) else 0
+
     def names(self) -> list[str]:
         """The layers open now."""
         return list(self._open)
@@ -83,3 +90,24 @@ class Layers:
         is never removed. The names come from a validated tree or intent record."""
         paths = [self.folder / n for n in names if n != BASE_NAME]
         unlink_durably(*paths, *(pending_log_path(p) for p in paths))
+
+    def describe(self, tree: Tree) -> list[dict[str, Any]]:
+        """Each layer of ``tree`` as ``disk info`` shows it: the current chain from the top
+        down, then the other branches' layers by name."""
+        chain = tree.chain(tree.current)
+        out = []
+        for name in chain[::-1] + sorted(set(tree.layers) - set(chain)):
+            layer = self[name]
+            snap = tree.by_layer(name)
+            entry: dict[str, Any] = {
+                "file": name,
+                "parent": tree.layers[name],
+                "cid": f"{layer.read_cid():08x}",
+                "snapshot": snap["name"] if snap else None,
+                "in_current_chain": name in chain,
+                "file_bytes": os.stat(layer.path).st_size,
+            }
+            if isinstance(layer, SparseExtent):
+                entry["allocated_bytes"] = self.grains(name) * GRAIN
+            out.append(entry)
+        return out

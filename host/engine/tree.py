@@ -227,6 +227,14 @@ class Tree:
                 numbers.append(int(m[1]))
         return f"disk-{max(numbers) + 1:06d}.vmdk"
 
+    def stray_deltas(self) -> list[str]:
+        """The delta files in the folder that are no layer of this tree, by name."""
+        return sorted(
+            p.name
+            for p in self.path.parent.iterdir()
+            if DELTA_NAME.match(p.name) and p.name not in self.layers
+        )
+
     def listing(self) -> list[dict[str, Any]]:
         """Every snapshot with its parent snapshot, children and the current position."""
         position = self.named_ancestor(self.current)

@@ -19,6 +19,7 @@ import struct
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from common.files import atomic_file
 from host.engine.descriptor import Descriptor, parse_descriptor
@@ -74,6 +75,63 @@ class Layout:
         return cls(capacity, num_gts, rgd, rgt, gd, gt, overhead)
 
 
+class Header(NamedTuple):
+    """The fields of a sparse extent's first sector (``HEADER``), in sectors where a count."""
+
+    magic: bytes
+    version: int
+    flags: int
+    capacity: int
+    grain: int
+    desc_off: int
+    desc_size: int
+    ngtes: int
+    rgd: int
+    gd: int
+    overhead: int
+    unclean: int
+    eol: bytes
+    compress: int
+
+
+def read_header(fd: int, path: Path, size: int, file_size: int) -> Header:
+    """The header of the sparse extent open at ``fd``, refused unless this engine can use it
+    for a disk of ``size`` bytes (ForeignFile: another format; CorruptFile: damaged)."""
+    raw = os.pread(fd, SECTOR, 0)
+    if len(raw) < SECTOR:
+        raise CorruptFile(f"{path}: truncated: {file_size} bytes, shorter than a header", path)
+    h = Header._make(HEADER.unpack(raw))
+    if h.magic != MAGIC:
+        raise ForeignFile(f"{path}: bad magic {h.magic!r}, not a KDMV sparse extent", path)
+    if h.version not in (1, 2):
+        raise ForeignFile(f"{path}: sparse version {h.version} is not supported (1 or 2)", path)
+    if h.flags & (FLAG_COMPRESSED | FLAG_MARKERS) or h.compress:
+        raise ForeignFile(f"{path}: compressed/streamOptimized extents are not supported", path)
+    if h.grain != GRAIN_SECTORS or h.ngtes != GTES:
+        raise ForeignFile(
+            f"{path}: grainSize {h.grain} / {h.ngtes} GTEs per table; only "
+            f"{GRAIN_SECTORS} / {GTES} (64 KiB grains) are supported",
+            path,
+        )
+    if h.capacity * SECTOR != size:
+        raise CorruptFile(
+            f"{path}: capacity {h.capacity} sectors differs from the disk's {size // SECTOR}",
+            path,
+        )
+    if h.desc_off != DESC_OFFSET or h.desc_size < DESC_SECTORS:
+        raise CorruptFile(
+            f"{path}: the descriptor must sit at sector 1 and own sectors "
+            f"1-20 (offset {h.desc_off}, size {h.desc_size})",
+            path,
+        )
+    if h.overhead * SECTOR > file_size:
+        raise CorruptFile(
+            f"{path}: truncated: {file_size} bytes, the metadata alone needs {h.overhead * SECTOR}",
+            path,
+        )
+    return h
+
+
 class SparseExtent:
     """One monolithicSparse delta, its grain tables held in memory.
 
@@ -101,65 +159,17 @@ class SparseExtent:
             raise
 
     def _load(self, size: int) -> None:
-        path = self.path
         file_size = os.fstat(self.fd).st_size
-        raw = os.pread(self.fd, SECTOR, 0)
-        if len(raw) < SECTOR:
-            raise CorruptFile(f"{path}: truncated: {file_size} bytes, shorter than a header", path)
-        (
-            magic,
-            version,
-            flags,
-            capacity,
-            grain,
-            desc_off,
-            desc_size,
-            ngtes,
-            rgd,
-            gd,
-            overhead,
-            _unclean,
-            eol,
-            compress,
-        ) = HEADER.unpack(raw)
-        if magic != MAGIC:
-            raise ForeignFile(f"{path}: bad magic {magic!r}, not a KDMV sparse extent", path)
-        if version not in (1, 2):
-            raise ForeignFile(f"{path}: sparse version {version} is not supported (1 or 2)", path)
-        if flags & (FLAG_COMPRESSED | FLAG_MARKERS) or compress:
-            raise ForeignFile(f"{path}: compressed/streamOptimized extents are not supported", path)
-        if grain != GRAIN_SECTORS or ngtes != GTES:
-            raise ForeignFile(
-                f"{path}: grainSize {grain} / {ngtes} GTEs per table; only "
-                f"{GRAIN_SECTORS} / {GTES} (64 KiB grains) are supported",
-                path,
-            )
-        if capacity * SECTOR != size:
-            raise CorruptFile(
-                f"{path}: capacity {capacity} sectors differs from the disk's {size // SECTOR}",
-                path,
-            )
-        if desc_off != DESC_OFFSET or desc_size < DESC_SECTORS:
-            raise CorruptFile(
-                f"{path}: the descriptor must sit at sector 1 and own sectors "
-                f"1-20 (offset {desc_off}, size {desc_size})",
-                path,
-            )
-        num_gts = -(-capacity // (GTES * GRAIN_SECTORS))
-        if overhead * SECTOR > file_size:
-            raise CorruptFile(
-                f"{path}: truncated: {file_size} bytes, the metadata alone "
-                f"needs {overhead * SECTOR}",
-                path,
-            )
-        self.version, self.flags, self.capacity = version, flags, capacity
-        self.overhead = overhead
-        self.zeroed = bool(flags & FLAG_ZEROED) and version >= 2
-        self.num_grains = -(-capacity // GRAIN_SECTORS)
-        self.gde = self._read_directory(gd, num_gts, overhead, "grain directory")
+        h = read_header(self.fd, self.path, size, file_size)
+        self.version, self.flags, self.capacity = h.version, h.flags, h.capacity
+        self.overhead = overhead = h.overhead
+        self.zeroed = bool(h.flags & FLAG_ZEROED) and h.version >= 2
+        self.num_grains = -(-h.capacity // GRAIN_SECTORS)
+        num_gts = -(-h.capacity // (GTES * GRAIN_SECTORS))
+        self.gde = self._read_directory(h.gd, num_gts, overhead, "grain directory")
         self.rgde: list[int] = []
-        if flags & FLAG_RGD and rgd:
-            self.rgde = self._read_directory(rgd, num_gts, overhead, "redundant grain directory")
+        if h.flags & FLAG_RGD and h.rgd:
+            self.rgde = self._read_directory(h.rgd, num_gts, overhead, "redundant grain directory")
         tables = b"".join(os.pread(self.fd, GT_BYTES, s * SECTOR) for s in self.gde)
         if self.writable and self.rgde:
             self._repair_redundant(tables)

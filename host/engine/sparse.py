@@ -9,7 +9,11 @@ the data it points to was ``fdatasync``-ed. Writes that allocate grains keep the
 memory and in a pending log (``host.engine.durable.PendingLog``) until the next flush, so that they
 need no fsync each and still survive the death of the process.
 
-Raises ForeignFile (not a file we can use), CorruptFile (damaged), DiskError, NoSpace.
+``read_header`` refuses a header the engine cannot use; ``Layout`` says where a new delta's
+parts go; the examination of damage that open tolerates is ``check.sparse_problems``.
+
+Raises ForeignFile (not a file we can use), CorruptFile (damaged), ChainFileMissing (the
+file cannot be opened), DiskError, NoSpace.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 from common.errors import QuiesceError
-from host.engine.disk import Disk, DiskBusy, DiskError
+from host.engine.disk import Disk
+from host.engine.errors import DiskBusy, DiskError
 
 T = TypeVar("T")
 

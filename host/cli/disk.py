@@ -14,7 +14,8 @@ from common.tables import table
 from host.cli._common import DISK_HELP, Server, open_or_ask, parse_size
 from host.cli.progress import Progress, human_bytes
 from host.engine.check import check_folder
-from host.engine.disk import Disk, DiskError
+from host.engine.disk import Disk
+from host.engine.errors import DiskError
 
 
 def build(disk: argparse.ArgumentParser) -> None:

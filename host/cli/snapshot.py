@@ -23,7 +23,8 @@ from common.errors import QuiesceError
 from common.files import atomic_write
 from host.cli._common import DISK_HELP, Server, error, open_or_ask
 from host.cli.progress import Progress
-from host.engine.disk import CONSISTENCY, Disk
+from host.engine.disk import Disk
+from host.engine.tree import CONSISTENCY
 from host.snapshots.cycle import MODES, take
 from host.snapshots.report import full
 from host.snapshots.target import load_snapshot, open_target

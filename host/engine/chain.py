@@ -18,9 +18,11 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from host.engine.durable import space_error
-from host.engine.vmdk import GRAIN, GRAIN_SECTORS, SECTOR, ZERO_GRAIN, FlatBase, Layer, SparseExtent
+from host.engine.errors import space_error
+from host.engine.flat import FlatBase
+from host.engine.sparse import GRAIN, GRAIN_SECTORS, SECTOR, ZERO_GRAIN, SparseExtent
 
+Layer = FlatBase | SparseExtent  # the base, or a delta
 Progress = Callable[[int, int], Any]  # (bytes done, bytes total)
 RUN = 64  # grains per copy run (4 MiB)
 

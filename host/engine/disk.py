@@ -20,79 +20,42 @@ Semantics (see DESIGN.md "The delta-disk engine" and docs/internals/disk-format.
 - ``snapshot_delete_all`` writes every grain of the current chain straight into the base in
   one pass and removes every delta.
 
-Errors: every method raises subclasses of ``DiskError`` (re-exported here), whose messages
-name the file and what is wrong.
+Errors: every method raises subclasses of ``DiskError`` (``host.engine.errors``), whose
+messages name the file and what is wrong.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import threading
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from host.engine.chain import Chain, Progress, allocated, flatten, merge_up
-from host.engine.check import examine, link_error, role
-from host.engine.durable import (
+from host.engine.chain import Chain, Progress
+from host.engine.check import examine, relink_layers, verify_links
+from host.engine.durable import FolderLock, sweep_pending_logs, sweep_temp_files
+from host.engine.errors import DiskError, ReadOnly, space_error
+from host.engine.export import write_raw
+from host.engine.flat import FlatBase
+from host.engine.intents import (
     INTENT,
-    ChainBroken,
-    ChainTooDeep,
-    CidMismatch,
-    CorruptFile,
-    DiskBusy,
-    DiskError,
-    FolderLock,
-    ForeignFile,
-    NoSpace,
-    ReadOnly,
-    SnapshotExists,
-    SnapshotNotFound,
+    CreateIntent,
+    DropIntent,
+    Intent,
+    MergeAllIntent,
+    MergeIntent,
+    RevertIntent,
     clear_intent,
-    pending_log_path,
-    pwrite_all,
     read_intent,
-    space_error,
-    unlink_durably,
     write_intent,
 )
-from host.engine.tree import DELTA_NAME, MAX_CHAIN, TREE, Tree
-from host.engine.vmdk import (
-    BASE_NAME,
-    GRAIN,
-    MAX_CAPACITY,
-    ChainFileMissing,
-    FlatBase,
-    Layer,
-    SparseExtent,
-    inside,
-    new_cid,
-    safe_name,
-)
+from host.engine.layers import Layers
+from host.engine.names import BASE_NAME, FLAT_NAME, new_cid
+from host.engine.planning import delete_cost, tidy_step, without
+from host.engine.sparse import GRAIN, MAX_CAPACITY, SparseExtent
+from host.engine.tree import MAX_CHAIN, Tree
 
-__all__ = [
-    "ChainBroken",
-    "ChainTooDeep",
-    "CidMismatch",
-    "CorruptFile",
-    "Disk",
-    "DiskBusy",
-    "DiskError",
-    "ForeignFile",
-    "NoSpace",
-    "ReadOnly",
-    "SnapshotExists",
-    "SnapshotNotFound",
-    "MAX_CHAIN",
-]
-
-CONSISTENCY = ("application", "filesystem", "crash")
-SNAPSHOT_NAME = re.compile(r"^[^\x00-\x1f/\x7f]{1,128}$")
-TEMP_FILE = re.compile(r"^\.(tree\.json|intent\.json|disk(-\d{6})?\.vmdk)\.tmp-\d+$")
-EXPORT_CHUNK = 4 * 1024 * 1024
-ZERO_CHUNK = bytes(EXPORT_CHUNK)
+__all__ = ["Disk"]
 
 
 class Disk:
@@ -103,7 +66,7 @@ class Disk:
         self.readonly = readonly
         self._flock: FolderLock | None = lock
         self._lock = threading.RLock()
-        self._layers: dict[str, Layer] = {}
+        self._layers = Layers(folder, not readonly, lambda: self.tree)
         self._load(verify=verify)
         self.size: int = self.tree.size
 
@@ -135,7 +98,7 @@ class Disk:
             FlatBase.create(folder, size, preallocate)
             Tree.new(folder, size).save()
         except DiskError:
-            for name in (BASE_NAME, "disk-flat.vmdk"):
+            for name in (BASE_NAME, FLAT_NAME):
                 (folder / name).unlink(missing_ok=True)
             raise
         finally:
@@ -151,9 +114,13 @@ class Disk:
         folder = Path(folder)
         if not folder.is_dir():
             raise DiskError(f"{folder}: no such disk folder", folder)
+        return cls._locked(folder, readonly)
+
+    @classmethod
+    def _locked(cls, folder: Path, readonly: bool, verify: bool = True) -> Disk:
         lock = FolderLock(folder, shared=readonly)
         try:
-            return cls(folder, readonly, lock)
+            return cls(folder, readonly, lock, verify)
         except BaseException:
             lock.release()
             raise
@@ -179,81 +146,41 @@ class Disk:
                 self._flock = None
 
     def _close_layers(self) -> None:
-        for layer in self._layers.values():
-            layer.close()
-        self._layers = {}
+        self._layers.close_all()
 
     def _load(self, recover: bool = True, verify: bool = True) -> None:
         """Recover a pending intent, read the tree, open and verify every layer."""
         if not self.readonly:
-            self._sweep_temp_files()
+            sweep_temp_files(self.folder)
         intent = read_intent(self.folder) if recover else None
         if intent is not None:
             if self.readonly:
                 raise DiskError(
-                    f"{self.folder}: an interrupted {intent['op']} is pending; "
+                    f"{self.folder}: an interrupted {intent.op} is pending; "
                     "open the disk read-write once to finish it",
                     self.folder,
                 )
             self._recover(intent)
         self.tree = Tree.load(self.folder)
         if not self.readonly:
-            orphans = [
-                p
-                for p in self.folder.iterdir()
-                if p.name.endswith(".pending")
-                and p.name[1 : -len(".pending")] not in self.tree.layers
-            ]
-            if orphans:
-                unlink_durably(*orphans)
+            sweep_pending_logs(self.folder, self.tree.layers)
         try:
             for name in self.tree.layers:
-                self._layer(name)
+                self._layers[name]  # opened here: a bad file fails the open
             if recover and verify:  # links are mid-repair while a failed merge waits
-                self._verify_links()
+                verify_links(self.tree, self._layers)
         except BaseException:
             self._close_layers()
             raise
         self._chain = self._build_chain(self.tree.current)
 
-    def _sweep_temp_files(self) -> None:
-        """Remove the temp files of atomic writes a crash cut short (we hold the lock)."""
-        stale = [p for p in self.folder.iterdir() if TEMP_FILE.match(p.name)]
-        if stale:
-            unlink_durably(*stale)
-
-    def _layer(self, name: str) -> Layer:
-        layer = self._layers.get(name)
-        if layer is None:
-            writable = not self.readonly
-            if name == BASE_NAME:
-                layer = FlatBase(self.folder, self.tree.size, writable)
-            else:
-                path = inside(
-                    self.folder,
-                    safe_name(self.folder, name, "layer", self.folder / TREE),
-                    self.folder / TREE,
-                )
-                try:
-                    layer = SparseExtent(path, writable, self.tree.size)
-                except ChainFileMissing as err:
-                    raise ChainFileMissing(
-                        f"{err} ({role(self.tree, name)}); restore the file, or see "
-                        f"'quiesce-host disk check {self.folder}' for everything that is wrong",
-                        path,
-                    ) from err
-            self._layers[name] = layer
-        return layer
-
-    def _verify_links(self) -> None:
-        for name, parent in self.tree.layers.items():
-            if parent is not None:
-                err = link_error(self._layers[name], self._layers[parent], parent)
-                if err is not None:
-                    raise err
-
     def _build_chain(self, top: str) -> Chain:
-        return Chain([self._layer(n) for n in self.tree.chain(top)])
+        return Chain([self._layers[n] for n in self.tree.chain(top)])
+
+    def _adopt(self, tree: Tree) -> None:
+        """An operation is done: ``tree`` is the saved one, and its current chain is read."""
+        self.tree = tree
+        self._chain = self._build_chain(tree.current)
 
     def _writable(self) -> None:
         self._check_open()
@@ -269,116 +196,35 @@ class Disk:
             except DiskError:
                 self._close_layers()
                 self._load(recover=False)  # merges keep the view: reads stay right
-                self._hide_doomed()
+                self._hide_doomed(read_intent(self.folder))
                 raise
 
     # -- recovery: each step below can be repeated after a crash ----------------------------
 
-    def _recover(self, intent: dict[str, Any]) -> None:
+    def _recover(self, intent: Intent) -> None:
         """Roll an interrupted operation forward (merges) or back (create/revert)."""
-        op = intent["op"]
         self.tree = Tree.load(self.folder)
         try:
-            if op == "create":
-                if intent["new"] not in self.tree.layers:
-                    self._unlink_layers(intent["new"])
-            elif op == "revert":
-                done = self.tree.current == intent["new"]
-                gone = intent["discard"] if done else intent["new"]
-                if gone != BASE_NAME:
-                    self._unlink_layers(gone)
-            elif op == "drop":
-                self._finish_drop(list(intent["files"]), Tree(intent["tree"], self.tree.path))
-            elif op == "merge":
-                after = Tree(intent["tree"], self.tree.path)
-                if self._path(intent["src"]).exists():
-                    self._finish_merge(intent["src"], intent["dst"], after, None)
-                else:
-                    after.save()
-            elif op == "merge_all":
-                if self.tree.current == BASE_NAME and len(self.tree.layers) == 1:
-                    self._unlink_layers(*intent["chain"][1:], *intent["discard"])
-                else:
-                    self._finish_merge_all(list(intent["chain"]), list(intent["discard"]), None)
-            else:
-                raise CorruptFile(
-                    f"{self.folder / INTENT}: unknown operation {op!r}", self.folder / INTENT
-                )
-        except (KeyError, TypeError) as err:
-            raise CorruptFile(
-                f"{self.folder / INTENT}: malformed {op} record ({err})", self.folder / INTENT
-            ) from err
+            intent.roll_forward(self._layers, self.tree)
         finally:
             self._close_layers()
         clear_intent(self.folder)
 
-    def _hide_doomed(self) -> None:
+    def _hide_doomed(self, intent: Intent | None) -> None:
         """A merge that failed (NoSpace) stays pending and is finished later, never undone:
         the snapshots it deletes are gone now (their layers are already being overwritten),
         so drop them from the in-memory tree too."""
-        intent = read_intent(self.folder)
-        if intent is None:
-            return
-        if intent["op"] == "merge_all":
-            keep: set[str] = set()
-        elif intent["op"] in ("merge", "drop"):
-            keep = {s["name"] for s in intent["tree"]["snapshots"]}
-        else:
-            return
-        self.tree.snapshots = [s for s in self.tree.snapshots if s["name"] in keep]
+        if intent is not None:
+            self.tree.snapshots = intent.snapshots_after(self.tree.snapshots)
 
-    def _unlink_layers(self, *names: str) -> None:
-        paths = [self._path(n) for n in names if n != BASE_NAME]
-        unlink_durably(*paths, *(pending_log_path(p) for p in paths))
-
-    def _path(self, name: str) -> Path:
-        return self.folder / safe_name(self.folder, name, "layer", self.folder / INTENT)
-
-    def _finish_drop(self, files: list[str], after: Tree) -> None:
-        after.save()
-        self.tree = after
-        for name in files:
-            layer = self._layers.pop(name, None)
-            if layer is not None:
-                layer.close()
-        self._unlink_layers(*files)
-        clear_intent(self.folder)
-        self._chain = self._build_chain(after.current)
-
-    def _finish_merge(self, src: str, dst: str, after: Tree, progress: Progress | None) -> None:
-        """Copy ``src`` into its parent ``dst``, re-point src's children, remove src."""
-        source, target = self._layer(src), self._layer(dst)
-        assert isinstance(source, SparseExtent)
-        merge_up(source, target, progress)
-        cid = new_cid()
-        target.set_cid(cid)
-        target.cid_bumped = True
-        for child in after.children(dst):
-            self._layer(child).set_parent(cid, dst)  # type: ignore[union-attr]
-        after.save()
-        self.tree = after
-        self._layers.pop(src).close()
-        self._unlink_layers(src)
-        clear_intent(self.folder)
-        self._chain = self._build_chain(after.current)
-
-    def _finish_merge_all(
-        self, chain: list[str], others: list[str], progress: Progress | None
-    ) -> None:
-        if len(chain) > 1:
-            flatten(Chain([self._layer(n) for n in chain]), progress)
-        base = self._layer(BASE_NAME)
-        base.set_cid(new_cid())
-        base.cid_bumped = True
-        after = Tree.new(self.folder, self.tree.size)
-        after.save()
-        self.tree = after
-        for name in list(self._layers):
-            if name != BASE_NAME:
-                self._layers.pop(name).close()
-        self._unlink_layers(*chain[1:], *others)
-        clear_intent(self.folder)
-        self._chain = self._build_chain(BASE_NAME)
+    def _merge(self, intent: MergeIntent | MergeAllIntent, progress: Progress | None) -> None:
+        """Write the intent and merge; a merge that fails keeps its intent (see above)."""
+        write_intent(self.folder, intent)
+        try:
+            self._adopt(intent.run(self._layers, progress))
+        except DiskError:
+            self._hide_doomed(intent)
+            raise
 
     # -- data -----------------------------------------------------------------------------
 
@@ -457,59 +303,22 @@ class Disk:
         with self._lock:
             self._writable()
             self._finish_pending()
-            if not SNAPSHOT_NAME.match(name):
-                raise DiskError(
-                    f"{self.folder}: snapshot name {name!r} must be 1-128 "
-                    "printable characters without '/'",
-                    self.folder,
-                )
-            if consistency not in CONSISTENCY:
-                raise DiskError(
-                    f"{self.folder}: consistency {consistency!r} must be one of "
-                    f"{', '.join(CONSISTENCY)}",
-                    self.folder,
-                )
-            if any(s["name"] == name for s in self.tree.snapshots):
-                raise SnapshotExists(
-                    f"{self.folder}: a snapshot named {name!r} exists already", self.folder
-                )
-            if self.tree.depth() + 1 > MAX_CHAIN:
-                raise ChainTooDeep(
-                    f"{self.current_file()}: the chain already has "
-                    f"{self.tree.depth()} snapshots, the most one chain may "
-                    "have; delete one first",
-                    self.current_file(),
-                )
+            tree = self.tree.taking(
+                name,
+                self.tree.next_delta_name(self.folder),
+                description=description,
+                consistency=consistency,
+                report=report or {},
+                artifacts=artifacts or {},
+            )
             self.flush()
-            old = self.tree.current
-            new = self.tree.next_delta_name(self.folder)
-            entry = {
-                "name": name,
-                "layer": old,
-                "description": description,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "consistency": consistency,
-                "report": report or {},
-                "artifacts": artifacts or {},
-            }
-            tree = self.tree.copy()
-            tree.snapshots.append(entry)
-            tree.layers[new] = old
-            tree.current = new
-            write_intent(self.folder, {"op": "create", "new": new})
-            try:
-                SparseExtent.create(self.folder / new, self.size, self._layers[old].read_cid(), old)
-                tree.save()
-            except DiskError:
-                unlink_durably(self.folder / new)
-                clear_intent(self.folder)
-                raise
-            clear_intent(self.folder)
-            self.tree = tree
-            layer = self._layer(new)
+            intent = CreateIntent(tree.current)
+            write_intent(self.folder, intent)
+            self.tree = intent.run(self._layers, tree)
+            layer = self._layers[tree.current]
             assert isinstance(layer, SparseExtent)
             self._chain.push(layer)
-            return dict(entry)
+            return dict(tree.snapshot(name))
 
     def snapshot_update(
         self,
@@ -528,24 +337,16 @@ class Disk:
         """
         with self._lock:
             self._writable()
-            if consistency is not None and consistency not in CONSISTENCY:
-                raise DiskError(
-                    f"{self.folder}: consistency {consistency!r} must be one of "
-                    f"{', '.join(CONSISTENCY)}",
-                    self.folder,
-                )
-            tree = self.tree.copy()
-            snap = tree.snapshot(name)
             fields = {
                 "description": description,
                 "consistency": consistency,
                 "report": report,
                 "artifacts": artifacts,
             }
-            snap.update({k: v for k, v in fields.items() if v is not None})
+            tree = self.tree.updating(name, fields)
             tree.save()
             self.tree = tree
-            return dict(snap)
+            return dict(tree.snapshot(name))
 
     def delete_cost(self, name: str) -> int:
         """Bytes that deleting ``name`` would copy, over every merge the delete sets off (a
@@ -553,17 +354,7 @@ class Disk:
         taken that is only what was written since: that is how a quiesce that failed after
         the switch takes it back, even while the disk is served. 0 when no data moves."""
         with self._lock:
-            tree = self.tree.copy()
-            tree.snapshot(name)  # SnapshotNotFound
-            tree.snapshots = [s for s in tree.snapshots if s["name"] != name]
-            cost = 0
-            while (step := _tidy_step(tree)) is not None:
-                _, child, tree = step
-                if child is not None:
-                    layer = self._layer(child)
-                    if isinstance(layer, SparseExtent):
-                        cost += len(allocated(layer)) * GRAIN
-            return cost
+            return delete_cost(self.tree, name, self._layers.grains)
 
     def snapshot_list(self) -> list[dict[str, Any]]:
         """Every snapshot (oldest first) with parent, children and ``is_current_position``."""
@@ -581,29 +372,10 @@ class Disk:
         with self._lock:
             self._writable()
             self._finish_pending()
-            target = self.tree.snapshot(name)["layer"]
-            old = self.tree.current
-            new = self.tree.next_delta_name(self.folder)
-            tree = self.tree.copy()
-            tree.layers[new] = target
-            tree.current = new
-            if old != BASE_NAME:
-                del tree.layers[old]
-            write_intent(self.folder, {"op": "revert", "new": new, "discard": old})
-            try:
-                SparseExtent.create(
-                    self.folder / new, self.size, self._layers[target].read_cid(), target
-                )
-                tree.save()
-            except DiskError:
-                unlink_durably(self.folder / new)
-                clear_intent(self.folder)
-                raise
-            self._layers.pop(old).close()
-            self._unlink_layers(old)
-            clear_intent(self.folder)
-            self.tree = tree
-            self._chain = self._build_chain(new)
+            tree = self.tree.reverting(name, self.tree.next_delta_name(self.folder))
+            intent = RevertIntent(tree.current, self.tree.current)
+            write_intent(self.folder, intent)
+            self._adopt(intent.run(self._layers, tree))
             self._normalize(self.tree.copy(), None)
 
     def snapshot_delete(self, name: str, progress: Progress | None = None) -> None:
@@ -611,10 +383,8 @@ class Disk:
         with self._lock:
             self._writable()
             self._finish_pending()
-            self.tree.snapshot(name)
+            tree = without(self.tree, name)  # SnapshotNotFound
             self.flush()  # pending grain entries into the tables before any merge
-            tree = self.tree.copy()
-            tree.snapshots = [s for s in tree.snapshots if s["name"] != name]
             self._normalize(tree, progress)
 
     def snapshot_delete_all(self, progress: Progress | None = None) -> None:
@@ -625,37 +395,21 @@ class Disk:
             self.flush()
             chain = self.tree.chain(self.tree.current)
             others = [n for n in self.tree.layers if n not in chain]
-            write_intent(self.folder, {"op": "merge_all", "chain": chain, "discard": others})
-            try:
-                self._finish_merge_all(chain, others, progress)
-            except DiskError:
-                self._hide_doomed()
-                raise
+            self._merge(MergeAllIntent(tuple(chain), tuple(others)), progress)
 
     def _normalize(self, tree: Tree, progress: Progress | None) -> None:
         """Merge or remove unnamed layers until every read-only layer is needed."""
-        while True:
-            step = _tidy_step(tree)
-            if step is None:
-                if tree.to_json() != self.tree.to_json():
-                    tree.save()
-                    self.tree = tree
-                return
-            layer, child, after = step
-            if child is None:
-                write_intent(self.folder, {"op": "drop", "files": [layer], "tree": after.to_json()})
-                self._finish_drop([layer], after)
+        while (step := tidy_step(tree)) is not None:
+            if step.child is None:
+                drop = DropIntent((step.layer,), step.after)
+                write_intent(self.folder, drop)
+                self._adopt(drop.run(self._layers))
             else:
-                write_intent(
-                    self.folder,
-                    {"op": "merge", "src": child, "dst": layer, "tree": after.to_json()},
-                )
-                try:
-                    self._finish_merge(child, layer, after, progress)
-                except DiskError:
-                    self._hide_doomed()
-                    raise
+                self._merge(MergeIntent(step.child, step.layer, step.after), progress)
             tree = self.tree.copy()
+        if tree.to_json() != self.tree.to_json():
+            tree.save()
+            self.tree = tree
 
     # -- whole-disk operations ------------------------------------------------------------
 
@@ -674,36 +428,17 @@ class Disk:
         during the export of a snapshot (its layers are read-only; the server keeps deletes
         out meanwhile). The current state is a point in time only when nothing writes.
         """
-        out = Path(out)
-        part = out.with_name(out.name + ".part")
         with self._lock:
             self._check_open()
             top = self.tree.current if snapshot is None else self.tree.snapshot(snapshot)["layer"]
             chain = self._chain if top == self.tree.current else self._build_chain(top)
-        try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                for pos in range(0, self.size, EXPORT_CHUNK):
-                    n = min(EXPORT_CHUNK, self.size - pos)
-                    with self._lock:
-                        self._check_open()
-                        data = chain.read(pos, n)
-                    if data != ZERO_CHUNK[:n]:
-                        pwrite_all(fd, data, pos)
-                    if progress:
-                        progress(pos + n, self.size)
-                os.ftruncate(fd, self.size)
-                if sync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(part, out)
-        except OSError as err:
-            part.unlink(missing_ok=True)
-            raise space_error(err, out, "exporting") from err
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
+
+        def read(offset: int, length: int) -> bytes:
+            with self._lock:
+                self._check_open()
+                return chain.read(offset, length)
+
+        write_raw(Path(out), self.size, read, progress, sync)
 
     def _check_open(self) -> None:
         if self._flock is None:
@@ -717,27 +452,8 @@ class Disk:
         leaves the child's ``parentCID`` stale). Only use it when the parent's change kept
         the child's view (as a commit does): the engine cannot tell. Returns what it fixed.
         """
-        folder = Path(folder)
-        lock = FolderLock(folder, shared=False)
-        try:
-            disk = cls(folder, False, lock, verify=False)
-        except BaseException:
-            lock.release()
-            raise
-        fixed = []
-        with disk:
-            for name, parent in disk.tree.layers.items():
-                if parent is None:
-                    continue
-                child = disk._layers[name]
-                desc, cid = child.read_descriptor(), disk._layers[parent].read_cid()
-                if desc.parent_cid != cid or desc.parent_hint != parent:
-                    child.set_parent(cid, parent)  # type: ignore[union-attr]
-                    fixed.append(
-                        f"{child.path}: parent set to {parent} "
-                        f"(parentCID {desc.parent_cid:08x} -> {cid:08x})"
-                    )
-        return fixed
+        with cls._locked(Path(folder), False, verify=False) as disk:
+            return relink_layers(disk.tree, disk._layers)
 
     def check(self) -> list[str]:
         """Problems found in the files and links (empty = clean).
@@ -753,23 +469,6 @@ class Disk:
     def info(self) -> dict[str, Any]:
         with self._lock:
             tree = self.tree
-            layers = []
-            for name in tree.chain(tree.current)[::-1] + sorted(
-                set(tree.layers) - set(tree.chain(tree.current))
-            ):
-                layer = self._layers[name]
-                snap = tree.by_layer(name)
-                entry: dict[str, Any] = {
-                    "file": name,
-                    "parent": tree.layers[name],
-                    "cid": f"{layer.read_cid():08x}",
-                    "snapshot": snap["name"] if snap else None,
-                    "in_current_chain": name in tree.chain(tree.current),
-                    "file_bytes": os.stat(layer.path).st_size,
-                }
-                if isinstance(layer, SparseExtent):
-                    entry["allocated_bytes"] = sum(1 for s in layer.gt if s) * GRAIN
-                layers.append(entry)
             return {
                 "folder": str(self.folder),
                 "size": self.size,
@@ -781,41 +480,6 @@ class Disk:
                 "snapshots": len(tree.snapshots),
                 "position": tree.named_ancestor(tree.current),
                 "readonly": self.readonly,
-                "layers": layers,
-                "orphans": sorted(
-                    p.name
-                    for p in self.folder.iterdir()
-                    if DELTA_NAME.match(p.name) and p.name not in tree.layers
-                ),
+                "layers": self._layers.describe(tree),
+                "orphans": tree.stray_deltas(),
             }
-
-
-def _tidy_step(tree: Tree) -> tuple[str, str | None, Tree] | None:
-    """The next step that makes every read-only layer needed again: (layer, None, after)
-    drops an unnamed layer nothing descends from; (layer, child, after) merges the one child
-    of an unnamed layer into it, the merged layer taking the child's place. None: tidy."""
-    named = {s["layer"] for s in tree.snapshots}
-    todo = [
-        n
-        for n in tree.layers
-        if n not in named and n != tree.current and len(tree.children(n)) <= 1
-    ]
-    if not todo:
-        return None
-    layer = todo[0]
-    after = tree.copy()
-    kids = after.children(layer)
-    if not kids:
-        del after.layers[layer]
-        return layer, None, after
-    child = kids[0]
-    for n, p in list(after.layers.items()):
-        if p == child:
-            after.layers[n] = layer
-    del after.layers[child]
-    if after.current == child:
-        after.current = layer
-    for snap in after.snapshots:
-        if snap["layer"] == child:
-            snap["layer"] = layer
-    return layer, child, after

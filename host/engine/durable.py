@@ -1,10 +1,10 @@
-"""Durable files for the delta-disk engine, and the engine's error tree.
+"""Durable files for the delta-disk engine.
 
 Everything the engine writes that must survive a crash goes through here: ``atomic_write``
-(temp file in the same folder, write, fsync, rename, fsync the folder, borg's ``SaveFile``),
-the one-writer ``FolderLock`` (an ``fcntl.flock`` on ``DISK/.lock``) and the intent record
-(``DISK/intent.json``) that a multi-step operation writes first so that ``Disk.open`` can roll
-it forward or back.
+(``common.files``: temp file in the same folder, write, fsync, rename, fsync the folder,
+borg's ``SaveFile``; here an OSError becomes the engine's DiskError or NoSpace),
+the one-writer ``FolderLock`` (an ``fcntl.flock`` on ``DISK/.lock``), the pending log, and
+the sweeps that remove what a crash left of them (temp files, logs of layers gone).
 
 ``PendingLog`` lets a write that allocates a grain be acknowledged without an fsync while
 keeping both promises: the grain table in the file only ever points at data already synced
@@ -12,20 +12,7 @@ keeping both promises: the grain table in the file only ever points at data alre
 survives the death of the process (its entry is in the log, which the next open of the same
 boot replays; after a reboot the log is ignored: those writes were never flushed).
 
-The errors live here because this is the bottom module every other one imports::
-
-    DiskError                    root of the engine's (a QuiesceError); every message names
-                                 the file and what is wrong
-     ├── ForeignFile             not a file this engine can use (bad magic, unsupported format)
-     ├── CorruptFile             our format, damaged (truncated, table past the end, ...)
-     ├── ChainBroken             missing parent, parent loop, hint outside the folder
-     │    └── CidMismatch        child's parentCID is not the parent's CID
-     ├── ChainTooDeep            a 33rd snapshot in one chain
-     ├── SnapshotNotFound
-     ├── SnapshotExists
-     ├── DiskBusy                another process holds the disk's lock
-     ├── ReadOnly                a write on a disk opened read-only
-     └── NoSpace                 ENOSPC/EDQUOT; the operation was undone or can be finished
+Raises DiskError and NoSpace (``host.engine.errors``), DiskBusy from ``FolderLock``.
 """
 
 from __future__ import annotations
@@ -34,82 +21,14 @@ import errno
 import fcntl
 import json
 import os
+import re
 import struct
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from common.errors import QuiesceError
-
-
-class DiskError(QuiesceError):
-    """Root of the host engine's errors."""
-
-    code = "DiskError"
-    exit_code = 2
-
-    def __init__(self, message: str, path: str | Path | None = None) -> None:
-        super().__init__(message)
-        self.path = Path(path) if path is not None else None
-
-
-class ForeignFile(DiskError):
-    code = "ForeignFile"
-    exit_code = 10
-
-
-class CorruptFile(DiskError):
-    code = "CorruptFile"
-    exit_code = 11
-
-
-class ChainBroken(DiskError):
-    code = "ChainBroken"
-    exit_code = 12
-
-
-class CidMismatch(ChainBroken):
-    code = "CidMismatch"
-    exit_code = 13
-
-
-class ChainTooDeep(DiskError):
-    code = "ChainTooDeep"
-    exit_code = 14
-
-
-class SnapshotNotFound(DiskError):
-    code = "SnapshotNotFound"
-    exit_code = 15
-
-
-class SnapshotExists(DiskError):
-    code = "SnapshotExists"
-    exit_code = 16
-
-
-class DiskBusy(DiskError):
-    code = "DiskBusy"
-    exit_code = 17
-
-
-class ReadOnly(DiskError):
-    code = "ReadOnly"
-    exit_code = 18
-
-
-class NoSpace(DiskError):
-    code = "NoSpace"
-    exit_code = 19
-
-
-SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-
-
-def space_error(err: OSError, path: str | Path, doing: str) -> DiskError:
-    """Turn an OSError into the DiskError a sysadmin can act on (NoSpace for a full disk)."""
-    if err.errno in SPACE_ERRNOS:
-        return NoSpace(f"{path}: no space left while {doing}; free space and retry", path)
-    return DiskError(f"{path}: {doing} failed: {err.strerror or err}", path)
+from common import files
+from host.engine.errors import DiskBusy, DiskError, space_error
 
 
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
@@ -120,38 +39,15 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
         view, offset = view[n:], offset + n
 
 
-def fsync_dir(folder: str | Path) -> None:
-    """fsync a directory so that a rename or unlink in it is durable."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: str | Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, whole.
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, whole
+    (``common.files.atomic_write``: temp file ``.NAME.tmp-PID``, fsync, rename, folder fsync).
 
     Raises NoSpace (the old file untouched, the temp file removed) or DiskError.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-        fsync_dir(path.parent)
+        files.atomic_write(path, data)
     except OSError as err:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise space_error(err, path, "writing") from err
 
 
@@ -169,7 +65,7 @@ def unlink_durably(*paths: Path) -> None:
         except FileNotFoundError:
             pass
     for folder in folders:
-        fsync_dir(folder)
+        files.fsync_dir(folder)
 
 
 class FolderLock:
@@ -202,33 +98,6 @@ class FolderLock:
         if self.fd is not None:
             os.close(self.fd)  # closing drops the flock
             self.fd = None
-
-
-INTENT = "intent.json"
-
-
-def read_intent(folder: Path) -> dict[str, Any] | None:
-    """The pending intent record, or None. A damaged record is a CorruptFile."""
-    path = folder / INTENT
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        obj = json.loads(raw)
-    except ValueError as err:
-        raise CorruptFile(f"{path}: the intent record is not valid JSON ({err})", path) from err
-    if not isinstance(obj, dict) or not isinstance(obj.get("op"), str):
-        raise CorruptFile(f"{path}: the intent record has no 'op'", path)
-    return obj
-
-
-def write_intent(folder: Path, record: dict[str, Any]) -> None:
-    write_json(folder / INTENT, record)
-
-
-def clear_intent(folder: Path) -> None:
-    unlink_durably(folder / INTENT)
 
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -297,3 +166,25 @@ class PendingLog:
 
 def pending_log_path(layer: Path) -> Path:
     return layer.with_name(f".{layer.name}.pending")
+
+
+def sweep_pending_logs(folder: Path, layers: Collection[str]) -> None:
+    """Remove the pending logs of layers no longer in the tree (the caller holds the lock)."""
+    orphans = [
+        p
+        for p in folder.iterdir()
+        if p.name.endswith(".pending") and p.name[1 : -len(".pending")] not in layers
+    ]
+    if orphans:
+        unlink_durably(*orphans)
+
+
+# the temp file (common.files.temp_name) of each file a disk replaces whole
+TEMP_FILE = re.compile(r"^\.(tree\.json|intent\.json|disk(-\d{6})?\.vmdk)\.tmp-\d+$")
+
+
+def sweep_temp_files(folder: Path) -> None:
+    """Remove the temp files of atomic writes a crash cut short (the caller holds the lock)."""
+    stale = [p for p in folder.iterdir() if TEMP_FILE.match(p.name)]
+    if stale:
+        unlink_durably(*stale)

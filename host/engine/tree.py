@@ -12,8 +12,12 @@ more children stays as an unnamed layer until a later delete lets it be merged::
      "snapshots": [{"name": "before-upgrade", "layer": "disk.vmdk", "created": "...", ...},
                    {"name": "after", "layer": "disk-000001.vmdk", ...}]}
 
+The changes a snapshot operation makes (``taking``, ``reverting``, ``updating``) are
+computed here on a copy, checked first (a snapshot's name and consistency level, a name
+taken, a chain too deep), and saved by the caller once the files are ready.
+
 Raises CorruptFile (a damaged or inconsistent tree), ChainBroken (a parent loop),
-SnapshotNotFound.
+SnapshotNotFound, SnapshotExists, ChainTooDeep, DiskError (a bad name or consistency).
 """
 
 from __future__ import annotations
@@ -21,16 +25,28 @@ from __future__ import annotations
 import copy
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
-from host.engine.durable import ChainBroken, CorruptFile, SnapshotNotFound, write_json
-from host.engine.vmdk import BASE_NAME, GRAIN, SAFE_NAME
+from host.engine.durable import write_json
+from host.engine.errors import (
+    ChainBroken,
+    ChainTooDeep,
+    CorruptFile,
+    DiskError,
+    SnapshotExists,
+    SnapshotNotFound,
+)
+from host.engine.names import BASE_NAME, SAFE_NAME
+from host.engine.sparse import GRAIN
 
 TREE = "tree.json"
 FORMAT = "quiesce-disk/1"
 MAX_CHAIN = 32  # snapshots (read-only layers) in one chain
 DELTA_NAME = re.compile(r"^disk-(\d{6})\.vmdk$")
+CONSISTENCY = ("application", "filesystem", "crash")
+SNAPSHOT_NAME = re.compile(r"^[^\x00-\x1f/\x7f]{1,128}$")
 
 
 class Tree:
@@ -174,6 +190,23 @@ class Tree:
                 return snap
         return None
 
+    def role(self, name: str) -> str:
+        """What ``name`` is for, e.g. "this file holds snapshot 'a' and is the parent of X"."""
+        parts = []
+        if name == self.current:
+            parts.append("takes the writes")
+        snaps = [repr(s["name"]) for s in self.snapshots if s["layer"] == name]
+        if snaps:
+            parts.append(f"holds snapshot {', '.join(snaps)}")
+        kids = self.children(name)
+        if kids:
+            parts.append(f"is the parent of {', '.join(kids)}")
+        if not parts:
+            return "this file is an unnamed layer of the tree"
+        return "this file " + (
+            " and ".join([", ".join(parts[:-1]), parts[-1]]) if len(parts) > 1 else parts[0]
+        )
+
     def named_ancestor(self, layer: str) -> str | None:
         """The snapshot whose state ``layer`` was started from (nearest named ancestor)."""
         for name in reversed(self.chain(layer)[:-1]):
@@ -194,6 +227,14 @@ class Tree:
                 numbers.append(int(m[1]))
         return f"disk-{max(numbers) + 1:06d}.vmdk"
 
+    def stray_deltas(self) -> list[str]:
+        """The delta files in the folder that are no layer of this tree, by name."""
+        return sorted(
+            p.name
+            for p in self.path.parent.iterdir()
+            if DELTA_NAME.match(p.name) and p.name not in self.layers
+        )
+
     def listing(self) -> list[dict[str, Any]]:
         """Every snapshot with its parent snapshot, children and the current position."""
         position = self.named_ancestor(self.current)
@@ -207,6 +248,77 @@ class Tree:
                 if s is not snap and self.named_ancestor(s["layer"]) == snap["name"]
             ]
             entry["is_current_position"] = snap["name"] == position
-            entry["is_current"] = entry["is_current_position"]  # alias the servers read
             out.append(entry)
         return out
+
+    # -- changes: each returns a new, checked tree that the caller saves -------------------
+
+    def taking(
+        self,
+        name: str,
+        new: str,
+        *,
+        description: str,
+        consistency: str,
+        report: dict[str, Any],
+        artifacts: dict[str, Any],
+    ) -> Tree:
+        """The tree once snapshot ``name`` is taken: the current layer is frozen under it and
+        the new delta ``new`` takes the writes."""
+        folder = self.path.parent
+        if not SNAPSHOT_NAME.match(name):
+            raise DiskError(
+                f"{folder}: snapshot name {name!r} must be 1-128 printable characters without '/'",
+                folder,
+            )
+        self._check_consistency(consistency)
+        if any(s["name"] == name for s in self.snapshots):
+            raise SnapshotExists(f"{folder}: a snapshot named {name!r} exists already", folder)
+        if self.depth() + 1 > MAX_CHAIN:
+            current = folder / self.current
+            raise ChainTooDeep(
+                f"{current}: the chain already has {self.depth()} snapshots, the most one "
+                "chain may have; delete one first",
+                current,
+            )
+        entry = {
+            "name": name,
+            "layer": self.current,
+            "description": description,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "consistency": consistency,
+            "report": report,
+            "artifacts": artifacts,
+        }
+        after = self.copy()
+        after.snapshots.append(entry)
+        after.layers[new] = self.current
+        after.current = new
+        return after
+
+    def reverting(self, name: str, new: str) -> Tree:
+        """The tree once the disk is reverted to ``name``: the current layer is discarded (the
+        base is kept) and the new delta ``new`` on the snapshot's layer takes the writes."""
+        target = self.snapshot(name)["layer"]
+        after = self.copy()
+        after.layers[new] = target
+        after.current = new
+        if self.current != BASE_NAME:
+            del after.layers[self.current]
+        return after
+
+    def updating(self, name: str, fields: dict[str, Any]) -> Tree:
+        """The tree with the ``fields`` given (not None) replaced in ``name``'s record."""
+        if fields.get("consistency") is not None:
+            self._check_consistency(fields["consistency"])
+        after = self.copy()
+        after.snapshot(name).update({k: v for k, v in fields.items() if v is not None})
+        return after
+
+    def _check_consistency(self, consistency: str) -> None:
+        if consistency not in CONSISTENCY:
+            raise DiskError(
+                f"{self.path.parent}: consistency {consistency!r} must be one of "
+                f"{', '.join(CONSISTENCY)}",
+                self.path.parent,
+            )

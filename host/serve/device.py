@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from host.engine.durable import NoSpace, ReadOnly
+from host.engine.errors import NoSpace, ReadOnly
 
 PAUSE_TIMEOUT = 30.0  # seconds to wait for in-flight client I/O before a snapshot gives up
 

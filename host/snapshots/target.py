@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent import protocol
-from host.engine.disk import Disk, DiskBusy
+from host.engine.disk import Disk
+from host.engine.errors import DiskBusy
 from host.engine.tree import Tree
 from host.serve.control_client import request, socket_path
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from host.engine.durable import SnapshotExists, SnapshotNotFound
+from host.engine.errors import SnapshotExists, SnapshotNotFound
 from host.serve.device import Progress
 
 if TYPE_CHECKING:

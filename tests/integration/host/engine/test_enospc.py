@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from host.engine.disk import Disk, NoSpace
+from host.engine.disk import Disk
+from host.engine.errors import NoSpace
 from tests.helpers.env import need_root
 
 GRAIN = 64 * 1024

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from host.engine.disk import CidMismatch, Disk
-from host.engine.vmdk import HEADER, Layout, parse_descriptor
+from host.engine.descriptor import parse_descriptor
+from host.engine.disk import Disk
+from host.engine.errors import CidMismatch
+from host.engine.sparse import HEADER, Layout
 from tests.helpers.disks import (
     GRAIN,
     QEMU_IMG,

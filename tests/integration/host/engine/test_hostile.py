@@ -11,15 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from host.engine.disk import (
-    ChainBroken,
-    CidMismatch,
-    CorruptFile,
-    Disk,
-    DiskError,
-    ForeignFile,
-)
-from host.engine.vmdk import HEADER
+from host.engine.disk import Disk
+from host.engine.errors import ChainBroken, CidMismatch, CorruptFile, DiskError, ForeignFile
+from host.engine.sparse import HEADER
 from tests.helpers.disks import GRAIN, need_qemu, qemu_io
 
 SMALL = 64 * GRAIN

@@ -9,7 +9,8 @@ import pytest
 
 from host.cli._common import Server, open_or_ask, parse_size
 from host.cli.main import build_parser
-from host.engine.disk import Disk, DiskBusy
+from host.engine.disk import Disk
+from host.engine.errors import DiskBusy
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,162 @@
+"""The base of a disk: ``disk.vmdk`` (a monolithicFlat descriptor) + ``disk-flat.vmdk`` (the
+raw data, preallocated so that a merge into it never runs out of space).
+
+The descriptor is replaced whole (``atomic_write``) when its CID changes; the data is
+written in place, and ``punch_hole`` deallocates zeroed ranges.
+
+Raises ForeignFile (not a monolithicFlat base), CorruptFile (truncated, wrong size),
+ChainFileMissing (the descriptor cannot be read), DiskError and NoSpace.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from pathlib import Path
+
+from host.engine.descriptor import Descriptor, parse_descriptor
+from host.engine.durable import atomic_write, pwrite_all
+from host.engine.errors import ChainFileMissing, CorruptFile, ForeignFile, space_error
+from host.engine.names import BASE_NAME, FLAT_NAME, NO_PARENT, inside, new_cid, safe_name
+from host.engine.sparse import MAGIC, SECTOR  # the unit of every VMDK; KDMV marks a delta
+
+MAX_DESCRIPTOR_FILE = 64 * 1024
+
+
+class FlatBase:
+    """``disk.vmdk`` (monolithicFlat descriptor) + ``disk-flat.vmdk`` (raw data)."""
+
+    kind = "flat"
+
+    def __init__(self, folder: Path, size: int, writable: bool) -> None:
+        self.folder = folder
+        self.name = BASE_NAME
+        self.path = inside(folder, BASE_NAME, folder / BASE_NAME)
+        self.writable = writable
+        self.cid_bumped = False
+        desc = self.read_descriptor()
+        if desc.create_type != "monolithicFlat":
+            raise ForeignFile(
+                f"{self.path}: createType is {desc.create_type!r}, expected "
+                "'monolithicFlat' for the base",
+                self.path,
+            )
+        if len(desc.extents) != 1 or desc.extents[0][2] != "FLAT" or desc.extents[0][4] != 0:
+            raise ForeignFile(
+                f"{self.path}: the base must have exactly one FLAT extent at offset 0", self.path
+            )
+        access, sectors, _, flat, _ = desc.extents[0]
+        if sectors * SECTOR != size:
+            raise CorruptFile(
+                f"{self.path}: the extent has {sectors} sectors but the disk is {size} bytes",
+                self.path,
+            )
+        safe_name(folder, flat, "FLAT extent", self.path)
+        self.flat_path = inside(folder, flat, self.path)
+        try:
+            self.fd = os.open(
+                self.flat_path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW
+            )
+        except OSError as err:
+            raise CorruptFile(
+                f"{self.flat_path}: cannot open the base's flat extent: {err.strerror}",
+                self.flat_path,
+            ) from err
+        have = os.fstat(self.fd).st_size
+        if have < size:
+            os.close(self.fd)
+            raise CorruptFile(
+                f"{self.flat_path}: truncated: {have} bytes, the descriptor says {size}",
+                self.flat_path,
+            )
+        self.size = size
+
+    @classmethod
+    def create(cls, folder: Path, size: int, preallocate: bool = True) -> None:
+        flat = folder / FLAT_NAME
+        try:
+            fd = os.open(flat, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.ftruncate(fd, size)
+                try:  # a preallocated flat extent: merges into it never hit ENOSPC
+                    if preallocate:
+                        os.posix_fallocate(fd, 0, size)
+                except OSError as err:
+                    if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            flat.unlink(missing_ok=True)
+            raise space_error(err, flat, "creating the flat extent") from err
+        desc = Descriptor(
+            new_cid(),
+            NO_PARENT,
+            "monolithicFlat",
+            None,
+            [("RW", size // SECTOR, "FLAT", FLAT_NAME, 0)],
+        )
+        atomic_write(folder / BASE_NAME, desc.render())
+
+    def read_descriptor(self) -> Descriptor:
+        try:
+            with open(self.path, "rb") as f:
+                text = f.read(MAX_DESCRIPTOR_FILE + 1)
+        except OSError as err:
+            raise ChainFileMissing(
+                f"{self.path}: cannot read the base descriptor: {err.strerror}", self.path
+            ) from err
+        if len(text) > MAX_DESCRIPTOR_FILE or text[:4] == MAGIC:
+            raise ForeignFile(
+                f"{self.path}: not a descriptor file (expected the text "
+                "descriptor of a monolithicFlat base)",
+                self.path,
+            )
+        return parse_descriptor(text, self.path)
+
+    def read_cid(self) -> int:
+        return self.read_descriptor().cid
+
+    def set_cid(self, cid: int) -> None:
+        desc = self.read_descriptor()
+        desc.cid = cid
+        atomic_write(self.path, desc.render())
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = os.pread(self.fd, length, offset)
+        if len(data) != length:
+            raise CorruptFile(
+                f"{self.flat_path}: short read at {offset} (file truncated?)", self.flat_path
+            )
+        return data
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        try:
+            pwrite_all(self.fd, data, offset)
+        except OSError as err:
+            raise space_error(err, self.flat_path, "writing to the base") from err
+
+    def punch(self, offset: int, length: int) -> bool:
+        """Deallocate an aligned range (reads as zeros); False if the filesystem can't."""
+        return punch_hole(self.fd, offset, length)
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_FALLOC_PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    fallocate = _libc.fallocate
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    return bool(fallocate(fd, _FALLOC_PUNCH, offset, length) == 0)

@@ -19,12 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.protocol import Consistency
 from common.errors import QuiesceError
 from common.files import atomic_write
 from host.cli._common import DISK_HELP, Server, error, open_or_ask
 from host.cli.progress import Progress
 from host.engine.disk import Disk
-from host.engine.tree import CONSISTENCY
 from host.snapshots.cycle import MODES, take
 from host.snapshots.report import full
 from host.snapshots.target import load_snapshot, open_target
@@ -71,7 +71,7 @@ def _add_create(sub: Any) -> None:
     p.add_argument("-d", "--description", default="", help="free text kept with it")
     p.add_argument(
         "--consistency",
-        choices=CONSISTENCY,
+        choices=list(Consistency),
         default="crash",
         help="the level to record without --quiesce (default crash); with "
         "--quiesce the agent's report decides",

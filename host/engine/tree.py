@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.protocol import Consistency
 from host.engine.durable import write_json
 from host.engine.errors import (
     ChainBroken,
@@ -45,7 +46,6 @@ TREE = "tree.json"
 FORMAT = "quiesce-disk/1"
 MAX_CHAIN = 32  # snapshots (read-only layers) in one chain
 DELTA_NAME = re.compile(r"^disk-(\d{6})\.vmdk$")
-CONSISTENCY = ("application", "filesystem", "crash")
 SNAPSHOT_NAME = re.compile(r"^[^\x00-\x1f/\x7f]{1,128}$")
 
 
@@ -316,9 +316,9 @@ class Tree:
         return after
 
     def _check_consistency(self, consistency: str) -> None:
-        if consistency not in CONSISTENCY:
+        if consistency not in list(Consistency):
             raise DiskError(
                 f"{self.path.parent}: consistency {consistency!r} must be one of "
-                f"{', '.join(CONSISTENCY)}",
+                f"{', '.join(Consistency)}",
                 self.path.parent,
             )

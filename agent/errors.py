@@ -9,14 +9,15 @@
 
 from __future__ import annotations
 
+from agent.protocol import NOT_CONSISTENT, STATE_ERROR
 from common.errors import QuiesceError
 
 
 class StateError(QuiesceError):
-    code = "StateError"
+    code = STATE_ERROR
     exit_code = 5
 
 
 class NotConsistent(QuiesceError):
-    code = "NotConsistent"
+    code = NOT_CONSISTENT
     exit_code = 6

@@ -8,8 +8,8 @@ the name.
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 from pathlib import Path
 
 from host.engine.errors import ForeignFile
@@ -25,7 +25,7 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]{0,200}\.vmdk$")
 def new_cid() -> int:
     """A random content ID; never 0xffffffff (which means "no parent")."""
     while True:
-        cid = secrets.randbits(32)
+        cid = int.from_bytes(os.urandom(4), "little")  # secrets costs 6 ms to import
         if cid != NO_PARENT:
             return cid
 

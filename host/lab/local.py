@@ -83,6 +83,31 @@ def _mounts_under(root: Path) -> list[str]:
         return [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
 
 
+def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A lab child in its own session (a Ctrl-C reaches only the demo), output to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1", **(env or {})),
+            start_new_session=True,
+        )
+
+
+def stop(proc: subprocess.Popen[bytes] | None, grace: float = 60.0) -> None:
+    """SIGTERM, ``grace`` seconds to exit cleanly, then SIGKILL; always reaped."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 class Lab:
     """The lab's parts and their life-cycle. ``close()`` is safe at any point, twice too."""
 
@@ -126,17 +151,7 @@ class Lab:
     def serve(self) -> None:
         """``quiesce-host serve DISK --fuse fuse/`` in its own session; wait for disk.raw."""
         cmd = [console_script("quiesce-host"), "serve", str(self.disk), "--fuse", str(self.fuse)]
-        log = open(self.run / "serve.log", "ab")
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-        self.serve_proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            env=env,
-            start_new_session=True,
-        )
-        log.close()
+        self.serve_proc = spawn(cmd, self.run / "serve.log")
         end = time.monotonic() + 20
         while not (_mounted(self.fuse) and (self.fuse / "disk.raw").exists()):
             if self.serve_proc.poll() is not None or time.monotonic() > end:
@@ -145,13 +160,7 @@ class Lab:
 
     def stop_serve(self) -> None:
         proc, self.serve_proc = self.serve_proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop(proc)
         if _mounted(self.fuse):
             run(["fusermount3", "-u", "-z", str(self.fuse)], timeout=30, check=False)
 
@@ -175,18 +184,10 @@ class Lab:
         }
         cfg = self.run / "agent.yaml"
         cfg.write_text(yaml.safe_dump(config))
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", QUIESCE_FREEZE_ONLY_UNDER=str(self.mnt))
         cmd = [console_script("quiesce-agent"), "--config", str(cfg), "serve"]
-        log = open(self.run / "agent.log", "ab")
-        self.agent_proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            env=env,
-            start_new_session=True,
-        )
-        log.close()
+        # the agent's FIFREEZE is confined to the lab's own mount, whatever its config says
+        confined = {"QUIESCE_FREEZE_ONLY_UNDER": str(self.mnt)}
+        self.agent_proc = spawn(cmd, self.run / "agent.log", confined)
         end = time.monotonic() + 20
         while True:
             try:
@@ -202,13 +203,7 @@ class Lab:
 
     def stop_agent(self) -> None:
         proc, self.agent_proc = self.agent_proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # thaws whatever it holds, then exits
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop(proc)  # SIGTERM: the agent thaws whatever it holds, then exits
 
     def _log(self, name: str) -> str:
         try:

@@ -13,7 +13,8 @@ host here the guest hangs after "Probing EDD"), so a KVM boot must reach the ini
 
 Every wait is bounded; QEMU runs in its own session (a Ctrl-C reaches us, not it) and is
 killed and reaped when the ``VM`` is closed, whatever happened. Both guest agents are spoken
-to with the protocol's one client (qemu-ga's requests have the same shape).
+to with the protocol's one client (qemu-ga's requests have the same shape); ``guest_run``
+runs a command in the guest through qemu-ga's guest-exec.
 
 Raises LabError with the tail of the console when QEMU or the guest fails.
 """
@@ -116,7 +117,8 @@ class VM:
             return f"killed (still running {timeout:g} s after guest-shutdown)"
 
     def guest_run(self, argv: list[str], timeout: float = 60.0) -> tuple[int, str]:
-        """Run a command in the guest through qemu-ga (guest-exec); its exit code and output."""
+        """Run a command in the guest through qemu-ga (guest-exec): its exit code and its
+        output (stdout, then stderr). LabError if it runs past ``timeout``."""
         with protocol.Client(f"unix:{self.qga_socket}", 2.0, hints=QGA_HINTS) as c:
             args = {"path": argv[0], "arg": argv[1:], "capture-output": True}
             pid = c.call("guest-exec", args, timeout=10.0)["pid"]
@@ -124,8 +126,10 @@ class VM:
             while time.monotonic() < until:
                 state = c.call("guest-exec-status", {"pid": pid}, timeout=10.0)
                 if state.get("exited"):
-                    out = base64.b64decode(state.get("out-data", "")).decode("utf-8", "replace")
-                    return int(state.get("exitcode", -1)), out
+                    out = b"".join(
+                        base64.b64decode(state.get(k, "")) for k in ("out-data", "err-data")
+                    )
+                    return int(state.get("exitcode", -1)), out.decode("utf-8", "replace")
                 time.sleep(0.5)
         raise LabError(f"guest: {' '.join(argv)} still running after {timeout:g} s")
 

@@ -14,10 +14,12 @@ import errno
 import grp
 import logging
 import os
+import select
 import socket
 import stat
 import struct
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from agent import protocol
@@ -197,17 +199,45 @@ def vsock_listener(port: int) -> socket.socket:
 
 
 # -- virtio-serial: a character device, one implicit connection ----------------------------
-class SerialChannel:
-    """Requests and replies over a virtio-serial port (/dev/virtio-ports/NAME).
+PORTS = Path("/sys/class/virtio-ports")  # vportNpM/name holds the name QEMU gave the port
+WAKE_AT_LEAST = 1.0  # seconds: re-check the port even if no wake-up came (a missed edge)
+Hangup = Callable[[], Awaitable[None]]
 
-    The port is not a listening socket: it is opened once and read line by line. When the
-    host end is closed, reads fail or return nothing; the port is then reopened after a pause.
+
+def port_path(configured: str, ports: Path = PORTS) -> str:
+    """The device to open for ``listen.virtio_serial``: the path as given when it exists
+    (``/dev/virtio-ports/NAME`` needs udev, ``/dev/vportNpM`` does not), else the
+    ``/dev/vportNpM`` whose sysfs name is the path's last part. Raises FileNotFoundError."""
+    if os.path.exists(configured):
+        return configured
+    name = os.path.basename(configured)
+    for entry in sorted(ports.glob("*/name")) if ports.is_dir() else []:
+        if entry.read_text().strip() == name:
+            return f"/dev/{entry.parent.name}"
+    raise FileNotFoundError(errno.ENOENT, f"no virtio-serial port named {name!r}", configured)
+
+
+class SerialChannel:
+    """Requests and replies over a virtio-serial port, held open for the daemon's life.
+
+    Closing a virtio-serial port makes the guest kernel drop what the host already queued,
+    so the port is opened once and never closed while the daemon runs. When no host is
+    connected the kernel reports the port readable and hung up at once, again and again;
+    so the port is watched edge-triggered (an epoll of its own, itself watched by the event
+    loop) and a host connecting, leaving or writing wakes the channel exactly once. A read
+    of nothing means no host: a reply still unsent then is dropped (its host is gone, and
+    the next host would take it for its own), and ``on_hangup`` is told (a freeze bound to
+    its host is undone). Opening a missing or busy port is logged once at WARNING and
+    retried every second.
     """
 
-    def __init__(self, path: str, dispatch: Dispatch) -> None:
+    def __init__(self, path: str, dispatch: Dispatch, on_hangup: Hangup | None = None) -> None:
         self.path = path
         self.dispatch = dispatch
+        self.on_hangup = on_hangup
+        self.host_connected = False
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -221,45 +251,104 @@ class SerialChannel:
                 pass
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self._session()
-            except OSError as err:
-                logger.debug("virtio-serial %s: %s; reopening", self.path, err)
-            await asyncio.sleep(1.0)
-
-    async def _session(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY)
+        fd = await self._open()
+        watch = select.epoll()
+        watch.register(fd, select.EPOLLIN | select.EPOLLOUT | select.EPOLLET)
         loop = asyncio.get_running_loop()
-        ready = asyncio.Event()
-        loop.add_reader(fd, ready.set)
-        lines = protocol.LineBuffer(protocol.MAX_LINE)
+        loop.add_reader(watch.fileno(), self._wake.set)
         try:
-            while True:
-                await ready.wait()
-                ready.clear()
-                try:
-                    chunk = os.read(fd, 65536)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    return
-                try:
-                    batch = lines.feed(chunk)
-                except protocol.ProtocolError as err:
-                    discarded = protocol.failure(err.error_class, f"{err.desc}; discarded")
-                    await self._reply(fd, discarded)
-                    continue
-                for line in batch:
-                    await self._reply(fd, await self.dispatch(line))
+            await self._serve(fd, watch)
         finally:
-            loop.remove_reader(fd)
+            loop.remove_reader(watch.fileno())
+            watch.close()
             os.close(fd)
 
-    async def _reply(self, fd: int, reply: dict[str, Any]) -> None:
+    async def _open(self) -> int:
+        warned = False
+        while True:
+            try:
+                fd = os.open(port_path(self.path), os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY)
+            except OSError as err:
+                level = logging.DEBUG if warned else logging.WARNING
+                logger.log(
+                    level,
+                    "virtio-serial %s: cannot open it (%s); retrying every 1 s "
+                    "(check listen.virtio_serial and the VM's virtserialport)",
+                    self.path,
+                    err.strerror or err,
+                )
+                warned = True
+                await asyncio.sleep(1.0)
+                continue
+            if warned:
+                logger.info("virtio-serial %s: opened", self.path)
+            return fd
+
+    async def _wait(self, watch: select.epoll) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), WAKE_AT_LEAST)
+        except TimeoutError:
+            pass
+        self._wake.clear()
+        watch.poll(0)  # consume the edge; the next change wakes us again
+
+    async def _serve(self, fd: int, watch: select.epoll) -> None:
+        lines = protocol.LineBuffer(protocol.MAX_LINE)
+        while True:
+            for item in await self._read(fd, lines):
+                reply = item if isinstance(item, dict) else await self.dispatch(item)
+                if self.host_connected:
+                    await self._reply(fd, watch, reply)
+            await self._wait(watch)
+
+    async def _read(self, fd: int, lines: protocol.LineBuffer) -> list[bytes | dict[str, Any]]:
+        """Every request line the port has now (or the error reply for a line too long);
+        notes a host that connected or left."""
+        batch: list[bytes | dict[str, Any]] = []
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                self.host_connected = True  # connected, nothing more to read
+                return batch
+            except OSError as err:
+                if err.errno != errno.EIO:  # EIO: a pty stand-in whose master is gone
+                    raise
+                chunk = b""
+            if not chunk:
+                await self._host_left(lines)
+                return batch
+            self.host_connected = True
+            try:
+                batch += lines.feed(chunk)
+            except protocol.ProtocolError as err:  # a line too long: refused, the port goes on
+                batch.append(protocol.failure(err.error_class, f"{err.desc}; discarded"))
+
+    async def _host_left(self, lines: protocol.LineBuffer) -> None:
+        lines.take_rest()  # half a request from a host that left is nobody's
+        if self.host_connected:
+            self.host_connected = False
+            logger.info("virtio-serial %s: the host hung up", self.path)
+            if self.on_hangup is not None:
+                await self.on_hangup()
+
+    async def _reply(self, fd: int, watch: select.epoll, reply: dict[str, Any]) -> None:
+        """Write the reply whole; if the host leaves first, drop it (see the class doc)."""
         data = protocol.encode(reply)
-        while data:
+        while data and self.host_connected:
             try:
                 data = data[os.write(fd, data) :]
             except BlockingIOError:
-                await asyncio.sleep(0.01)
+                await self._wait(watch)
+                if _hung_up(fd):
+                    await self._host_left(protocol.LineBuffer())
+                    logger.info(
+                        "virtio-serial %s: a reply to a host that left was dropped", self.path
+                    )
+
+
+def _hung_up(fd: int) -> bool:
+    """Does the port say no host is connected (POLLHUP), without reading from it?"""
+    probe = select.poll()
+    probe.register(fd, select.POLLOUT)
+    return any(ev & select.POLLHUP for _, ev in probe.poll(0))

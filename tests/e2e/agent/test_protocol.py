@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import stat
 import subprocess
@@ -191,8 +192,6 @@ def test_virtio_serial_port_serves_the_same_protocol(start_agent, short_tmp) -> 
         buf = b""
         deadline = time.monotonic() + 5
         while buf.count(b"\n") < 2 and time.monotonic() < deadline:
-            import select
-
             if select.select([master], [], [], 0.2)[0]:
                 buf += os.read(master, 4096)
         replies = [json.loads(x) for x in buf.splitlines()]
@@ -227,3 +226,30 @@ def test_vsock_listens_where_the_kernel_has_it(short_tmp) -> None:
         assert json.loads(s.recv(4096))["return"]["pong"] is True
     finally:
         agent.stop()
+
+
+def test_a_missing_virtio_serial_port_is_said_once_and_served_when_it_appears(
+    start_agent, short_tmp
+) -> None:
+    import tty
+
+    link = short_tmp / "org.quiesce.0"  # as udev would name it, not there yet
+    agent = start_agent({"listen": {"unix": str(short_tmp / "a.sock"), "virtio_serial": str(link)}})
+    time.sleep(2.5)  # the daemon retries every second meanwhile
+    assert agent.log().count("cannot open it") == 1, agent.log()
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    tty.setraw(master)
+    try:
+        link.symlink_to(os.ttyname(slave))
+        os.write(master, protocol.request("ping", id=4))
+        out = b""
+        deadline = time.monotonic() + 5
+        while b"\n" not in out and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                out += os.read(master, 4096)
+        assert json.loads(out)["id"] == 4
+        assert "opened" in agent.log()
+    finally:
+        os.close(master)
+        os.close(slave)

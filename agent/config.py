@@ -14,7 +14,6 @@ import grp
 import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -351,13 +350,14 @@ def parse(raw: Any, source: str = "<string>") -> Config:
 
 def load(path: str | os.PathLike[str] = DEFAULT_PATH) -> Config:
     """Read and validate a config file. Raises ConfigError (unreadable, not YAML, invalid)."""
-    p = Path(path)
+    p = os.fspath(path)  # open(), not pathlib: the client verbs start faster without it
     try:
-        text = p.read_text()
+        with open(p, encoding="utf-8") as f:
+            text = f.read()
     except OSError as err:
         raise ConfigError(f"{p}: cannot read the configuration: {err.strerror}") from err
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from err
-    return parse(raw, str(p))
+    return parse(raw, p)

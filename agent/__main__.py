@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from agent import config as config_mod
-from agent import logbuffer, verbs_client
+from agent import verbs_client
 from common.errors import EXIT_INTERRUPTED, QuiesceError, exit_code_help
 
 # what quiesce-agent can return: a client verb gives the code of the class the daemon sent
@@ -74,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args: argparse.Namespace, log: logbuffer.HoldingHandler) -> int:
+def _run(args: argparse.Namespace) -> int:
     if args.command not in LOCAL_VERBS:
         return verbs_client.run(args)
     if args.config is None:
@@ -84,26 +83,24 @@ def _run(args: argparse.Namespace, log: logbuffer.HoldingHandler) -> int:
     except ImportError as err:  # a host-only install has no database drivers
         print(f"quiesce-agent: {args.command} needs {err.name}: {DRIVERS_HINT}", file=sys.stderr)
         return 2
-    if args.command == "serve":
-        return int(local.serve(args, log))
-    return int(getattr(local, args.command)(args))
+    return int(local.run(args))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    log = logbuffer.setup()
     try:
-        return _run(args, log)
+        return _run(args)
     except QuiesceError as err:
         print(f"quiesce-agent: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except Exception as err:  # noqa: BLE001 - the last place: log it and fail with 2
-        logging.getLogger("quiesce-agent").exception("unexpected error: %s", err)
+    except Exception as err:  # noqa: BLE001 - the last place: say it and fail with 2
+        # (the daemon's verbs log their own, agent/verbs_daemon.py: the client sets up no
+        # logging, which would cost it the logging package's import)
+        print(f"quiesce-agent: unexpected error: {err!r}", file=sys.stderr)
+        sys.excepthook(type(err), err, err.__traceback__)
         return 2
-    finally:
-        logging.shutdown()
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@ error classes the daemon answers with, and nothing of the daemon, the writers or
 driver: a bridge script calls one of them per hook invocation, in guests where starting
 Python is slow (``benchmarks/cli_start.py`` measures it).
 
-Which configuration: the one ``--config`` names (it must then exist), else the default file
-if it exists. A configuration that exists and is broken is refused (ConfigError, exit 3)
-rather than ignored. ``--socket`` overrides ``listen.unix``; with it the configuration is read
-only when ``--config`` names one.
+Which configuration: the one ``--config`` names (it must exist, unless it is the default
+path), else the default file if it exists. A configuration that exists and is broken is
+refused (ConfigError, exit 3) rather than ignored. ``--socket`` overrides ``listen.unix``;
+with it the configuration is read only when ``--config`` names one.
 
 Raises: ConfigError (a broken or unusable configuration), the protocol's Unreachable,
 NoReply, Garbage; a daemon's error reply is printed and returned as its exit code.
@@ -66,12 +66,13 @@ def build(verb: argparse.ArgumentParser, name: str) -> None:
 
 def socket_path(config: str | None, socket: str | None) -> str:
     """The socket to call: ``socket``, else the configuration's ``listen.unix``.
-    ``config`` is the file --config named (None: the default file, if it exists)."""
+    ``config`` is the file --config named (None: not given). The default file may be
+    missing (the daemon's default socket then); any other file named must exist."""
     if socket and config is None:
         return socket
     path = config if config is not None else config_mod.DEFAULT_PATH
-    if config is None and not os.path.exists(path):
-        return protocol.DEFAULT_SOCKET  # no configuration here: the daemon's default
+    if path == config_mod.DEFAULT_PATH and not os.path.exists(path):
+        return socket or protocol.DEFAULT_SOCKET  # no configuration here: the defaults
     cfg = config_mod.load(path)
     if socket:
         return socket

@@ -13,13 +13,29 @@ import argparse
 import logging
 
 from agent import config as config_mod
-from agent import daemon, marker
+from agent import daemon, logbuffer, marker
 from agent.logbuffer import HoldingHandler
 from agent.writers import build_all, problems
 from common.errors import ConfigError, QuiesceError
 from hooks.errors import WriterError
 
 logger = logging.getLogger("quiesce-agent")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``args.command`` (serve, check or recover) with the daemon's logging."""
+    log = logbuffer.setup()
+    try:
+        if args.command == "serve":
+            return serve(args, log)
+        return check(args) if args.command == "check" else recover(args)
+    except QuiesceError:
+        raise  # the one line main() prints, with its exit code
+    except Exception as err:  # noqa: BLE001 - the last place: log it and fail with 2
+        logger.exception("unexpected error: %s", err)
+        return 2
+    finally:
+        logging.shutdown()
 
 
 def serve(args: argparse.Namespace, log: HoldingHandler) -> int:

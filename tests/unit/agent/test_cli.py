@@ -26,6 +26,7 @@ CLIENT_MUST_NOT_LOAD = (
     "pymysql",
     "psutil",
     "asyncio",
+    "logging",
 )
 
 

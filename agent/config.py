@@ -10,16 +10,17 @@ errors, all reported together.
 from __future__ import annotations
 
 import dataclasses
+import grp
 import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from agent import schema
 from common.errors import ConfigError
-from hooks.mysql.settings import LOCKS, MysqlSettings
+from hooks.mysql.settings import MysqlSettings
 from hooks.postgres.settings import PostgresSettings
 
 DEFAULT_PATH = "/etc/quiesce-agent/agent.yaml"
@@ -89,28 +90,45 @@ def _take(
     raw: dict[str, Any],
     path: str,
     errors: _Errors,
-    spec: dict[str, type | tuple[type, ...]],
+    section: schema.Section,
     required: Collection[str] = (),
 ) -> dict[str, Any]:
-    """Pick the keys of ``spec`` (key: allowed types) from ``raw``, type-checked; unknown keys
-    and missing ``required`` keys are errors."""
+    """Pick the keys of ``section`` from ``raw``, checked against the schema's types and
+    bounds; unknown keys and missing ``required`` keys are errors. A key whose value is
+    wrong is left out of the result (so no later rule reads it)."""
     out: dict[str, Any] = {}
     for key in raw:
-        if key not in spec:
-            errors.add(f"{path}.{key}", f"unknown key; known: {', '.join(spec)}")
-    for key, types in spec.items():
-        if key not in raw:
-            if key in required:
-                errors.add(f"{path}.{key}", "is required")
+        if key not in section.types():
+            errors.add(f"{path}.{key}", f"unknown key; known: {', '.join(section.types())}")
+    for spec in section.keys:
+        if spec.name not in raw:
+            if spec.name in required:
+                errors.add(f"{path}.{spec.name}", "is required")
             continue
-        value = raw[key]
-        if isinstance(value, bool) and bool not in _as_tuple(types):
-            errors.add(f"{path}.{key}", f"must be {_type_names(types)}, not a boolean")
-        elif not isinstance(value, types):
-            errors.add(f"{path}.{key}", f"must be {_type_names(types)}, got {value!r}")
+        problem = _problem(spec, raw[spec.name])
+        if problem:
+            errors.add(f"{path}.{spec.name}", problem)
         else:
-            out[key] = value
+            out[spec.name] = raw[spec.name]
     return out
+
+
+def _problem(spec: schema.Key, value: Any) -> str | None:
+    """What is wrong with ``value`` for ``spec`` (type, then bounds), or None."""
+    if isinstance(value, bool) and bool not in spec.types:
+        return f"must be {_type_names(spec.types)}, not a boolean"
+    if not isinstance(value, spec.types):
+        return f"must be {_type_names(spec.types)}, got {value!r}"
+    if spec.choices and value not in spec.choices:
+        return f"must be one of {', '.join(spec.choices)}, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    low, high = spec.minimum, spec.maximum
+    if (low is not None and value < low) or (high is not None and value > high):
+        return f"must be {spec.bounds()}, got {value}"
+    if spec.positive and value <= 0:
+        return f"must be greater than 0, got {value}"
+    return None
 
 
 def _required(settings: type) -> frozenset[str]:
@@ -122,11 +140,7 @@ def _required(settings: type) -> frozenset[str]:
     )
 
 
-def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
-    return types if isinstance(types, tuple) else (types,)
-
-
-def _type_names(types: type | tuple[type, ...]) -> str:
+def _type_names(types: tuple[type, ...]) -> str:
     names = {
         int: "a number",
         float: "a number",
@@ -136,52 +150,42 @@ def _type_names(types: type | tuple[type, ...]) -> str:
         dict: "a mapping",
         type(None): "null",
     }
-    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in _as_tuple(types)))
-
-
-NUM = (int, float)
-
-
-def _positive(values: dict[str, Any], key: str, path: str, errors: _Errors) -> None:
-    if key in values and values[key] <= 0:
-        errors.add(f"{path}.{key}", f"must be greater than 0, got {values[key]}")
-        del values[key]
+    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
 
 
 def _listen(raw: Any, errors: _Errors) -> ListenConfig:
     sec = _section(raw, "listen", errors)
-    vals = _take(
-        sec,
-        "listen",
-        errors,
-        {"unix": (str, type(None)), "vsock": dict, "virtio_serial": str, "group": str},
-    )
+    vals = _take(sec, "listen", errors, schema.LISTEN)
     vsock_port = None
     if "vsock" in vals:
-        v = _take(vals.pop("vsock"), "listen.vsock", errors, {"port": int}, ("port",))
+        v = _take(vals.pop("vsock"), "listen.vsock", errors, schema.VSOCK, ("port",))
         vsock_port = v.get("port")
-        if vsock_port is not None and not 1 <= vsock_port <= 0xFFFFFFFF:
-            errors.add("listen.vsock.port", f"must be 1..4294967295, got {vsock_port}")
     if "unix" in sec and "unix" not in vals and sec["unix"] is None:
         vals["unix"] = None
     if sec and not any(k in sec for k in ("unix", "vsock", "virtio_serial")):
         errors.add("listen", "needs at least one of unix, vsock, virtio_serial")
     if vals.get("unix") is not None and not os.path.isabs(vals["unix"]):
         errors.add("listen.unix", f"must be an absolute path, got {vals['unix']!r}")
+    if "group" in vals and not _group_exists(vals["group"]):
+        errors.add(
+            "listen.group",
+            f"no group {vals['group']!r} on this machine (getent group {vals['group']} finds "
+            "none); create it (groupadd) or remove the key",
+        )
     return ListenConfig(vsock_port=vsock_port, **vals)
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _freeze(raw: Any, errors: _Errors) -> FreezeConfig:
     sec = _section(raw, "freeze", errors)
-    vals = _take(sec, "freeze", errors, {"ceiling_seconds": NUM, "timeout_seconds": NUM})
-    ceiling = vals.get("ceiling_seconds", FreezeConfig.ceiling_seconds)
-    if not 1 <= ceiling <= 60:
-        errors.add(
-            "freeze.ceiling_seconds",
-            f"must be 1..60 (the hold is never longer than 60 s), got {ceiling}",
-        )
-        vals.pop("ceiling_seconds")
-    _positive(vals, "timeout_seconds", "freeze", errors)
+    vals = _take(sec, "freeze", errors, schema.FREEZE)
     timeout = vals.get("timeout_seconds", FreezeConfig.timeout_seconds)
     if timeout > vals.get("ceiling_seconds", FreezeConfig.ceiling_seconds):
         errors.add(
@@ -192,26 +196,18 @@ def _freeze(raw: Any, errors: _Errors) -> FreezeConfig:
 
 def _scripts(raw: Any, errors: _Errors) -> ScriptsConfig:
     sec = _section(raw, "scripts", errors)
-    vals = _take(
-        sec,
-        "scripts",
-        errors,
-        {
-            "dir": str,
-            "timeout_seconds": NUM,
-            "legacy_dir": (str, type(None)),
-            "require_root_owner": bool,
-        },
-    )
-    _positive(vals, "timeout_seconds", "scripts", errors)
+    vals = _take(sec, "scripts", errors, schema.SCRIPTS)
     if "legacy_dir" in sec and sec["legacy_dir"] is None:
         vals["legacy_dir"] = None
+    for key in ("dir", "legacy_dir"):
+        if vals.get(key) is not None and not os.path.isabs(vals[key]):
+            errors.add(f"scripts.{key}", f"must be an absolute path, got {vals[key]!r}")
     return ScriptsConfig(**vals)
 
 
 def _filesystems(raw: Any, errors: _Errors) -> FilesystemsConfig:
     sec = _section(raw, "filesystems", errors)
-    vals = _take(sec, "filesystems", errors, {"mounts": (str, list), "exclude": list})
+    vals = _take(sec, "filesystems", errors, schema.FILESYSTEMS)
     mounts = vals.get("mounts", "auto")
     resolved: tuple[str, ...] | None = None
     if isinstance(mounts, str):
@@ -257,40 +253,17 @@ def _entries(raw: Any, key: str, errors: _Errors) -> list[tuple[str, dict[str, A
     return out
 
 
-# The keys of a postgres[] / mysql[] entry, in the settings' field order, and the YAML types
-# each takes; which are required, and the defaults, come from the settings dataclasses.
-POSTGRES_KEYS: dict[str, type | tuple[type, ...]] = {
-    "name": str,
-    "dsn": str,
-    "connect_timeout": NUM,
-    "statement_timeout": NUM,
-    "wait_for_archive": bool,
-    "archive_timeout": NUM,
-    "artifacts_dir": str,
-}
-MYSQL_KEYS: dict[str, type | tuple[type, ...]] = {
-    "name": str,
-    "unix_socket": (str, type(None)),
-    "host": str,
-    "port": int,
-    "user": str,
-    "password_file": str,
-    "lock": str,
-    "connect_timeout": NUM,
-    "lock_wait_timeout": NUM,
-    "long_query_wait": NUM,
-    "long_query_threshold": NUM,
-    "kill_long_queries": bool,
-}
+# The keys of a postgres[] / mysql[] entry and the YAML types each takes (the schema's, in
+# the settings' field order); which are required, and the defaults, come from the settings.
+POSTGRES_KEYS = schema.POSTGRES.types()
+MYSQL_KEYS = schema.MYSQL.types()
 
 
 def _postgres(raw: Any, errors: _Errors) -> tuple[PostgresSettings, ...]:
     out = []
     required = _required(PostgresSettings)
     for path, entry in _entries(raw, "postgres", errors):
-        vals = _take(entry, path, errors, POSTGRES_KEYS, required)
-        for key in ("connect_timeout", "statement_timeout", "archive_timeout"):
-            _positive(vals, key, path, errors)
+        vals = _take(entry, path, errors, schema.POSTGRES, required)
         # the thaw runs pg_backup_stop (statement_timeout) then the archive wait; the agent
         # gives each writer's thaw 30 s (agent/session.py THAW_STEP_SECONDS), keep 3 s spare
         thaw = vals.get("statement_timeout", PostgresSettings.statement_timeout) + vals.get(
@@ -312,12 +285,7 @@ def _mysql(raw: Any, errors: _Errors) -> tuple[MysqlSettings, ...]:
     out = []
     required = _required(MysqlSettings)
     for path, entry in _entries(raw, "mysql", errors):
-        vals = _take(entry, path, errors, MYSQL_KEYS, required)
-        if vals.get("lock", MysqlSettings.lock) not in LOCKS:
-            errors.add(f"{path}.lock", f"must be one of {', '.join(LOCKS)}, got {vals['lock']!r}")
-            vals.pop("lock")
-        for key in ("connect_timeout", "lock_wait_timeout", "long_query_threshold"):
-            _positive(vals, key, path, errors)
+        vals = _take(entry, path, errors, schema.MYSQL, required)
         if "host" in vals and "unix_socket" not in entry:
             vals["unix_socket"] = None
         if required <= vals.keys():
@@ -325,7 +293,28 @@ def _mysql(raw: Any, errors: _Errors) -> tuple[MysqlSettings, ...]:
     return tuple(out)
 
 
-TOP_KEYS = ("listen", "freeze", "scripts", "filesystems", "postgres", "mysql", "state_dir")
+TOP_KEYS = schema.TOP_KEYS
+# the dataclass each section is validated into: where the reference takes the defaults from
+DEFAULTS: dict[str, object] = {
+    "listen": ListenConfig(),
+    "freeze": FreezeConfig(),
+    "state_dir": Config(),
+    "scripts": ScriptsConfig(),
+    "filesystems": FilesystemsConfig(),
+    "postgres": PostgresSettings,
+    "mysql": MysqlSettings,
+}
+
+
+def default(section: schema.Section, key: schema.Key) -> object:
+    """The documented default of ``key`` (the dataclass field's), or MISSING if required."""
+    owner = DEFAULTS[section.name]
+    for f in dataclasses.fields(owner):  # type: ignore[arg-type]
+        if f.name == key.name:
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            return f.default
+    return None  # a key with no field of its own (listen.vsock): off unless given
 
 
 def parse(raw: Any, source: str = "<string>") -> Config:
@@ -361,13 +350,14 @@ def parse(raw: Any, source: str = "<string>") -> Config:
 
 def load(path: str | os.PathLike[str] = DEFAULT_PATH) -> Config:
     """Read and validate a config file. Raises ConfigError (unreadable, not YAML, invalid)."""
-    p = Path(path)
+    p = os.fspath(path)  # open(), not pathlib: the client verbs start faster without it
     try:
-        text = p.read_text()
+        with open(p, encoding="utf-8") as f:
+            text = f.read()
     except OSError as err:
         raise ConfigError(f"{p}: cannot read the configuration: {err.strerror}") from err
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from err
-    return parse(raw, str(p))
+    return parse(raw, p)

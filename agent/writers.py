@@ -5,6 +5,7 @@ The state machine knows no writer by name; this is the one place that does.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from agent.config import Config
@@ -20,7 +21,22 @@ class UnknownWriter(QuiesceError):
     exit_code = 2
 
 
+def problems(config: Config) -> list[str]:
+    """What the configuration names that is not there, each naming its key: not an error
+    of the file (a package may create the folder later), but ``check`` fails on it and the
+    daemon logs it once at start. An empty scripts folder is fine."""
+    found = []
+    if config.scripts is not None and not os.path.isdir(config.scripts.dir):
+        what = "is not a folder" if os.path.exists(config.scripts.dir) else "does not exist"
+        found.append(
+            f"scripts.dir: {config.scripts.dir} {what}, so no backupScripts.d script runs; "
+            f"create it (an empty folder is fine) or fix scripts.dir in {config.source}"
+        )
+    return found
+
+
 def build_all(config: Config, notes: list[str]) -> list[Writer]:
+    """The configured writers in freeze order; ``notes`` gets what the report should say."""
     writers: list[Writer] = []
     if config.scripts is not None:
         s = config.scripts

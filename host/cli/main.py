@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from common.errors import (
     EXIT_INTERRUPTED,
@@ -43,6 +44,23 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """A verb's parser, and every sub-verb's below it (argparse makes those of the parent's
+    class): each takes the global flags too, so they work before or after the verb
+    (``quiesce-host -v disk info D`` and ``quiesce-host disk info D -v``). Given after the
+    verb they override the value given before it; not given there, they leave it alone."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _global_flags(self, argparse.SUPPRESS)
+
+
+def _global_flags(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="log debug messages"
+    )
+
+
 def build_parser(load: Iterable[str] | None = None) -> argparse.ArgumentParser:
     """The command line, with the sub-verbs and arguments of the verbs in ``load`` (default:
     every verb). Every verb is listed in --help either way: main() loads only the module of
@@ -53,8 +71,8 @@ def build_parser(load: Iterable[str] | None = None) -> argparse.ArgumentParser:
         epilog=exit_code_help(EXIT_CODES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    _global_flags(parser, False)
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=_Parser)
     wanted = set(VERBS if load is None else load)
     for name, (module, help_line) in VERBS.items():
         verb = verbs.add_parser(name, help=help_line)
@@ -75,7 +93,7 @@ def _build(name: str, module: str, verb: argparse.ArgumentParser) -> None:
 
 def _verb_of(argv: Sequence[str]) -> list[str]:
     """The verb of a command line (its first word that is not an option), if any."""
-    return [word for word in argv if not word.startswith("-")][:1]
+    return [word for word in argv if not word.startswith("-")][:1]  # no global flag takes a value
 
 
 def _unavailable(verb: str, err: Exception) -> int:

@@ -18,10 +18,12 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +42,51 @@ class LabError(QuiesceError):
     exit_code = 2
 
 
-def pg_bindir() -> Path | None:
-    """The newest installed PostgreSQL's bin directory (Debian layout), or None."""
+PG_BINDIRS_ENV = "QUIESCE_PG_BINDIRS"  # more servers' bin directories, ':'-separated
+
+
+def pg_bindir(version: int | None = None, extra: Iterable[Path] = ()) -> Path | None:
+    """The bin directory of PostgreSQL ``version`` (see pg_bindirs), or None if it is not
+    here. Without a version: the newest installed the Debian way (the lab's default), else
+    the one whose initdb is on PATH."""
+    if version is not None:
+        return pg_bindirs(extra).get(version)
     found = glob.glob("/usr/lib/postgresql/*/bin/initdb")
     found.sort(key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
+
+
+def pg_bindirs(extra: Iterable[Path] = ()) -> dict[int, Path]:
+    """Every PostgreSQL server here, by major version: Debian's /usr/lib/postgresql/N/bin,
+    then the directories in $QUIESCE_PG_BINDIRS, then ``extra`` (the tests add the ones
+    scripts/fetch-postgresql unpacked), then initdb's on PATH; the first of a version wins."""
+    found: dict[int, Path] = {}
+    for initdb in sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")):
+        major = initdb.split("/")[4]
+        if major.isdigit():
+            found.setdefault(int(major), Path(initdb).parent)
+    listed = [Path(d) for d in os.environ.get(PG_BINDIRS_ENV, "").split(":") if d]
+    on_path = shutil.which("initdb")
+    for bindir in [*listed, *extra, *([Path(on_path).parent] if on_path else [])]:
+        major_of = _pg_major(bindir)
+        if major_of is not None:
+            found.setdefault(major_of, bindir)
+    return dict(sorted(found.items()))
+
+
+def _pg_major(bindir: Path) -> int | None:
+    """The major version of the server in ``bindir`` (``postgres --version``), or None."""
+    if not (bindir / "postgres").is_file():
+        return None
+    try:
+        out = run([str(bindir / "postgres"), "--version"], timeout=10).stdout
+    except LabError:
+        return None
+    match = re.search(r"\(PostgreSQL\) (\d+)", out)
+    return int(match.group(1)) if match else None
 
 
 def mariadbd_path() -> str | None:
@@ -133,8 +172,10 @@ class LabPostgres:
         *,
         archive_dir: Path | None = None,
         extra_conf: str = "",
+        bindir: Path | None = None,
     ) -> None:
-        bindir = pg_bindir()
+        """``bindir``: the server's bin directory (pg_bindir(VERSION)); default pg_bindir()."""
+        bindir = bindir or pg_bindir()
         if bindir is None:
             raise LabError("PostgreSQL is not installed (scripts/setup installs it)")
         self.bindir = bindir

@@ -129,7 +129,7 @@ def mmdebstrap_args(work: Path, debs: Path) -> list[str]:
         f"sync-in {work}/files /",
         f"copy-in {work}/wheels /tmp",
         chroot + "python3 -m venv /opt/quiesce-agent",
-        chroot + pip + " --disable-pip-version-check quiesce-agent",
+        chroot + pip + " --disable-pip-version-check 'quiesce-agent[guest]'",  # as the README
         chroot + f'/opt/quiesce-agent/bin/python -c "{CHECK_AGENT}"',
         chroot + "systemctl enable quiesce-agent.service systemd-networkd.service",
         chroot + f"systemctl disable {QUIET_UNITS}",

@@ -168,7 +168,7 @@ def _wheels(work: Path, log: Log) -> dict[str, str]:
     (ours,) = folder.glob("quiesce_agent-*.whl")
     _check_packages(ours)
     download = [*pip, "download", *recipe.pip_target_args()]
-    _run("wheels", [*download, "-d", str(folder), str(ours)], work, log)
+    _run("wheels", [*download, "-d", str(folder), f"{ours}[guest]"], work, log)  # the drivers
     return {w.name: _content_hash(w) for w in sorted(folder.glob("*.whl"))}
 
 

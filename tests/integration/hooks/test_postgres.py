@@ -20,7 +20,7 @@ from hooks.errors import WriterError, WriterTimeout, WriterUnavailable
 from hooks.postgres.settings import PostgresSettings
 from hooks.postgres.wal import parse_lsn, parse_size, wal_file_name
 from hooks.postgres.writer import PostgresWriter
-from tests.helpers.dbservers import PgServer, Play
+from tests.helpers.dbservers import PG_VERSIONS, PgServer, Play
 from tests.helpers.env import REPO
 from tests.helpers.waiting import wait_until
 
@@ -91,6 +91,34 @@ def test_cycle_returns_label_wal_files_and_writes_artifacts(pg: PgServer, tmp_pa
         assert json.loads((folder / "backup_info.json").read_text())["stop_lsn"] == art["stop_lsn"]
     assert holders(pg) == []  # the held session is closed after thaw
     assert any("CHECKPOINT" in m for m in play.messages)
+
+
+# -- every version the writer claims ------------------------------------------------------------
+
+START_CALL = {  # what the held session runs, by the server's major version
+    14: "SELECT pg_start_backup($1, true, false)::text",
+    15: "SELECT pg_backup_start($1, true)::text",
+}
+
+
+@pytest.mark.parametrize("version", PG_VERSIONS, ids=[f"pg{v}" for v in PG_VERSIONS])
+def test_the_held_backup_on_every_version(version: int, pg_factory: Any, tmp_path: Path) -> None:
+    server = pg_factory(version=version, archive=True).start()
+    assert server.sql("SHOW server_version_num")[0][0].startswith(str(version))
+    label = f"v{version}"
+    play = Play(writer(server, artifacts_dir=str(tmp_path)), label=label).freeze()
+    assert [q for _, q in holders(server)] == [START_CALL[min(version, 15)]]
+    # non-exclusive: only the held session can end it, and the data directory has no label
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+        server.sql("SELECT pg_backup_stop()" if version >= 15 else "SELECT pg_stop_backup()")
+    assert not (server.datadir / "backup_label").exists()
+    art = play.thaw()
+    assert f"LABEL: {label}" in art["backup_label"]
+    assert parse_lsn(art["stop_lsn"]) > parse_lsn(art["start_lsn"])
+    assert art["wal_archived"] is True
+    assert (server.archive_dir / art["wal_file_stop"]).exists()
+    assert (tmp_path / label / "backup_label").read_text() == art["backup_label"]
+    assert holders(server) == []
 
 
 def test_backup_mode_belongs_to_the_held_session(pg: PgServer) -> None:

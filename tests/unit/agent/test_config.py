@@ -151,3 +151,33 @@ def test_the_shipped_example_config_is_valid() -> None:
     example = REPO / "docs" / "agent.yaml.example"
     cfg = config.load(example)
     assert cfg.filesystems is not None and cfg.scripts is not None
+
+
+def test_a_group_that_does_not_exist_is_a_config_error_naming_the_key() -> None:
+    # accepted before, and the daemon then died at start with "unexpected error" (exit 2)
+    with pytest.raises(ConfigError, match="listen.group: no group 'no-such-group-qa'") as err:
+        config.parse({"listen": {"unix": "/run/x.sock", "group": "no-such-group-qa"}})
+    assert err.value.exit_code == 3
+    assert config.parse({"listen": {"unix": "/run/x.sock", "group": "root"}}).listen.group == "root"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("mysql", "port", 70000, "mysql[0].port: must be 1..65535"),
+        ("mysql", "long_query_wait", -1, "mysql[0].long_query_wait: must be >= 0"),
+        ("postgres", "connect_timeout", 0, "postgres[0].connect_timeout: must be greater than 0"),
+    ],
+)
+def test_every_bound_of_the_schema_is_enforced(
+    section: str, key: str, value: object, message: str
+) -> None:
+    entry: dict[str, object] = {"name": "a", "dsn": "x"} if section == "postgres" else {"name": "a"}
+    with pytest.raises(ConfigError) as err:
+        config.parse({section: [{**entry, key: value}]})
+    assert message in str(err.value)
+
+
+def test_a_relative_scripts_dir_is_refused() -> None:
+    with pytest.raises(ConfigError, match="scripts.dir: must be an absolute path"):
+        config.parse({"scripts": {"dir": "backupScripts.d"}})

@@ -166,6 +166,10 @@ rados osd op timeout = 60
 rados mon op timeout = 60
 client mount timeout = 30
 
+[client]
+admin socket =
+log file =
+
 [mon]
 mon data = {d}/mon.a
 paxos propose interval = 0.01

@@ -84,7 +84,7 @@ class Subject:
     def rollback(self, name: str) -> None:
         raise NotImplementedError
 
-    def _image_snaps(self, ioctx: Any, image: str) -> list[dict[str, Any]]:
+    def image_snaps(self, ioctx: Any, image: str) -> list[dict[str, Any]]:
         """An image's snapshots with their creation times (UTC), by increasing id."""
         with self.rbd.Image(ioctx, image, read_only=True) as im:
             snaps = sorted(im.list_snaps(), key=lambda s: s["id"])
@@ -113,7 +113,7 @@ class GroupSubject(Subject):
         members = self.images()
         order: list[str] = []
         if members:  # the member's snapshot ids give the order, and the time
-            for s in self._image_snaps(*members[0]):
+            for s in self.image_snaps(*members[0]):
                 group = s.get("group") or {}
                 if group.get("name") == self.name and group.get("snap_name") in snaps:
                     snaps[group["snap_name"]]["created"] = s["created"]
@@ -141,7 +141,7 @@ class ImageSubject(Subject):
         user = self.rbd.RBD_SNAP_NAMESPACE_TYPE_USER
         return [
             {"name": s["name"], "state": "complete", "created": s["created"]}
-            for s in self._image_snaps(self.conn.ioctx, self.name)
+            for s in self.image_snaps(self.conn.ioctx, self.name)
             if s.get("namespace", user) == user
         ]
 
@@ -193,6 +193,7 @@ class RbdStore:
             self.conn.close()
             raise
         self.records = Records(self.conn, self.subject.kind, self.subject.name)
+        self.watched = Records(self.conn, self.subject.kind, self.subject.name, role="watch")
         self.rbd = self.conn.rbd
 
     def _call(self, step: str, fn: Any, *args: Any) -> Any:
@@ -207,14 +208,19 @@ class RbdStore:
     # -- reading --------------------------------------------------------------------------
     def snapshot_list(self) -> list[dict[str, Any]]:
         """Every RBD snapshot of the target, oldest first, each with its record's fields
-        (``consistency`` ``unknown`` and ``recorded`` False when it has none)."""
+        (``consistency`` ``unknown`` and ``recorded`` False when it has none). A snapshot
+        another tool took while ``rbd-watch`` held the guest gets that quiesce's report."""
         snaps = self._call("listing the snapshots", self.subject.snapshots)
-        records = self.records.all()
+        records, watched = self.records.all(), self.watched.all()
         listed = []
         for snap in snaps:
             record = records.get(snap["name"])
             entry = {"consistency": "unknown", "description": "", **(record or {})}
-            entry.update(name=snap["name"], state=snap["state"], recorded=record is not None)
+            quiesce = watched.get(snap["name"])
+            if quiesce is not None and not (entry.get("report") or {}).get("agent"):
+                entry.update(quiesce, quiesced_by="rbd-watch")
+            entry.update(name=snap["name"], state=snap["state"])
+            entry["recorded"] = record is not None or quiesce is not None
             entry["created"] = entry.get("created") or snap["created"]
             listed.append(entry)
         return listed
@@ -294,11 +300,12 @@ class RbdStore:
         try:
             self.subject.remove(name)
         except (self.rbd.ImageNotFound, self.rbd.ObjectNotFound) as err:
-            if self.records.get(name) is None:
+            if self.records.get(name) is None and self.watched.get(name) is None:
                 raise SnapshotNotFound(f"{self.spec}: no snapshot {name!r}") from err
         except self.rbd.Error as err:
             raise failed(self.spec, f"deleting snapshot {name!r}", err) from err
         self.records.remove(name)
+        self.watched.remove(name)
 
     def snapshot_revert(self, name: str) -> None:
         """Roll every image back to ``name``. Raises ImageInUse, SnapshotNotFound, RbdError."""

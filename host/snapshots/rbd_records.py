@@ -4,7 +4,8 @@ The record is what ``snapshot show`` prints: name, time, description, consistenc
 report and the artifacts (PostgreSQL's ``backup_label``, MariaDB's binlog position), the host's
 timeline. It has to be readable from any host that can reach the cluster, so it is kept in the
 cluster, next to the images, as one omap entry per snapshot on the object
-``quiesce-host.snapshots.<kind>.<name>`` of the target's pool and namespace:
+``quiesce-host.snapshots.<kind>.<name>`` of the target's pool and namespace (and
+``quiesce-host.watch.<kind>.<name>`` for what ``rbd-watch`` recorded):
 
 - a group has no metadata of its own in this librbd (python3-rbd 16.2's ``Group`` has no
   ``metadata_*``), and image metadata would have to be copied onto every member or pinned to
@@ -29,20 +30,24 @@ from typing import Any
 
 from host.snapshots.rbd_cluster import Connection, RbdError
 
-OBJECT_PREFIX = "quiesce-host.snapshots."
+OBJECT_PREFIX = "quiesce-host."
+ROLES = ("snapshots", "watch")  # what quiesce-host snapshot create wrote; what rbd-watch did
 MAX_RECORDS = 4096  # far above RBD's own limits per image
 
 
-def object_name(kind: str, name: str) -> str:
-    return f"{OBJECT_PREFIX}{kind}.{name}"
+def object_name(kind: str, name: str, role: str = "snapshots") -> str:
+    return f"{OBJECT_PREFIX}{role}.{kind}.{name}"
 
 
 class Records:
-    """The records of one group's or image's snapshots."""
+    """The records of one group's or image's snapshots: those ``snapshot create`` keeps
+    (``snapshots``), or the quiesces ``rbd-watch`` did for snapshots others took (``watch``:
+    an object of its own, so that neither writer ever replaces the other's entry)."""
 
-    def __init__(self, conn: Connection, kind: str, name: str) -> None:
+    def __init__(self, conn: Connection, kind: str, name: str, role: str = "snapshots") -> None:
+        assert role in ROLES
         self.conn = conn
-        self.oid = object_name(kind, name)
+        self.oid = object_name(kind, name, role)
 
     def _fail(self, step: str, err: BaseException) -> RbdError:
         return RbdError(f"{self.conn.spec}: {step} of the record object {self.oid!r}: {err}")

@@ -17,8 +17,10 @@ and fdatasync()ing it, RATE times a second (every write reaches librbd). Then:
 
 "window" is the host's (freeze sent -> thaw reply; the floor: the create call), "blocked"
 the agent's first lock -> last filesystem thawed (what writers wait for; the floor: its
-create call), "cut" the group snapshot call alone. The client stall is the latency of the
-writes whose [sent, ack] overlaps a window, worst and p99, against the baseline's.
+create call), split into "freeze" (first lock -> all held: FIFREEZE of every filesystem),
+"cut" (the group snapshot call) and "thaw" (thaw sent -> reply). The client stall is the
+latency of the writes whose [sent, ack] overlaps a window, worst and p99, against the
+baseline's.
 """
 
 from __future__ import annotations
@@ -110,9 +112,10 @@ def quiesced(spec: str, agent: AgentProcess, cycles: int, interval: float) -> di
         out = take(RbdTarget(RbdStore(spec)), f"q{i:02d}", f"unix:{agent.socket}")
         assert out.confirmed and out.consistency == "filesystem", out.warnings
         host = out.host
+        split = host["split"]
         rows.append(
             {"window": host["window_ms"], "blocked": host["agent_held_ms"],
-             "cut": host["split"]["switch_ms"]}
+             "freeze": split["lock_ms"], "cut": split["switch_ms"], "thaw": split["release_ms"]}
         )  # fmt: skip
         spans.append((out.moments["freeze_sent"], out.moments["thawed"]))
     return {"cycles": rows, "spans": spans}
@@ -127,7 +130,7 @@ def floor(spec: str, cycles: int, interval: float) -> dict[str, Any]:
             store.snapshot_create(f"f{i:02d}")
             t1 = time.monotonic()
             ms = round((t1 - t0) * 1000, 1)
-            rows.append({"window": ms, "blocked": ms, "cut": ms})
+            rows.append({"window": ms, "blocked": ms, "freeze": 0.0, "cut": ms, "thaw": 0.0})
             spans.append((t0, t1))
     return {"cycles": rows, "spans": spans}
 
@@ -188,20 +191,24 @@ def med_max(rows: list[dict[str, Any]], key: str) -> str:
     return f"{statistics.median(values):6.1f} {max(values):6.1f}" if values else "-"
 
 
+COLUMNS = ("window", "blocked", "freeze", "cut", "thaw")
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    head = f"{'images':>6}  {'snapshot':10} {'n':>2}  {'window':>13}  {'blocked':>13}  {'cut':>13}"
+    head = f"{'images':>6}  {'snapshot':10} {'n':>2}  " + "  ".join(f"{c:>13}" for c in COLUMNS)
     head += f"  {'write stall worst / p99':>24}"
-    lines = [f"{'':22}{'ms, median / max':^45}", head]
+    lines = [f"{'':22}{'ms, median / max':^75}", head]
     for r in results:
         for kind, label in (("quiesced", "quiesced"), ("floor", "no quiesce")):
             rows, st = r[kind], r["stall"][kind]
+            cols = "  ".join(f"{med_max(rows, c):>13}" for c in COLUMNS)
             lines.append(
-                f"{r['images']:>6}  {label:10} {len(rows):>2}  {med_max(rows, 'window'):>13}  "
-                f"{med_max(rows, 'blocked'):>13}  {med_max(rows, 'cut'):>13}  "
+                f"{r['images']:>6}  {label:10} {len(rows):>2}  {cols}  "
                 f"{st['max']:>15.1f} / {st['p99']:6.1f}"
             )
         b = r["stall"]["baseline"]
-        lines.append(f"{r['images']:>6}  {'baseline':10} {'':>2}  {'':>47}  "
+        pad = " " * (15 * len(COLUMNS) - 2)
+        lines.append(f"{r['images']:>6}  {'baseline':10} {'':>2}  {pad}  "
                      f"{b['max']:>15.1f} / {b['p99']:6.1f}")  # fmt: skip
     return "\n".join(lines)
 

@@ -131,7 +131,7 @@ def test_a_single_image_is_a_target_too(make_vm) -> None:
         assert store.snapshot_list() == []
 
 
-def test_bad_specs_and_missing_targets_say_what_is_wrong(ceph) -> None:
+def test_bad_specs_say_what_is_wrong() -> None:
     for bad, words in [
         ("rbd:pool", "rbd:POOL/NAME"),
         ("rbd:pool/a/b/c", "rbd:POOL/NAME"),
@@ -141,7 +141,12 @@ def test_bad_specs_and_missing_targets_say_what_is_wrong(ceph) -> None:
     ]:
         with pytest.raises(RbdSpecError, match=words):
             parse_spec(bad)
-    assert parse_spec("rbd:p/ns/vm:id=backup:type=group").namespace == "ns"
+    spec = parse_spec("rbd:p/ns/vm:id=backup:type=group:conf=/x/ceph.conf")
+    assert (spec.pool, spec.namespace, spec.name, spec.kind) == ("p", "ns", "vm", "group")
+    assert (spec.user, spec.conf, str(spec)) == ("backup", "/x/ceph.conf", "rbd:p/ns/vm")
+
+
+def test_missing_pools_groups_and_images_say_what_is_wrong(ceph) -> None:
     with pytest.raises(RbdError, match="no group or image 'nothing' in pool 'rbd'"):
         RbdStore(f"rbd:rbd/nothing:conf={ceph.conf}")
     out = quiesce_host("snapshot", "list", f"rbd:nopool/x:conf={ceph.conf}")

@@ -14,6 +14,7 @@ rollback; ``start()`` + ``mount()`` again "boots" it on whatever the images now 
 
 from __future__ import annotations
 
+import glob
 import shutil
 import subprocess
 import tempfile
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from host.lab.procs import kill_group, tail
 from tests.helpers.ceph import Cluster
-from tests.helpers.env import FREEZE_ROOT
+from tests.helpers.env import FREEZE_ROOT, need, need_root
 
 
 def _mounted(path: Path) -> bool:
@@ -36,6 +37,13 @@ class RbdDisks:
     ext4 loop-mounted at ``mounts[name]`` (under FREEZE_ROOT)."""
 
     def __init__(self, cluster: Cluster, images: list[str]) -> None:
+        need_root()
+        need(
+            shutil.which("qemu-storage-daemon") is not None
+            and bool(glob.glob("/usr/lib/*/qemu/block-rbd.so")),
+            "qemu-storage-daemon with QEMU's rbd driver is not installed (scripts/setup "
+            "installs qemu-system-common and qemu-block-extra)",
+        )
         self.cluster = cluster
         self.images = images
         self.dir = Path(tempfile.mkdtemp(prefix="rbdfs-", dir=FREEZE_ROOT))

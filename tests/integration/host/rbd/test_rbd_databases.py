@@ -27,7 +27,7 @@ MiB = 1 << 20
 
 
 def test_databases_on_three_images_restore_from_a_quiesced_group_snapshot(
-    make_vm, pg_factory, maria_factory, agent_factory
+    make_vm, pg_factory, maria_factory, agent_factory, tmp_path
 ) -> None:
     need_root()
     vm = make_vm(images=3, size=192 * MiB)
@@ -82,6 +82,13 @@ def test_databases_on_three_images_restore_from_a_quiesced_group_snapshot(
         assert record["consistency"] == "application"
         assert {"postgres:pg", "mysql:maria"} <= set(record["artifacts"])
         assert "backup_label" in record["artifacts"]["postgres:pg"]
+        restored = tmp_path / "pgdata"  # the WAL-archive restore path reads it from Ceph too
+        restored.mkdir()
+        (restored / "PG_VERSION").write_text("15\n")
+        rc = run_cli(["snapshot", "restore-artifacts", vm.spec(), "app", str(restored)])
+        assert rc == 0
+        label = (restored / "backup_label").read_text()
+        assert label == record["artifacts"]["postgres:pg"]["backup_label"]
     finally:
         for server in servers:  # off the filesystems before they are unmounted
             server.remove()  # type: ignore[attr-defined]

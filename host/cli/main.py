@@ -2,10 +2,10 @@
 
 One module per verb group (borg's way) over ``_common`` (open the disk here or ask the server
 that holds it, DISK_HELP, sizes, the error line): ``disk`` (create, info, check, export),
-``snapshot`` (create [--quiesce], list, revert, delete, show, restore-artifacts), ``serve``
-and ``demo``. ``VERBS`` lists them; a start imports the module of the verb it runs and no
-other (``--help`` none), whose ``build(parser)`` declares the verb's sub-verbs or arguments
-and sets ``func``; a verb returns its exit code. The engine never sees argparse.
+``snapshot`` (create [--quiesce], list, revert, delete, show, restore-artifacts), ``serve``,
+``rbd-watch`` and ``demo``. ``VERBS`` lists them; a start imports the module of the verb it
+runs and no other (``--help`` none), whose ``build(parser)`` declares the verb's sub-verbs or
+arguments and sets ``func``; a verb returns its exit code. The engine never sees argparse.
 
 Exit codes: the one table of common/errors.py (``MEANINGS``), shared with ``quiesce-agent``;
 ``--help`` lists them.
@@ -36,6 +36,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "disk": ("host.cli.disk", "create, inspect, check and export disks"),
     "snapshot": ("host.cli.snapshot", "create, list, revert and delete snapshots"),
     "serve": ("host.cli.serve", "serve the disk's current state over NBD and/or FUSE"),
+    "rbd-watch": (
+        "host.cli.rbd_watch",
+        "freeze a guest for every RBD snapshot anybody takes of its images",
+    ),
     "demo": (
         "host.cli.demo",
         "a quiesced snapshot of a throw-away PostgreSQL + MariaDB lab, a revert, and a verdict "

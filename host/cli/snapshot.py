@@ -4,7 +4,8 @@
 When the disk is being served (``quiesce-host serve`` holds its lock), create, list and delete
 go to the server through its control socket, which takes the snapshot at a clean cut
 (``_common.open_or_ask``). ``create --quiesce ENDPOINT`` has the guest's agent freeze around
-the cut (``host.snapshots.cycle.take``); without ``--quiesce`` it is a plain snapshot.
+the cut (``host.snapshots.cycle.take``); without ``--quiesce`` it is a plain snapshot. A DISK that
+starts with ``rbd:`` (a Ceph RBD group or image) goes to ``host/cli/rbd_snapshot.py``.
 
 Exit codes: 0 ok, 1 warning (``--quiesce-mode preferred`` fell back to a crash-consistent
 snapshot), 20 quiesce failed (required: nothing left behind), 21 not confirmed and not
@@ -17,6 +18,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from agent.protocol import Consistency
@@ -29,18 +31,29 @@ from host.snapshots.cycle import MODES, take
 from host.snapshots.report import full
 from host.snapshots.target import load_snapshot, open_target
 
+TARGET_HELP = DISK_HELP + "; or rbd:POOL/GROUP, rbd:POOL/IMAGE (Ceph RBD, see docs/rbd.md)"
+
+
+def _rbd(disk: str) -> ModuleType | None:
+    """The rbd: verbs, for a DISK that is an rbd: spec (loaded only then: it loads librados)."""
+    if not disk.startswith("rbd:"):
+        return None
+    from host.cli import rbd_snapshot
+
+    return rbd_snapshot
+
 
 def build(snap: argparse.ArgumentParser) -> None:
     """The sub-verbs of ``snapshot`` (main made its parser)."""
     sub = snap.add_subparsers(dest="snapshot_verb", metavar="VERB", required=True)
     _add_create(sub)
     p = sub.add_parser("list", help="the snapshot tree, the current position marked")
-    p.add_argument("disk", metavar="DISK", help=DISK_HELP)
+    p.add_argument("disk", metavar="DISK", help=TARGET_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_list)
     _add_revert_and_delete(sub)
     p = sub.add_parser("show", help="a snapshot's record: consistency, timeline, writers")
-    p.add_argument("disk", metavar="DISK", help="the disk folder")
+    p.add_argument("disk", metavar="DISK", help="the disk folder, or rbd:POOL/GROUP")
     p.add_argument("name", metavar="NAME", help="the snapshot")
     p.add_argument("--json", action="store_true", help="the whole record as JSON")
     p.set_defaults(func=run_show)
@@ -49,7 +62,7 @@ def build(snap: argparse.ArgumentParser) -> None:
         help="write a snapshot's backup_label / tablespace_map into a "
         "PostgreSQL data directory (the WAL-archive restore path)",
     )
-    p.add_argument("disk", metavar="DISK", help="the disk folder")
+    p.add_argument("disk", metavar="DISK", help="the disk folder, or rbd:POOL/GROUP")
     p.add_argument("name", metavar="NAME", help="the snapshot whose backup_label to write")
     p.add_argument("datadir", metavar="DATADIR", help="the restored, mounted data directory")
     p.add_argument("--writer", help="the PostgreSQL writer's name when there are several")
@@ -66,7 +79,7 @@ def _add_create(sub: Any) -> None:
         "between client writes. With --quiesce the guest's agent freezes its "
         "applications and filesystems around the cut.",
     )
-    p.add_argument("disk", metavar="DISK", help=DISK_HELP)
+    p.add_argument("disk", metavar="DISK", help=TARGET_HELP)
     p.add_argument("name", metavar="NAME", help="1-128 printable characters, no '/'")
     p.add_argument("-d", "--description", default="", help="free text kept with it")
     p.add_argument(
@@ -102,7 +115,7 @@ def _add_revert_and_delete(sub: Any) -> None:
         "of the tree stay. Refused while the disk is served: stop the server (and "
         "the VM or mount using it) first.",
     )
-    p.add_argument("disk", metavar="DISK", help=DISK_HELP)
+    p.add_argument("disk", metavar="DISK", help=TARGET_HELP)
     p.add_argument("name", metavar="NAME", help="the snapshot to go back to")
     p.set_defaults(func=run_revert)
 
@@ -113,7 +126,7 @@ def _add_revert_and_delete(sub: Any) -> None:
         "(progress on stderr). On a served disk the server does it when the merge "
         "copies at most 64 MiB (clients wait for it) and refuses otherwise.",
     )
-    p.add_argument("disk", metavar="DISK", help=DISK_HELP)
+    p.add_argument("disk", metavar="DISK", help=TARGET_HELP)
     p.add_argument("name", metavar="NAME", nargs="?", help="the snapshot to delete")
     p.add_argument(
         "--all",
@@ -125,6 +138,8 @@ def _add_revert_and_delete(sub: Any) -> None:
 
 # -- create ----------------------------------------------------------------------------------
 def run_create(args: argparse.Namespace) -> int:
+    if rbd := _rbd(args.disk):
+        return int(rbd.run_create(args))
     if args.quiesce:
         return _create_quiesced(args)
     if args.quiesce_mode != "required":
@@ -178,6 +193,8 @@ def _create_quiesced(args: argparse.Namespace) -> int:
 
 # -- list, revert, delete --------------------------------------------------------------------
 def run_list(args: argparse.Namespace) -> int:
+    if rbd := _rbd(args.disk):
+        return int(rbd.run_list(args))
     snaps = open_or_ask(
         args.disk,
         lambda disk: disk.snapshot_list(),
@@ -219,6 +236,8 @@ def _tree_lines(
 
 
 def run_revert(args: argparse.Namespace) -> int:
+    if rbd := _rbd(args.disk):
+        return int(rbd.run_revert(args))
     open_or_ask(
         args.disk,
         lambda disk: disk.snapshot_revert(args.name),
@@ -230,6 +249,8 @@ def run_revert(args: argparse.Namespace) -> int:
 
 
 def run_delete(args: argparse.Namespace) -> int:
+    if rbd := _rbd(args.disk):
+        return int(rbd.run_delete(args))
     if bool(args.all) == bool(args.name):
         error("give a snapshot NAME or --all")
         return 2
@@ -255,6 +276,8 @@ def run_delete(args: argparse.Namespace) -> int:
 
 # -- show, restore-artifacts -----------------------------------------------------------------
 def run_show(args: argparse.Namespace) -> int:
+    if rbd := _rbd(args.disk):
+        return int(rbd.run_show(args))
     snap = load_snapshot(args.disk, args.name)
     if args.json:
         print(json.dumps(snap, indent=2))
@@ -307,7 +330,8 @@ def _datadir_problem(datadir: Path, force: bool) -> str | None:
 
 
 def run_restore_artifacts(args: argparse.Namespace) -> int:
-    snap = load_snapshot(args.disk, args.name)
+    rbd = _rbd(args.disk)
+    snap = rbd.load(args.disk, args.name) if rbd else load_snapshot(args.disk, args.name)
     try:
         writer, arts = _postgres_artifacts(snap, args.writer)
     except LookupError as err:

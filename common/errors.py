@@ -46,7 +46,7 @@ MEANINGS: dict[int, str] = {
     14: "a 33rd snapshot in one chain (ChainTooDeep)",
     15: "no such snapshot (SnapshotNotFound)",
     16: "the snapshot exists already (SnapshotExists)",
-    17: "the disk is in use by another process (DiskBusy)",
+    17: "the disk or an RBD image is in use by another process (DiskBusy, ImageInUse)",
     18: "a write on a disk opened read-only (ReadOnly)",
     19: "no space left; the operation was undone or can be finished (NoSpace)",
     20: "the quiesce failed (--quiesce-mode required): no snapshot was left behind",

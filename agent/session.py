@@ -20,13 +20,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Protocol
 
+from agent.cycle import Cycle, Entry, safe_artifacts
 from agent.errors import NotConsistent, StateError
-from agent.protocol import Consistency, Report, Status, WriterEntry
+from agent.protocol import Report, Status
 from common.deadline import Deadline
 from common.errors import QuiesceError
 from hooks.base import Operation, Stage, Writer
@@ -53,76 +52,6 @@ class Hooks(Protocol):
     def disarm(self) -> None: ...
     def ensure_guard(self) -> None: ...
     def frozen_logging(self, frozen: bool) -> None: ...
-
-
-@dataclass
-class Entry:
-    """One writer in one cycle, as the report shows it."""
-
-    writer: Writer
-    state: str = "pending"  # pending prepared freezing frozen thawed aborted failed released
-    ms: dict[str, float] = field(default_factory=dict)
-    messages: list[str] = field(default_factory=list)
-    error: str | None = None
-    artifacts: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> WriterEntry:
-        entry = WriterEntry(
-            name=self.writer.qualified_name,
-            kind=self.writer.kind,
-            state=self.state,
-            messages=self.messages,
-            error=self.error,
-            artifacts=self.artifacts,
-        )
-        for step, ms in self.ms.items():  # prepare, freeze, thaw, abort: the steps it ran
-            entry[f"{step}_ms"] = round(ms, 1)  # type: ignore[literal-required]
-        return entry
-
-
-@dataclass
-class Cycle:
-    """One freeze cycle: its writers, times and outcome."""
-
-    label: str
-    entries: list[Entry]
-    ceiling: float
-    notes: list[str] = field(default_factory=list)
-    started: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
-    t0: float = field(default_factory=time.monotonic)
-    first_lock: float | None = None
-    all_frozen: float | None = None
-    released: float | None = None
-    outcome: str = "in progress"
-    ceiling_hit: bool = False
-
-    def consistency(self) -> Consistency:
-        held = {e.writer.kind for e in self.entries if e.state in ("frozen", "thawed")}
-        if self.ceiling_hit or self.all_frozen is None:
-            return Consistency.CRASH
-        if held - {"filesystems"}:
-            return Consistency.APPLICATION
-        return Consistency.FILESYSTEM if held else Consistency.CRASH
-
-    def as_dict(self) -> Report:
-        def ms(a: float | None, b: float | None) -> float | None:
-            return round((b - a) * 1000, 1) if a is not None and b is not None else None
-
-        return {
-            "label": self.label,
-            "outcome": self.outcome,
-            "consistency": self.consistency(),
-            "started": self.started,
-            "ceiling_seconds": self.ceiling,
-            "ceiling_hit": self.ceiling_hit,
-            "timings": {
-                "prepare_ms": ms(self.t0, self.first_lock),
-                "freeze_ms": ms(self.first_lock, self.all_frozen),
-                "held_ms": ms(self.first_lock, self.released),
-            },
-            "writers": [e.as_dict() for e in self.entries],
-            "notes": self.notes,
-        }
 
 
 WriterFactory = Callable[[list[str] | None], tuple[list[Writer], list[str]]]
@@ -279,7 +208,7 @@ class Session:
             if not cycle.ceiling_hit:
                 cycle.outcome = outcome
             for entry in cycle.entries:
-                entry.artifacts = _safe_artifacts(entry.writer)
+                entry.artifacts = safe_artifacts(entry.writer)
             self._set(State.IDLE)
         self.hooks.frozen_logging(False)
 
@@ -375,7 +304,7 @@ class Session:
                     entry.messages.append("released by the ceiling")
             cycle.released = time.monotonic()
             for entry in cycle.entries:
-                entry.artifacts = _safe_artifacts(entry.writer)
+                entry.artifacts = safe_artifacts(entry.writer)
             if self.state is State.FROZEN:
                 self._set(State.IDLE)
         self.hooks.disarm()
@@ -420,10 +349,3 @@ class Session:
                 await self.abort()
             except QuiesceError as err:
                 logger.error("shutdown: %s", err)
-
-
-def _safe_artifacts(writer: Writer) -> dict[str, Any]:
-    try:
-        return writer.artifacts()
-    except Exception as err:  # noqa: BLE001 - a report must not fail on artifacts
-        return {"error": f"artifacts unavailable: {err}"}

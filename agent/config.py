@@ -47,6 +47,7 @@ class ScriptsConfig:
     timeout_seconds: float = 30.0
     legacy_dir: str | None = "/usr/sbin"  # pre-freeze-script / post-thaw-script live here
     require_root_owner: bool = True
+    concurrent: tuple[str, ...] = ()  # scripts whose freeze runs in prepare (blocks no client)
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,19 @@ def _scripts(raw: Any, errors: _Errors) -> ScriptsConfig:
     for key in ("dir", "legacy_dir"):
         if vals.get(key) is not None and not os.path.isabs(vals[key]):
             errors.add(f"scripts.{key}", f"must be an absolute path, got {vals[key]!r}")
+    if "concurrent" in vals:
+        vals["concurrent"] = tuple(_file_names(vals["concurrent"], "scripts.concurrent", errors))
     return ScriptsConfig(**vals)
+
+
+def _file_names(items: list[Any], path: str, errors: _Errors) -> list[str]:
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, str) or not item or "/" in item or item in (".", ".."):
+            errors.add(f"{path}[{i}]", f"must be a script's file name in scripts.dir, got {item!r}")
+        else:
+            out.append(item)
+    return out
 
 
 def _filesystems(raw: Any, errors: _Errors) -> FilesystemsConfig:

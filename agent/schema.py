@@ -147,6 +147,13 @@ SCRIPTS = Section(
             (bool,),
             "refuse scripts not owned by root or writable by group/others",
         ),
+        Key(
+            "concurrent",
+            (list,),
+            "file names of scripts whose `freeze` blocks no client: they run beside the "
+            "databases' prepare instead of inside the blocked window",
+            default="[]",
+        ),
     ),
 )
 

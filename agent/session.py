@@ -1,13 +1,25 @@
-"""The freeze state machine: prepare -> freeze in order -> (snapshot) -> thaw in reverse.
+"""The freeze state machine: prepare -> lock in order -> (snapshot) -> release -> finish.
 
     IDLE --freeze--> PREPARING --> FREEZING --> FROZEN --thaw--> THAWING --> IDLE
                          |             |           |--abort--> ABORTING --> IDLE
                          +-- failure --+--> rollback (freezeFail, reverse order) --> IDLE
-    the ceiling (a thread, not the event loop) releases everything held --> IDLE
+    the ceiling (a thread, not the event loop) releases everything held: RELEASING --> IDLE
+
+What goes where (DESIGN.md, "The freeze cycle"): prepare is everything that blocks no
+client: the database writers concurrently with the scripts' prepares (which run one after
+another, in byte-wise order: a ``scripts.concurrent`` script freezes there), and the
+filesystems' syncfs once those are done, right before the first lock. The lock step takes
+only what blocks clients, in order: scripts, MySQL/MariaDB, filesystems (FIFREEZE); a
+filesystem's freeze never starts before the database locks are granted (a commit the lock
+waits for would block on the frozen filesystem). The release frees them in reverse at once;
+only then ``finish``: pg_backup_stop, the concurrent scripts' thaw.
 
 Writer calls run in worker threads so ``ping`` and ``status`` answer during a freeze; each
-call is bounded by the freeze budget. The ceiling clock starts at the first lock. Every reply
-carries a report: each writer, its state, its step timings and its messages.
+call is bounded by the freeze budget. The ceiling clock starts at the first lock; its thread
+takes the session lock only to decide and record, never while a writer releases. Whether the
+snapshot is consistent is decided when the thaw arrives: a release that then runs past the
+ceiling is finished by the ceiling and reported (``released_late``), not held against the
+snapshot. Every reply carries a report: each writer, its state, step timings and messages.
 
 Raises: StateError (wrong state), WriterError/WriterTimeout (rolled back), NotConsistent.
 """
@@ -33,6 +45,11 @@ from hooks.errors import WriterError, WriterTimeout
 
 logger = logging.getLogger(__name__)
 THAW_STEP_SECONDS = 30.0  # bound for each writer's thaw (pg_backup_stop waits for archiving)
+# After the last release, the clients that were blocked commit their backlog; pg_backup_stop
+# (a WAL switch and fsyncs on the same filesystem journal) waits this long so as not to stall
+# them again: without it, MariaDB commits held by BLOCK_COMMIT finished 30-240 ms after the
+# release, with it 1-32 ms; it costs the thaw reply 50 ms and blocked_ms nothing.
+DRAIN_SECONDS = 0.05
 
 
 class State(Enum):
@@ -42,6 +59,11 @@ class State(Enum):
     FROZEN = "frozen"  # every writer holds; waiting for thaw or abort
     THAWING = "thawing"  # releasing in reverse order
     ABORTING = "aborting"  # freezeFail rollback in reverse order
+    RELEASING = "releasing"  # the ceiling is releasing what is still held; no new freeze yet
+
+
+# An entry in one of these states may hold something the ceiling has to release.
+HELD = frozenset({"prepared", "freezing", "frozen", "thawing", "failed"})
 
 
 class Hooks(Protocol):
@@ -73,6 +95,7 @@ class Session:
         self._mu = threading.Lock()  # state changes vs the ceiling thread
         self._timer: threading.Timer | None = None
         self._ceiling_at: float | None = None
+        self._ceiling_running = False  # the ceiling thread is releasing (under _mu)
 
     # -- helpers ---------------------------------------------------------------------------
     def _set(self, state: State) -> None:
@@ -95,7 +118,7 @@ class Session:
 
     async def _call(self, entry: Entry, step: str, op: Operation, budget: float) -> None:
         """Run one writer step in a thread, bounded by ``budget`` seconds; time it."""
-        start = time.monotonic()
+        start = entry.at[step] = time.monotonic()
         try:
             async with asyncio.timeout(budget):
                 await asyncio.to_thread(getattr(entry.writer, step), op)
@@ -112,7 +135,7 @@ class Session:
         self, label: str, names: list[str] | None = None, timeout: float | None = None
     ) -> Report:
         async with self._op:
-            if self.state is not State.IDLE:
+            if self.state is not State.IDLE:  # RELEASING too: the ceiling is not done yet
                 raise StateError(
                     f"a freeze ({self.cycle.label if self.cycle else '?'}) is "
                     f"already {self.state.value}; thaw or abort it first"
@@ -136,21 +159,48 @@ class Session:
             return cycle.as_dict()
 
     async def _prepare(self, cycle: Cycle, op: Operation, deadline: Deadline) -> None:
+        """Scripts one after another (byte-wise order), concurrently with the other writers;
+        the filesystems last, so their syncfs flushes what the others' prepare wrote."""
+        scripts = [e for e in cycle.entries if e.writer.stage is Stage.SCRIPTS]
+        last = [e for e in cycle.entries if e.writer.stage is Stage.FILESYSTEMS]
+        others = [e for e in cycle.entries if e not in scripts and e not in last]
+
+        async def in_order(entries: list[Entry]) -> QuiesceError | None:
+            for entry in entries:
+                failed = await self._prepare_one(entry, op, deadline)
+                if failed is not None:
+                    return failed
+            return None
+
         results = await asyncio.gather(
-            *(self._call(e, "prepare", op, deadline.remaining()) for e in cycle.entries),
-            return_exceptions=True,
+            in_order(scripts), *(self._prepare_one(e, op, deadline) for e in others)
         )
-        failed = None
-        for entry, result in zip(cycle.entries, results, strict=True):
-            if isinstance(result, BaseException):
-                entry.state, entry.error = "failed", str(result)
-                failed = failed or result
-            else:
-                entry.state = "prepared"
+        failed = next((r for r in results if r is not None), None)
+        if failed is None:
+            results = await asyncio.gather(*(self._prepare_one(e, op, deadline) for e in last))
+            failed = next((r for r in results if r is not None), None)
         if failed is not None:
-            if not isinstance(failed, QuiesceError):
-                failed = WriterError("prepare", f"unexpected error: {failed!r}")
             raise failed
+
+    async def _prepare_one(
+        self, entry: Entry, op: Operation, deadline: Deadline
+    ) -> QuiesceError | None:
+        """One writer's prepare; its error (a writer bug becomes a WriterError), or None."""
+        if not _has_step(entry.writer, "prepare"):
+            entry.state = "prepared"
+            return None
+        try:
+            await self._call(entry, "prepare", op, deadline.remaining())
+        except Exception as err:  # noqa: BLE001 - a writer bug still rolls back
+            failed = (
+                err
+                if isinstance(err, QuiesceError)
+                else WriterError(entry.writer.qualified_name, f"prepare: unexpected error: {err!r}")
+            )
+            entry.state, entry.error = "failed", str(failed)
+            return failed
+        entry.state = "prepared"
+        return None
 
     async def _freeze_all(self, cycle: Cycle, op: Operation, deadline: Deadline) -> None:
         self._set(State.FREEZING)
@@ -198,6 +248,8 @@ class Session:
                     entry.state = "not frozen" if entry.state == "prepared" else "aborted"
             except Exception as err:  # noqa: BLE001 - keep undoing the rest
                 entry.error = (entry.error + "; " if entry.error else "") + f"abort: {err}"
+        if cycle.first_lock is not None:
+            cycle.unblocked = cycle.unblocked or time.monotonic()
         self._finish(cycle, outcome)
 
     def _finish(self, cycle: Cycle, outcome: str) -> None:
@@ -209,8 +261,21 @@ class Session:
                 cycle.outcome = outcome
             for entry in cycle.entries:
                 entry.artifacts = safe_artifacts(entry.writer)
-            self._set(State.IDLE)
+            # a ceiling thread still releasing (a slow thaw script) ends the cycle itself
+            self._set(State.RELEASING if self._ceiling_running else State.IDLE)
         self.hooks.frozen_logging(False)
+
+    def _disarm_if_only_scripts(self, cycle: Cycle) -> None:
+        """Disarm the dead-man guard once no filesystem and no database lock is held: it can
+        only thaw filesystems and kill the daemon, which helps no script (a thaw script that
+        runs long must not get the daemon killed)."""
+        with self._mu:
+            if cycle.disarmed or any(
+                e.state in HELD and e.writer.stage is not Stage.SCRIPTS for e in cycle.entries
+            ):
+                return
+            cycle.disarmed = True
+        self.hooks.disarm()
 
     async def thaw(self) -> Report:
         async with self._op:
@@ -224,7 +289,7 @@ class Session:
         cycle = self.cycle
         with self._mu:
             if (
-                self.state is State.IDLE
+                self.state in (State.IDLE, State.RELEASING)
                 and cycle is not None
                 and cycle.ceiling_hit
                 and cycle.outcome == "ceiling"
@@ -240,34 +305,57 @@ class Session:
                     f"nothing is frozen (state {self.state.value}); "
                     f"{step} needs a successful freeze first"
                 )
+            if step == "thaw":  # consistency is decided now, whatever the release then takes
+                cycle.thaw_came()
             self._set(State.THAWING if step == "thaw" else State.ABORTING)
         op = self._operation(cycle, Deadline(THAW_STEP_SECONDS))
-        failures = []
+        failures: list[tuple[str, str]] = []  # (the writer's own full name, what failed)
         for entry in reversed(cycle.entries):
-            if entry.state != "frozen":
-                continue
+            with self._mu:
+                if entry.state != "frozen":  # not held, or the ceiling released it
+                    continue
+                entry.state = "thawing"
             try:
                 await self._call(entry, step, op, THAW_STEP_SECONDS)
                 entry.state = entry_state
             except Exception as err:  # noqa: BLE001 - always release the rest
                 entry.state, entry.error = "failed", str(err)
-                failures.append(str(err))
+                failures.append((entry.writer.qualified_name, str(err)))
             if entry.writer.stage is Stage.FILESYSTEMS:
                 cycle.released = time.monotonic()
+            self._disarm_if_only_scripts(cycle)
+        cycle.unblocked = time.monotonic()  # every lock is released: clients run again
+        self._stop_ceiling()  # what follows holds nothing a client waits for
+        if step == "thaw":
+            await self._finish_steps(cycle, op, failures)
         self._finish(cycle, outcome if not failures else f"{outcome} with errors")
         report = cycle.as_dict()
-        if cycle.ceiling_hit:
-            raise NotConsistent(
-                f"the ceiling was reached during {step}: the snapshot is NOT consistent",
-                report=report,
-            )
         if failures:
             raise WriterError(
-                failures[0].split(":")[0],
-                f"{step} finished with errors: " + "; ".join(failures),
+                failures[0][0],
+                f"{step} finished with errors: " + "; ".join(text for _, text in failures),
                 report=report,
             )
         return report
+
+    async def _finish_steps(
+        self, cycle: Cycle, op: Operation, failures: list[tuple[str, str]]
+    ) -> None:
+        """After every lock is released: pg_backup_stop, the concurrent scripts' thaw."""
+        todo = [
+            e
+            for e in reversed(cycle.entries)
+            if e.state == "thawed" and _has_step(e.writer, "finish")
+        ]
+        if todo:
+            await asyncio.sleep(DRAIN_SECONDS)
+        for entry in todo:
+            try:
+                await self._call(entry, "finish", op, THAW_STEP_SECONDS)
+            except Exception as err:  # noqa: BLE001 - always finish the rest
+                entry.state, entry.error = "failed", str(err)
+                failures.append((entry.writer.qualified_name, str(err)))
+        cycle.finished = time.monotonic()
 
     # -- the ceiling -----------------------------------------------------------------------
     def _start_ceiling(self, at: float) -> None:
@@ -283,32 +371,68 @@ class Session:
         self._timer, self._ceiling_at = None, None
 
     def _ceiling_fire(self) -> None:
-        """Runs in the timer thread: release everything, even if the event loop is stuck."""
+        """Runs in the timer thread: release everything, even if the event loop is stuck.
+
+        The session's lock is held only to decide and to record, never while a writer
+        releases, so ``ping`` and ``status`` answer throughout. Filesystems and database
+        locks go first (reverse order); scripts, whose thaw may take its whole timeout, last.
+        A thaw that already arrived keeps the snapshot consistent: only its release was late.
+        """
         with self._mu:
             cycle = self.cycle
             if cycle is None or self.state is State.IDLE:
                 return
-            cycle.ceiling_hit, cycle.outcome = True, "ceiling"
-            logger.warning(
-                "ceiling of %g s reached for '%s': releasing everything", cycle.ceiling, cycle.label
-            )
-            for entry in reversed(cycle.entries):
-                if entry.state in ("frozen", "freezing", "failed"):
-                    held = entry.writer.held_filesystems()
-                    entry.writer.emergency_release()
-                    for path in held:
-                        if path not in entry.writer.held_filesystems():
-                            self.hooks.hold(path, False)
-                    if entry.state != "failed":
-                        entry.state = "released"
-                    entry.messages.append("released by the ceiling")
-            cycle.released = time.monotonic()
+            if cycle.thaw_arrived is None:
+                cycle.ceiling_hit, cycle.outcome = True, "ceiling"
+            else:
+                cycle.released_late = True
+                cycle.notes.append(
+                    f"the release ran past the {cycle.ceiling:g} s ceiling; the ceiling released "
+                    "what was still held (the thaw came in time: the snapshot is consistent)"
+                )
+            held = [e for e in reversed(cycle.entries) if e.state in HELD]
+            self._ceiling_running = True
+            if self.state is State.FROZEN:  # no command is running: the cycle ends here
+                self._set(State.RELEASING)
+        logger.warning(
+            "ceiling of %g s reached for '%s': releasing %s",
+            cycle.ceiling,
+            cycle.label,
+            ", ".join(e.writer.qualified_name for e in held) or "nothing",
+        )
+        for entry in held:
+            self._emergency_release(entry)
+            if entry.writer.stage is Stage.FILESYSTEMS:
+                cycle.released = cycle.released or time.monotonic()
+            self._disarm_if_only_scripts(cycle)
+        with self._mu:
+            now = time.monotonic()
+            cycle.released = cycle.released or now
+            cycle.unblocked = max(cycle.unblocked or now, now)
             for entry in cycle.entries:
                 entry.artifacts = safe_artifacts(entry.writer)
-            if self.state is State.FROZEN:
+            self._ceiling_running = False
+            if self.state is State.RELEASING:
                 self._set(State.IDLE)
         self.hooks.disarm()
         self.hooks.frozen_logging(False)
+
+    def _emergency_release(self, entry: Entry) -> None:
+        """One writer's emergency release, in the ceiling thread, without the session lock."""
+        held = entry.writer.held_filesystems()
+        start = entry.at["emergency"] = time.monotonic()
+        try:
+            entry.writer.emergency_release()
+        except Exception as err:  # noqa: BLE001 - the interface says never; keep releasing
+            logger.error("%s: emergency release failed: %r", entry.writer.qualified_name, err)
+        entry.ms["emergency"] = (time.monotonic() - start) * 1000
+        for path in held:
+            if path not in entry.writer.held_filesystems():
+                self.hooks.hold(path, False)
+        with self._mu:
+            if entry.state != "failed":
+                entry.state = "released"
+            entry.messages.append("released by the ceiling")
 
     # -- queries ---------------------------------------------------------------------------
     def status(self) -> Status:
@@ -349,3 +473,9 @@ class Session:
                 await self.abort()
             except QuiesceError as err:
                 logger.error("shutdown: %s", err)
+
+
+def _has_step(writer: Writer, step: str) -> bool:
+    """Whether the writer has its own ``prepare``/``finish`` (the base class's does nothing:
+    not calling it saves a thread hop)."""
+    return getattr(type(writer), step) is not getattr(Writer, step)

@@ -41,7 +41,7 @@ def build_all(config: Config, notes: list[str]) -> list[Writer]:
     if config.scripts is not None:
         s = config.scripts
         writers += scripts.build(
-            s.dir, s.timeout_seconds, s.legacy_dir, s.require_root_owner, notes
+            s.dir, s.timeout_seconds, s.legacy_dir, s.require_root_owner, notes, s.concurrent
         )
     writers += [MysqlWriter(m) for m in config.mysql]
     writers += [PostgresWriter(p) for p in config.postgres]

@@ -4,15 +4,21 @@ A writer quiesces one thing (a script, a database server, a set of filesystems).
 machine calls, in order and from a worker thread:
 
     check()                    validate without locking anything (``quiesce-agent check``)
-    prepare(op)                slow work while nothing is locked yet (CHECKPOINT, sync, ...)
-    freeze(op)                 take the lock; raise WriterError if it cannot
-    thaw(op)                   release the lock after the snapshot
-    abort(op)                  freezeFail: undo whatever freeze() got done, even partly;
-                               must be idempotent and safe to call when nothing is held
+    prepare(op)                everything that blocks no client, while nothing is locked
+                               (CHECKPOINT and pg_backup_start, BACKUP STAGE START/FLUSH,
+                               syncfs); it may leave something held that blocks nobody
+    freeze(op)                 take only what blocks clients; raise WriterError if it cannot
+    thaw(op)                   release that lock after the snapshot, at once
+    finish(op)                 after every writer's lock is released: the work no client
+                               waits for (pg_backup_stop and its backup_label)
+    abort(op)                  freezeFail: undo whatever prepare() and freeze() got done,
+                               even partly (a started backup is stopped or its session
+                               closed); idempotent and safe to call when nothing is held
     artifacts()                what the host should record (backup_label, binlog position, ...)
     emergency_release()        called by the ceiling guard thread while another thread may be
                                stuck in this writer: release the lock by the fastest means,
-                               never block for long, never raise
+                               never raise, never block for long (a script's runs its thaw,
+                               bounded by its timeout; the ceiling releases scripts last)
 
 Writers never write to disk between freeze() and thaw() returning: no log files, no lazy
 imports. ``op.log()`` keeps messages in memory for the report.
@@ -92,7 +98,7 @@ class Writer(ABC):
         return []
 
     def prepare(self, op: Operation) -> None:  # noqa: B027 - optional step
-        """Slow work before any lock."""
+        """Everything that blocks no client, before any lock."""
 
     @abstractmethod
     def freeze(self, op: Operation) -> None:
@@ -102,8 +108,11 @@ class Writer(ABC):
     def thaw(self, op: Operation) -> None:
         """Release the lock taken by freeze(). Raises WriterError when the release failed."""
 
+    def finish(self, op: Operation) -> None:  # noqa: B027 - optional step
+        """After every lock of the cycle is released: work no client waits for."""
+
     def abort(self, op: Operation) -> None:
-        """freezeFail: undo whatever freeze() did, even partly. Default: thaw."""
+        """freezeFail: undo whatever prepare() and freeze() did, even partly. Default: thaw."""
         self.thaw(op)
 
     def artifacts(self) -> dict[str, Any]:

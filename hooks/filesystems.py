@@ -102,9 +102,14 @@ def skip_reason(m: Mount) -> str | None:
 
 
 def plan(
-    mounts: list[Mount], explicit: list[str] | None, exclude: list[str]
+    mounts: list[Mount],
+    explicit: list[str] | None,
+    exclude: list[str],
+    writer: str = "filesystems",
 ) -> tuple[list[str], list[tuple[str, str]]]:
-    """Choose what to freeze: (paths in freeze order, [(path, skip reason)])."""
+    """Choose what to freeze: (paths in freeze order, [(path, skip reason)]). Raises
+    WriterError naming ``writer`` (the writer's full name) for a listed path that is not a
+    mount point."""
     skipped: list[tuple[str, str]] = []
     by_path = {m.path: m for m in mounts}  # the last mount on a path is the visible one
     chosen: dict[str, Mount] = {}
@@ -112,9 +117,7 @@ def plan(
         for path in explicit:
             m = by_path.get(path)
             if m is None:
-                raise WriterError(
-                    "filesystems", f"{path} is not a mount point; fix filesystems.mounts"
-                )
+                raise WriterError(writer, f"{path} is not a mount point; fix filesystems.mounts")
             chosen[path] = m
     else:
         for m in by_path.values():
@@ -177,7 +180,7 @@ class FilesystemsWriter(Writer):
             )
         # an empty list freezes nothing; only None (auto) means every local filesystem
         explicit = None if self.mounts is None else list(self.mounts)
-        targets, skipped = plan(read_mounts(), explicit, list(self.exclude))
+        targets, skipped = plan(read_mounts(), explicit, list(self.exclude), self.qualified_name)
         for path in targets:
             ensure_allowed(path)
         self._check_protected(targets)

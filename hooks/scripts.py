@@ -9,6 +9,12 @@ Unlike VMware Tools we skip dotfiles, editor backups and package-manager leftove
 scripts an unprivileged user could have changed, give each script a timeout, and kill its
 whole process group when it runs out.
 
+A script's ``freeze`` runs inside the window clients wait in (first of the locks), by
+contract. A script named in ``scripts.concurrent`` says its freeze blocks no client: its
+``freeze`` then runs in prepare, concurrently with the databases' prepare (the concurrent
+scripts still one after another, in byte-wise order), and its ``thaw`` after every lock of
+the cycle is released, so it adds nothing to the time clients are blocked.
+
 Raises: WriterError (non-zero exit on freeze or thaw, refused script), WriterTimeout.
 """
 
@@ -19,6 +25,7 @@ import select
 import signal
 import stat
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -230,16 +237,25 @@ class ScriptWriter(Writer):
     kind = "scripts"
     stage = Stage.SCRIPTS
 
-    def __init__(self, path: str, timeout: float, thaw_path: str | None = None) -> None:
+    def __init__(
+        self, path: str, timeout: float, thaw_path: str | None = None, concurrent: bool = False
+    ) -> None:
         super().__init__(os.path.basename(path))
         self.path = path
         self.thaw_path = thaw_path or path  # legacy: post-thaw-script differs
         self.timeout = timeout
+        self.concurrent = concurrent  # freeze in prepare, thaw after every lock is released
         self.runs: list[RunResult] = []
         self._frozen = False
+        self._undo_lock = threading.Lock()  # thaw/freezeFail vs the ceiling: one undo only
 
     def describe(self) -> dict[str, Any]:
-        return {"path": self.path, "thaw_path": self.thaw_path, "timeout_seconds": self.timeout}
+        return {
+            "path": self.path,
+            "thaw_path": self.thaw_path,
+            "timeout_seconds": self.timeout,
+            "concurrent": self.concurrent,
+        }
 
     def _run(self, op: Operation, path: str, argument: str, budget: float) -> RunResult:
         result = run_script(path, argument, budget, op.label)
@@ -253,8 +269,24 @@ class ScriptWriter(Writer):
             op.log(self.qualified_name, f"  {line}")
         return result
 
-    def freeze(self, op: Operation) -> None:
+    def prepare(self, op: Operation) -> None:
         self.runs, self._frozen = [], False
+        if self.concurrent:
+            self._freeze(op)
+
+    def freeze(self, op: Operation) -> None:
+        if not self.concurrent:
+            self._freeze(op)
+
+    def thaw(self, op: Operation) -> None:
+        if not self.concurrent:
+            self._thaw(op)
+
+    def finish(self, op: Operation) -> None:
+        if self.concurrent:
+            self._thaw(op)
+
+    def _freeze(self, op: Operation) -> None:
         budget = min(self.timeout, op.time_left(self.qualified_name, "before freeze"))
         if not os.path.exists(self.path):  # legacy pair with only post-thaw-script
             self._frozen = True
@@ -274,14 +306,15 @@ class ScriptWriter(Writer):
         self._frozen = True
 
     def _undo(self, op: Operation, argument: str) -> RunResult | None:
-        if not self._frozen:
-            return None  # freeze never completed: VMware gives it nothing
-        self._frozen = False
+        with self._undo_lock:
+            if not self._frozen:
+                return None  # freeze never completed (VMware gives it nothing), or undone
+            self._frozen = False
         if not os.path.exists(self.thaw_path):
             return None
         return self._run(op, self.thaw_path, argument, self.timeout)
 
-    def thaw(self, op: Operation) -> None:
+    def _thaw(self, op: Operation) -> None:
         result = self._undo(op, "thaw")
         if result and (result.exit_code != 0 or result.timed_out):
             raise WriterError(
@@ -294,6 +327,8 @@ class ScriptWriter(Writer):
         self._undo(op, "freezeFail")  # exit codes of freezeFail are ignored, as VMware does
 
     def emergency_release(self) -> None:
+        """Run ``thaw`` now (bounded by the script's timeout): the one emergency release that
+        may take long, so the ceiling runs scripts last and without the session's lock."""
         if self._frozen:
             try:
                 self._undo(Operation(label="ceiling", deadline=Deadline(self.timeout)), "thaw")
@@ -305,9 +340,15 @@ class ScriptWriter(Writer):
 
 
 def build(
-    directory: str, timeout: float, legacy_dir: str | None, require_root: bool, notes: list[str]
+    directory: str,
+    timeout: float,
+    legacy_dir: str | None,
+    require_root: bool,
+    notes: list[str],
+    concurrent: tuple[str, ...] = (),
 ) -> list[ScriptWriter]:
-    """Writers for the legacy pair (first) and every runnable script, in freeze order."""
+    """Writers for the legacy pair (first) and every runnable script, in freeze order; the
+    scripts named in ``concurrent`` freeze in prepare (a name that is not there is noted)."""
     writers: list[ScriptWriter] = []
     if legacy_dir:
         pre = os.path.join(legacy_dir, "pre-freeze-script")
@@ -321,5 +362,13 @@ def build(
             writers.append(ScriptWriter(pre, timeout, thaw_path=post))
     scripts, skipped = discover(directory, require_root)
     notes.extend(f"skipped {p}: {r}" for p, r in skipped)
-    writers.extend(ScriptWriter(p, timeout) for p in scripts)
+    writers.extend(
+        ScriptWriter(p, timeout, concurrent=os.path.basename(p) in concurrent) for p in scripts
+    )
+    found = {os.path.basename(p) for p in scripts}
+    notes.extend(
+        f"scripts.concurrent names {name!r}, which is not a script that runs in {directory}"
+        for name in concurrent
+        if name not in found
+    )
     return writers

@@ -19,13 +19,20 @@ class Consistency(StrEnum):
 
 
 class Timings(TypedDict):
-    prepare_ms: float | None  # freeze sent -> first lock
+    """The cycle's spans on the agent's monotonic clock, in ms (None: it did not happen)."""
+
+    prepare_ms: float | None  # freeze arrived -> first lock (nothing blocked yet)
     freeze_ms: float | None  # first lock -> every writer holds
     held_ms: float | None  # first lock -> last filesystem released
+    blocked_ms: float | None  # first lock -> last lock released: how long clients may wait
+    finish_ms: float | None  # last lock released -> the work after it done (pg_backup_stop)
+    thaw_at_ms: float | None  # freeze arrived -> thaw arrived
 
 
 class WriterEntry(TypedDict):
-    """One writer in one cycle, with ``<step>_ms`` for each step it ran."""
+    """One writer in one cycle, with ``<step>_ms`` for each step it ran (``emergency``: the
+    ceiling released it) and ``at_ms``, when each step started (ms after the freeze
+    arrived)."""
 
     name: str
     kind: str
@@ -36,7 +43,11 @@ class WriterEntry(TypedDict):
     prepare_ms: NotRequired[float]
     freeze_ms: NotRequired[float]
     thaw_ms: NotRequired[float]
+    finish_ms: NotRequired[float]
     abort_ms: NotRequired[float]
+    emergency_ms: NotRequired[float]
+    at_ms: NotRequired[dict[str, float]]
+    blocked_share_ms: NotRequired[float]  # its own steps inside the blocked window
 
 
 class Report(TypedDict):
@@ -47,7 +58,8 @@ class Report(TypedDict):
     consistency: str  # a Consistency value
     started: str
     ceiling_seconds: float
-    ceiling_hit: bool
+    ceiling_hit: bool  # the ceiling released before the thaw came: NOT consistent
+    released_late: bool  # the thaw came in time but its release ran past the ceiling
     timings: Timings
     writers: list[WriterEntry]
     notes: list[str]

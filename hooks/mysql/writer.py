@@ -4,10 +4,15 @@ Lock strategies (``lock:``), see docs/databases.md for what each blocks:
 
     ftwrl          prepare: wait out long statements, FLUSH NO_WRITE_TO_BINLOG TABLES
                    freeze:  FLUSH TABLES WITH READ LOCK              thaw: UNLOCK TABLES
-    backup_stage   MariaDB 10.4+; freeze: BACKUP STAGE START, FLUSH, BLOCK_DDL, BLOCK_COMMIT
-                                                                     thaw: BACKUP STAGE END
+    backup_stage   MariaDB 10.4+; prepare: BACKUP STAGE START, BACKUP STAGE FLUSH
+                   freeze:  BACKUP STAGE BLOCK_DDL, BLOCK_COMMIT     thaw: BACKUP STAGE END
     instance_lock  MySQL 8.0+; freeze: LOCK INSTANCE FOR BACKUP, coordinates from
                    performance_schema.log_status                     thaw: UNLOCK INSTANCE
+
+Prepare does what blocks no client (START only waits for running DDL, FLUSH closes unused
+non-transactional tables); the freeze takes only the stages that can block one. BLOCK_DDL
+stays there: it blocks DDL, and measured here it takes 0.1-0.2 ms under load, so moving it to
+prepare would block DDL clients for the whole prepare to save nothing.
     auto           MariaDB 10.4+: backup_stage; MySQL 8.0+: instance_lock; anything else, or
                    any non-transactional user table (MyISAM, Aria, ...): ftwrl
 
@@ -43,7 +48,8 @@ GRACE = 1.0  # the watchdog kills a statement this long after its server-side bo
 POLL = 0.1
 NON_TRANSACTIONAL = ("MyISAM", "Aria", "MRG_MyISAM", "MRG_MYISAM", "CSV", "ARCHIVE")
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
-STAGES = ("START", "FLUSH", "BLOCK_DDL", "BLOCK_COMMIT")
+PREPARE_STAGES = ("START", "FLUSH")  # block no client
+LOCK_STAGES = ("BLOCK_DDL", "BLOCK_COMMIT")  # block DDL, then commits
 UNLOCK = {
     "ftwrl": "UNLOCK TABLES",
     "backup_stage": "BACKUP STAGE END",
@@ -285,6 +291,15 @@ class MysqlWriter(Writer):
                     op, "FLUSH NO_WRITE_TO_BINLOG TABLES", "FLUSH NO_WRITE_TO_BINLOG TABLES"
                 )
                 op.log(self.qualified_name, f"FLUSH TABLES in {time.monotonic() - t0:.3f} s")
+            elif self.strategy == "backup_stage":
+                t0 = time.monotonic()
+                self._locked = True  # from START on, thaw/abort must end the backup stage
+                for stage in PREPARE_STAGES:
+                    self._bounded(op, f"BACKUP STAGE {stage}", f"BACKUP STAGE {stage}")
+                op.log(
+                    self.qualified_name,
+                    f"BACKUP STAGE START, FLUSH in {time.monotonic() - t0:.3f} s",
+                )
         except WriterError:
             self._close()
             raise
@@ -362,7 +377,7 @@ class MysqlWriter(Writer):
                 self._bounded(op, "FLUSH TABLES WITH READ LOCK", "FLUSH TABLES WITH READ LOCK")
             elif self.strategy == "backup_stage":
                 self._locked = True
-                for stage in STAGES:
+                for stage in LOCK_STAGES:
                     self._bounded(op, f"BACKUP STAGE {stage}", f"BACKUP STAGE {stage}")
             else:
                 self._locked = True

@@ -1,19 +1,26 @@
 """The PostgreSQL writer: non-exclusive backup mode held on a dedicated session (psycopg 3).
 
-    prepare  open the held session (autocommit; idle timeouts off; TCP keepalives), CHECKPOINT
-    freeze   pg_backup_start(label, true)               PostgreSQL 15+
+    prepare  open the held session (autocommit; idle timeouts off; TCP keepalives), CHECKPOINT,
+             then start backup mode on it:
+             pg_backup_start(label, true)               PostgreSQL 15+
              pg_start_backup(label, true, false)        9.6 - 14
-    thaw     pg_backup_stop(false) / pg_stop_backup(false[, false]) on the same session, then,
-             when WAL archiving is on and wait_for_archive is set, wait (bounded by
-             archive_timeout) until pg_stat_archiver shows the last WAL segment archived;
-             write backup_label / tablespace_map / backup_info.json to artifacts_dir
-             (artifacts.py; the WAL segments the backup needs come from wal.py)
+    freeze   nothing: backup mode blocks no client, and the filesystems' freeze is what
+             holds PostgreSQL's writes still (it only checks that the backup is running)
+    thaw     nothing
+    finish   (after every lock of the cycle is released) pg_backup_stop(false) /
+             pg_stop_backup(false[, false]) on the same session, then, when WAL archiving is
+             on and wait_for_archive is set, wait (bounded by archive_timeout) until
+             pg_stat_archiver shows the last WAL segment archived; write backup_label /
+             tablespace_map / backup_info.json to artifacts_dir (artifacts.py; the WAL
+             segments the backup needs come from wal.py)
     abort    close the session: the server aborts backup mode when the backend exits
 
 Backup mode lives only as long as the session (PostgreSQL 15 has no exclusive mode), so the
-connection is opened in prepare and held until thaw. Non-exclusive mode writes no
+connection is opened in prepare and held until finish. Backup mode only has to begin before
+the snapshot; nothing in it blocks a client, so it begins in prepare and ends after every
+lock is released, outside the window clients wait in. Non-exclusive mode writes no
 backup_label into the data directory, so an atomic snapshot of every volume restores by plain
-crash recovery; the label returned at thaw is for restores that replay the WAL archive
+crash recovery; the label returned at finish is for restores that replay the WAL archive
 (docs/databases.md).
 
 Every statement is bounded twice: server-side by statement_timeout, client-side by a timer
@@ -81,7 +88,7 @@ class PostgresWriter(Writer):
         self.seg_size = 16 << 20
         self.start_lsn: str | None = None
         self._artifacts: dict[str, Any] = {}
-        self._ms: dict[str, float] = {}  # lock_ms (backup start), release_ms (stop), archive_ms
+        self._ms: dict[str, float] = {}  # start_ms, stop_ms (backup mode), archive_wait_ms
 
     @property
     def where(self) -> str:
@@ -272,12 +279,13 @@ class PostgresWriter(Writer):
                     self.settings.statement_timeout,
                 )
             self._checkpoint(op)
+            self._start_backup(op)
         except WriterError:
             self._close()
             raise
 
     def _checkpoint(self, op: Operation) -> None:
-        """CHECKPOINT now, so the one pg_backup_start does inside the window is quick."""
+        """CHECKPOINT first, so the one pg_backup_start then asks for is quick."""
         t0 = time.monotonic()
         try:
             left = op.time_left(self.qualified_name, "CHECKPOINT")
@@ -290,29 +298,26 @@ class PostgresWriter(Writer):
                 raise
             op.log(
                 self.qualified_name,
-                f"CHECKPOINT unfinished: {err}; the backup start will "
-                "finish it inside the freeze window",
+                f"CHECKPOINT unfinished: {err}; the backup start will finish it",
             )
 
-    def freeze(self, op: Operation) -> None:
+    def _start_backup(self, op: Operation) -> None:
+        """Backup mode on the held session (prepare: it blocks no client). Raises
+        WriterError/WriterTimeout; the caller closes the session, which ends it."""
         left = op.time_left(self.qualified_name, "pg_backup_start")
         if self.version >= 150000:
             sql = "SELECT pg_backup_start(%s, true)::text"
         else:
             sql = "SELECT pg_start_backup(%s, true, false)::text"
         t0 = time.monotonic()
-        try:
-            rows = self._exec(
-                "pg_backup_start",
-                sql,
-                [op.label[:1000]],
-                min(self.settings.statement_timeout, left),
-            )
-        except WriterError:
-            self._close()
-            raise
+        rows = self._exec(
+            "pg_backup_start",
+            sql,
+            [op.label[:1000]],
+            min(self.settings.statement_timeout, left),
+        )
         self._started = True
-        self._ms["lock_ms"] = round((time.monotonic() - t0) * 1000, 1)
+        self._ms["start_ms"] = round((time.monotonic() - t0) * 1000, 1)
         self.start_lsn = str(rows[0][0])
         op.log(
             self.qualified_name,
@@ -320,7 +325,20 @@ class PostgresWriter(Writer):
             f"{time.monotonic() - t0:.3f} s{' (standby)' if self.standby else ''}",
         )
 
+    def freeze(self, op: Operation) -> None:
+        """Nothing to lock: backup mode runs since prepare (checked, without a statement)."""
+        conn = self._conn
+        if not self._started or conn is None or conn.closed or self._cut:
+            raise WriterError(
+                self.qualified_name,
+                "backup mode is not running on the held session (it was not started in "
+                "prepare, or the session was lost)",
+            )
+
     def thaw(self, op: Operation) -> None:
+        """Nothing to release: backup mode blocks no client; finish() stops it."""
+
+    def finish(self, op: Operation) -> None:
         if not self._started:
             self._close()
             return
@@ -345,7 +363,7 @@ class PostgresWriter(Writer):
                     "backup_label was returned: the snapshot is usable only as an "
                     "atomic crash-consistent image",
                 ) from err
-            self._ms["release_ms"] = round((time.monotonic() - t0) * 1000, 1)
+            self._ms["stop_ms"] = round((time.monotonic() - t0) * 1000, 1)
             self._record(op, lsn, label, spcmap)
             if self.settings.wait_for_archive and self.archiving:
                 t0 = time.monotonic()

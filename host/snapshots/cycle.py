@@ -14,7 +14,10 @@ the freeze, all leave a snapshot that is no better than ``crash``. Policy:
 Time: one monotonic ``Timeline`` per cycle. The freeze budget asked of the agent leaves room
 before the ceiling for the switch and the thaw; the switch is not attempted when less than
 ``SWITCH_RESERVE`` remains before the earliest moment the ceiling could fire (the ceiling
-starts at the agent's first lock, which is after we sent the freeze).
+starts at the agent's first lock, which is after we sent the freeze). The thaw is sent the
+moment the cut is recorded (the target's create returned), with nothing in between: no
+status call, no record to write, no fsync that can wait; the record shows the gap
+(``cut_to_thaw_ms``).
 
 Errors (in the tree rooted in common/errors.py)::
 
@@ -174,8 +177,10 @@ class Cycle:
             frozen = self._freeze()
             if frozen is None:
                 return self._crash_snapshot()
-            self._switch(frozen)
-            self._thaw()
+            switched = self._switch(frozen)
+            self._thaw()  # at once: clients are waiting
+            self.out.snapshot = switched.get("snapshot")
+            self.switch_detail = {k: v for k, v in switched.items() if k != "snapshot"}
             return self._finish()
         except KeyboardInterrupt:
             self._interrupted()
@@ -231,9 +236,9 @@ class Cycle:
             return None
         return frozen
 
-    def _switch(self, frozen: Report) -> None:
+    def _switch(self, frozen: Report) -> dict[str, Any]:
         """Flush and switch to a new delta while everything is held (recorded as crash until
-        the thaw confirms the hold)."""
+        the thaw confirms the hold); the target's reply, looked at after the thaw."""
         left = self.ceiling - self.tl.since("freeze_sent")
         self.out.host = self._host_section(pending=True)
         self.tl.mark("switch_start")
@@ -251,8 +256,7 @@ class Cycle:
             self._abort_quietly()
             raise
         self.tl.mark("switch_end")
-        self.out.snapshot = result.get("snapshot")
-        self.switch_detail = {k: v for k, v in result.items() if k != "snapshot"}
+        return result
 
     def _thaw(self) -> None:
         self.faults.before_thaw()
@@ -360,7 +364,9 @@ class Cycle:
             "ceiling_seconds": self.ceiling,
             "window_ms": tl.ms("freeze_sent", "thawed"),  # freeze start -> thaw end
             "split": split,
+            "agent_blocked_ms": timings.get("blocked_ms"),  # first lock -> last lock released
             "agent_held_ms": timings.get("held_ms"),
+            "cut_to_thaw_ms": tl.ms("switch_end", "thaw_sent"),
             "switch": getattr(self, "switch_detail", None),
             "events": tl.as_list(),
             "warnings": list(self.out.warnings),

@@ -300,8 +300,9 @@ def remove_templates() -> None:
 
 
 class Play:
-    """Plays the state machine for one writer: prepare -> freeze, then thaw or abort, with
-    one Operation and Deadline; a failed freeze is rolled back with abort, as the agent does."""
+    """Plays the state machine for one writer: prepare -> freeze, then thaw -> finish or abort,
+    with one Operation and Deadline; a failed freeze is rolled back with abort, as the agent
+    does."""
 
     def __init__(self, writer: Any, label: str = "test", budget: float = 30.0) -> None:
         self.writer = writer
@@ -320,7 +321,10 @@ class Play:
         return self
 
     def thaw(self) -> dict[str, Any]:
+        """The release, then the work after it (the agent does that once every writer has
+        released); the artifacts."""
         self.writer.thaw(self.op)
+        self.writer.finish(self.op)
         return dict(self.writer.artifacts())
 
     def abort(self) -> None:

@@ -111,3 +111,42 @@ def test_an_unsafe_script_is_never_run(start_agent, short_tmp) -> None:
     assert not trace.exists()
     notes = " ".join(frozen["return"]["notes"])
     assert "owned by uid 65534" in notes and "writable by group or others" in notes
+
+
+def test_a_concurrent_script_freezes_in_prepare_and_thaws_after_every_release(
+    start_agent, short_tmp, ext4
+) -> None:
+    """``scripts.concurrent``: its freeze runs before any lock and its thaw after the last
+    release, so its share of the blocked window is nothing; an ordinary script's freeze and
+    thaw are inside the window and the report says how much of it they took."""
+    trace = short_tmp / "trace"
+    folder = short_tmp / "scripts"
+    make_scripts(folder, trace, ["10-inside", "20-beside"])
+    for name in ("10-inside", "20-beside"):  # each takes 0.3 s to freeze
+        path = folder / name
+        path.write_text(
+            path.read_text().replace("exit 0", '[ "$1" = freeze ] && sleep 0.3\nexit 0')
+        )
+    agent = start_agent(
+        {
+            "scripts": {"dir": str(folder), "legacy_dir": None, "concurrent": ["20-beside"]},
+            "filesystems": {"mounts": [ext4.path]},
+        }
+    )
+    frozen, thawed = run_cycle(agent)
+    assert "return" in thawed, thawed
+    assert trace.read_text().split("\n")[:-1] == [
+        "20-beside freeze",
+        "10-inside freeze",
+        "10-inside thaw",
+        "20-beside thaw",
+    ]
+    report = thawed["return"]
+    shares = {w["name"]: w["blocked_share_ms"] for w in report["writers"]}
+    assert shares["scripts:10-inside"] >= 300
+    assert shares["scripts:20-beside"] < shares["scripts:10-inside"] - 250
+    beside = next(w for w in report["writers"] if w["name"] == "scripts:20-beside")
+    t = report["timings"]
+    assert beside["at_ms"]["prepare"] + beside["prepare_ms"] <= t["prepare_ms"] + 0.2
+    assert beside["at_ms"]["finish"] >= t["prepare_ms"] + t["blocked_ms"] - 0.2  # rounding
+    assert report["consistency"] == "application"

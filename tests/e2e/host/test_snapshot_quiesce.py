@@ -60,6 +60,10 @@ def test_a_quiesced_snapshot_records_its_level_report_and_window(
     split = host["split"]
     assert all(split[k] is not None for k in ("prepare_ms", "lock_ms", "switch_ms", "release_ms"))
     assert host["window_ms"] >= split["switch_ms"] + split["release_ms"]
+    # how long clients were blocked, and the thaw sent straight after the cut
+    assert 0 < host["agent_blocked_ms"] <= host["window_ms"]
+    assert host["agent_held_ms"] <= host["agent_blocked_ms"]
+    assert 0 <= host["cut_to_thaw_ms"] < host["window_ms"]
     events = [e["event"] for e in host["events"]]
     assert events == [
         "ping",
@@ -86,11 +90,14 @@ def test_the_cli_creates_and_shows_it(ext4, start_agent, disk_dir, capsys) -> No
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "consistency: filesystem" in out and "snapshot switched" in out
+    assert "clients blocked (first lock -> last lock released" in out
+    assert "ms after the cut)" in out and "thaw arrived at the agent" in out
     assert run_cli(["snapshot", "show", str(disk_dir), "cli1", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["consistency"] == "filesystem"
     assert run_cli(["snapshot", "show", str(disk_dir), "cli1"]) == 0
-    assert "held window" in capsys.readouterr().out
+    shown_text = capsys.readouterr().out
+    assert "held window" in shown_text and "clients blocked" in shown_text
 
 
 def test_unreachable_agent_required_fails_and_leaves_nothing(disk_dir, short_tmp, deltas) -> None:
@@ -239,4 +246,30 @@ def test_a_failed_release_keeps_the_snapshot_at_the_level_that_held(
     assert out.confirmed and out.consistency == "filesystem"
     assert "thaw finished with errors" in out.warnings[0]
     assert load_snapshot(disk_dir, "thawfail")["consistency"] == "filesystem"
+    assert not frozen_now(ext4.path)
+
+
+def test_a_release_that_runs_past_the_ceiling_keeps_a_snapshot_taken_in_time(
+    ext4, start_agent, short_tmp, disk_dir
+) -> None:
+    """The thaw came well inside the ceiling; a thaw script then outlived it. The snapshot was
+    taken while everything held, so required mode keeps it, and the report shows the late
+    release."""
+    folder = short_tmp / "scripts"
+    folder.mkdir(mode=0o755)
+    script = folder / "10-app"
+    script.write_text('#!/bin/sh\n[ "$1" = thaw ] && sleep 3\nexit 0\n')
+    script.chmod(0o755)
+    agent = start_agent(
+        {
+            "freeze": {"ceiling_seconds": 2, "timeout_seconds": 1},
+            "filesystems": {"mounts": [ext4.path]},
+            "scripts": {"dir": str(folder), "legacy_dir": None},
+        }
+    )
+    out = cycle(disk_dir, "slow-release", f"unix:{agent.socket}")
+    assert out.confirmed and out.consistency == "application" and not out.warnings
+    agent_report = load_snapshot(disk_dir, "slow-release")["report"]["agent"]
+    assert agent_report["released_late"] is True and agent_report["ceiling_hit"] is False
+    assert agent_report["timings"]["blocked_ms"] >= 3000  # the late release is in the figure
     assert not frozen_now(ext4.path)

@@ -91,6 +91,17 @@ def test_agent_freezes_both_databases_and_their_filesystem(
     report = thawed["return"]
     pg_art = writer_report(report, "postgres:main")["artifacts"]
     my_art = writer_report(report, "mysql:main")["artifacts"]
+    # what goes where: PostgreSQL's backup starts in prepare and stops once every lock is
+    # released; MariaDB's START and FLUSH are in prepare, only its blocking stages in the lock
+    # (report figures are rounded to 0.1 ms: 0.2 ms of slack)
+    t = report["timings"]
+    pg_w, my_w = writer_report(report, "postgres:main"), writer_report(report, "mysql:main")
+    assert pg_w["at_ms"]["prepare"] + pg_w["prepare_ms"] <= t["prepare_ms"] + 0.2
+    assert any("backup mode started" in m for m in pg_w["messages"])
+    assert any("BACKUP STAGE START, FLUSH" in m for m in my_w["messages"])
+    assert pg_w["at_ms"]["finish"] >= my_w["at_ms"]["thaw"] + my_w["thaw_ms"] - 0.2
+    assert pg_w["at_ms"]["finish"] >= t["prepare_ms"] + t["blocked_ms"] - 0.2
+    assert t["held_ms"] <= t["blocked_ms"]
     assert my_art["lock"] == "backup_stage" and pg_art["wal_archived"] is True
     assert (tmp_path / "art" / "agent-snap" / "backup_label").read_text() == pg_art["backup_label"]
     pg.sql("INSERT INTO t SELECT g, 'after' FROM generate_series(501, 600) g")

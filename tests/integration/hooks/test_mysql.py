@@ -82,6 +82,36 @@ def test_write_blocks_while_locked_and_completes_after(
         assert art["coordinates_exact"] is True
 
 
+def test_backup_stage_prepare_blocks_no_commit_and_the_lock_step_blocks_them(
+    maria: MariaServer, db: str
+) -> None:
+    """START and FLUSH are taken in prepare, where they block no client; BLOCK_DDL and
+    BLOCK_COMMIT are the lock step."""
+    w = writer(maria, lock="backup_stage")
+    play = Play(w)
+    w.prepare(play.op)
+    try:
+        assert any("BACKUP STAGE START, FLUSH" in m for m in play.messages)
+        assert Background(maria, f"INSERT INTO {db}.t (i) VALUES (3)").join(5) < 5
+        w.freeze(play.op)
+        blocked = Background(maria, f"INSERT INTO {db}.t (i) VALUES (4)")
+        time.sleep(0.5)
+        assert blocked.done_at is None, "a commit went through under BLOCK_COMMIT"
+        w.thaw(play.op)
+        assert blocked.join() >= 0.5 and blocked.error is None
+    finally:
+        w.abort(play.op)
+
+
+def test_a_prepared_backup_stage_ends_with_abort(maria: MariaServer, db: str) -> None:
+    w = writer(maria, lock="backup_stage")
+    play = Play(w)
+    w.prepare(play.op)
+    w.abort(play.op)  # another writer failed: this one never locked
+    again = Play(writer(maria, lock="backup_stage")).freeze()  # one holder at a time
+    again.thaw()
+
+
 # -- long statements and stuck lock attempts ----------------------------------------------------
 
 

@@ -207,16 +207,37 @@ def test_stuck_archiver_is_bounded_and_the_label_still_reported(
     assert (tmp_path / "stuck" / "backup_label").exists()
 
 
-def test_statement_timeout_bounds_the_backup_start(pg: PgServer) -> None:
-    """A budget that is already spent refuses before touching the server."""
+def test_a_budget_spent_before_the_backup_start_refuses_it_and_holds_nothing(
+    pg: PgServer,
+) -> None:
+    """The budget runs out between the CHECKPOINT and pg_backup_start (both in prepare)."""
     w = writer(pg)
     play = Play(w, budget=30)
-    w.prepare(play.op)
-    play.op.deadline.at = time.monotonic()  # the budget runs out between prepare and freeze
+
+    def sink(who: str, msg: str) -> None:
+        if msg.startswith("CHECKPOINT"):
+            play.op.deadline.at = time.monotonic()
+
+    play.op.sink = sink
     with pytest.raises(WriterTimeout, match="pg_backup_start: freeze budget"):
-        w.freeze(play.op)
-    w.abort(play.op)
+        w.prepare(play.op)
     assert wait_until(lambda: holders(pg) == [])
+
+
+def test_backup_mode_starts_in_prepare_and_stops_in_finish_not_in_the_window(
+    pg: PgServer,
+) -> None:
+    w = writer(pg)
+    play = Play(w)
+    w.prepare(play.op)
+    assert [q for _, q in holders(pg)] == ["SELECT pg_backup_start($1, true)::text"]
+    w.freeze(play.op)  # nothing to lock: no statement
+    w.thaw(play.op)  # nothing to release
+    assert [q for _, q in holders(pg)] == ["SELECT pg_backup_start($1, true)::text"]
+    w.finish(play.op)
+    art = w.artifacts()
+    assert art["stop_lsn"] and set(art["timings"]) >= {"start_ms", "stop_ms"}
+    assert holders(pg) == []
 
 
 def test_emergency_release_ends_backup_mode_from_another_thread(pg: PgServer) -> None:

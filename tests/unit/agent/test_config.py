@@ -181,3 +181,14 @@ def test_every_bound_of_the_schema_is_enforced(
 def test_a_relative_scripts_dir_is_refused() -> None:
     with pytest.raises(ConfigError, match="scripts.dir: must be an absolute path"):
         config.parse({"scripts": {"dir": "backupScripts.d"}})
+
+
+def test_concurrent_scripts_are_file_names_in_the_scripts_folder() -> None:
+    cfg = config.parse({"scripts": {"concurrent": ["20-cache", "30-queue"]}})
+    assert cfg.scripts is not None and cfg.scripts.concurrent == ("20-cache", "30-queue")
+    with pytest.raises(ConfigError) as err:
+        config.parse({"scripts": {"concurrent": ["/etc/x", 5]}})
+    assert "scripts.concurrent[0]: must be a script's file name" in str(err.value)
+    assert "scripts.concurrent[1]" in str(err.value)
+    with pytest.raises(ConfigError, match="scripts.concurrent: must be a list"):
+        config.parse({"scripts": {"concurrent": "20-cache"}})

@@ -56,6 +56,9 @@ class Recorder(Writer):
         self.locked = False
         self._step("thaw")
 
+    def finish(self, op: Operation) -> None:
+        self._step("finish")
+
     def abort(self, op: Operation) -> None:
         self.locked = False
         self._step("abort")
@@ -200,7 +203,7 @@ def test_abort_after_a_freeze_gives_freezefail_semantics() -> None:
 
     report = run(scenario())
     assert j[-2:] == ["abort fs", "abort a"]
-    assert report["outcome"] == "aborted"
+    assert report["outcome"] == "aborted" and report["consistency"] == "crash"
 
 
 def test_the_ceiling_releases_everything_and_the_late_thaw_says_not_consistent() -> None:
@@ -272,3 +275,182 @@ def test_filesystems_alone_give_a_filesystem_consistent_snapshot() -> None:
         return await s.thaw()
 
     assert run(scenario())["consistency"] == "filesystem"
+
+
+class Broken(Recorder):
+    """A writer with a bug: a step raises something that is not a WriterError."""
+
+    def _step(self, step: str) -> None:
+        self.journal.append(f"{step} {self.name}")
+        if step == self.fail:
+            raise RuntimeError(f"{step} has a bug")
+
+
+def test_a_failed_thaw_names_the_writer_in_full() -> None:
+    j: list[str] = []
+    ws = [Recorder("pg", Stage.POSTGRES, j, fail="thaw"), Recorder("fs", Stage.FILESYSTEMS, j)]
+    s, _ = make(ws)
+
+    async def scenario() -> WriterError:
+        await s.freeze("x")
+        with pytest.raises(WriterError) as err:
+            await s.thaw()
+        return err.value
+
+    err = run(scenario())
+    assert err.writer == "postgres:pg" and err.data["writer"] == "postgres:pg"
+
+
+def test_a_writer_bug_in_prepare_names_that_writer() -> None:
+    j: list[str] = []
+    s, _ = make([Recorder("a", Stage.SCRIPTS, j), Broken("my", Stage.MYSQL, j, fail="prepare")])
+    with pytest.raises(WriterError) as err:
+        run(s.freeze("x"))
+    assert err.value.writer == "mysql:my"
+    assert "prepare has a bug" in str(err.value)
+
+
+def test_a_thaw_that_came_in_time_keeps_the_snapshot_consistent_however_long_it_takes() -> None:
+    j: list[str] = []
+    slow = Recorder("pg", Stage.POSTGRES, j, hang="thaw")  # its release waits for the ceiling
+    s, _ = make([slow, Recorder("fs", Stage.FILESYSTEMS, j)], ceiling=1, timeout=1)
+
+    async def scenario() -> dict[str, Any]:
+        await s.freeze("x")
+        return await s.thaw()  # arrives at once; pg's release then runs past the ceiling
+
+    report = run(scenario())
+    assert report["consistency"] == "application" and not report["ceiling_hit"]
+    assert report["released_late"] is True
+    assert any("ran past the 1 s ceiling" in n for n in report["notes"])
+    assert "release pg" in j  # the ceiling cut the stuck release
+    assert s.state is State.IDLE
+
+
+class SlowScript(Recorder):
+    """A script whose emergency release (its thaw) runs until the test lets it go."""
+
+    def __init__(self, name: str, journal: list[str]) -> None:
+        super().__init__(name, Stage.SCRIPTS, journal)
+        self.let_go = threading.Event()
+
+    def emergency_release(self) -> None:
+        self.journal.append(f"release {self.name} starts")
+        self.let_go.wait(10)
+        super().emergency_release()
+
+
+def test_status_answers_while_the_ceiling_runs_a_slow_thaw_script_last() -> None:
+    j: list[str] = []
+    script = SlowScript("slow", j)
+    ws = [script, Recorder("my", Stage.MYSQL, j), Recorder("fs", Stage.FILESYSTEMS, j)]
+    s, _ = make(ws, ceiling=1, timeout=1)
+
+    async def scenario() -> dict[str, Any]:
+        await s.freeze("x")
+        while "release slow starts" not in j:
+            await asyncio.sleep(0.01)
+        status = s.status()  # the event loop: must not wait for the script
+        assert not script.let_go.is_set()
+        refused = None
+        try:
+            await s.freeze("y")
+        except StateError as err:
+            refused = str(err)
+        script.let_go.set()
+        assert refused is not None and "releasing" in refused
+        while s.state is not State.IDLE:
+            await asyncio.sleep(0.01)
+        return dict(status)
+
+    status = run(scenario())
+    assert status["state"] == "releasing"
+    assert j[j.index("release fs") :] == [
+        "release fs",
+        "release my",
+        "release slow starts",
+        "release slow",
+    ]
+
+
+class Slow(Recorder):
+    """Its prepare takes a while and says when it is done."""
+
+    def prepare(self, op: Operation) -> None:
+        self._step("prepare")
+        time.sleep(0.2)
+        self.journal.append(f"prepared {self.name}")
+
+
+def test_prepare_runs_the_databases_together_the_scripts_in_order_and_the_filesystems_last() -> (
+    None
+):
+    j: list[str] = []
+    ws = [
+        Slow("a", Stage.SCRIPTS, j),
+        Slow("b", Stage.SCRIPTS, j),
+        Slow("my", Stage.MYSQL, j),
+        Slow("pg", Stage.POSTGRES, j),
+        Slow("fs", Stage.FILESYSTEMS, j),
+    ]
+    s, _ = make(ws)
+    run(s.freeze("x"))
+    prep = [e for e in j if e.startswith("prepare ")]
+    assert j.index("prepare my") < j.index("prepared a")  # the databases do not wait for scripts
+    assert j.index("prepare pg") < j.index("prepared my")  # nor for each other
+    assert j.index("prepared a") < j.index("prepare b")  # scripts: one after another, in order
+    assert prep[-1] == "prepare fs" and j.index("prepare fs") > j.index("prepared b")
+    assert j.index("prepared fs") < j.index("freeze a")  # ...right before the first lock
+
+
+def test_the_work_no_client_waits_for_comes_after_every_lock_is_released() -> None:
+    j: list[str] = []
+    ws = [
+        Recorder("a", Stage.SCRIPTS, j),
+        Recorder("my", Stage.MYSQL, j),
+        Recorder("pg", Stage.POSTGRES, j),
+        Recorder("fs", Stage.FILESYSTEMS, j),
+    ]
+    s, hooks = make(ws)
+
+    async def cycle() -> dict[str, Any]:
+        await s.freeze("x")
+        return await s.thaw()
+
+    report = run(cycle())
+    after = j[j.index("thaw fs") :]
+    assert after == [
+        "thaw fs",
+        "thaw pg",
+        "thaw my",
+        "thaw a",
+        "finish fs",
+        "finish pg",
+        "finish my",
+        "finish a",
+    ]
+    t = report["timings"]
+    assert t["blocked_ms"] is not None and t["held_ms"] is not None
+    assert t["held_ms"] <= t["blocked_ms"]
+    assert t["finish_ms"] is not None and t["thaw_at_ms"] is not None
+    for w in report["writers"]:
+        assert w["blocked_share_ms"] == pytest.approx(w["freeze_ms"] + w["thaw_ms"], abs=0.2)
+        assert w["at_ms"]["finish"] >= t["prepare_ms"] + t["blocked_ms"] - 0.2  # rounding
+        assert w["at_ms"]["prepare"] < t["prepare_ms"]
+    assert hooks.armed is None
+
+
+def test_a_failed_prepare_undoes_what_the_others_prepared_and_blocks_nobody() -> None:
+    j: list[str] = []
+    ws = [
+        Recorder("my", Stage.MYSQL, j, fail="prepare"),
+        Recorder("pg", Stage.POSTGRES, j),  # its backup started in prepare
+        Recorder("fs", Stage.FILESYSTEMS, j),
+    ]
+    s, _ = make(ws)
+    with pytest.raises(WriterError) as err:
+        run(s.freeze("x"))
+    assert "abort pg" in j and "prepare fs" not in j and "abort fs" not in j
+    report = err.value.data["report"]
+    assert report["timings"]["blocked_ms"] is None
+    assert all("blocked_share_ms" not in w for w in report["writers"])

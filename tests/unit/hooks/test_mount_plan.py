@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agent import config, writers
@@ -73,3 +75,12 @@ def test_an_empty_mount_list_builds_no_filesystem_writer(tmp_path) -> None:
     built = writers.build_all(config.load(str(path)), notes)
     assert [w.kind for w in built] == []
     assert "no filesystem is frozen" in notes[0]
+
+
+def test_the_writer_names_itself_in_full_when_a_listed_path_is_not_mounted(
+    tmp_path: Path,
+) -> None:
+    writer = filesystems.FilesystemsWriter((str(tmp_path / "nowhere"),))
+    with pytest.raises(filesystems.WriterError) as err:
+        writer.check()
+    assert err.value.writer == "filesystems:listed"

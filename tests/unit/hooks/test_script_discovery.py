@@ -118,3 +118,13 @@ def test_legacy_scripts_wrap_the_folder(folder: Path, tmp_path: Path) -> None:
     writers = scripts.build(str(folder), 5, str(legacy), False, notes)
     assert [w.name for w in writers] == ["pre-freeze-script", "50-app"]
     assert writers[0].thaw_path.endswith("post-thaw-script")
+
+
+def test_concurrent_names_mark_their_scripts_and_a_missing_one_is_noted(folder: Path) -> None:
+    script(folder, "10-db")
+    script(folder, "20-cache")
+    notes: list[str] = []
+    writers = scripts.build(str(folder), 5, None, False, notes, ("20-cache", "30-gone"))
+    assert [(w.name, w.concurrent) for w in writers] == [("10-db", False), ("20-cache", True)]
+    assert writers[1].describe()["concurrent"] is True
+    assert any("scripts.concurrent names '30-gone'" in n for n in notes)

@@ -1,5 +1,11 @@
 """How long do the database writers stall clients? Freeze -> hold -> thaw under a steady load.
 
+The cycle is the agent's (DESIGN.md, "The freeze cycle"): prepare (PostgreSQL's CHECKPOINT and
+pg_backup_start, MariaDB's BACKUP STAGE START and FLUSH) -> freeze (only what blocks: BLOCK_DDL
+and BLOCK_COMMIT, FTWRL) -> hold -> thaw (the release) -> finish (pg_backup_stop). "blocked"
+is the freeze call to the thaw's return; prepare and finish are shown apart, they hold
+nothing a client waits for.
+
     .venv/bin/python benchmarks/db_stall.py              # 10 cycles per strategy, ~2 min
     .venv/bin/python benchmarks/db_stall.py --cycles 20  # the full run of the issue
 
@@ -13,10 +19,8 @@ what is measured is the database lock alone.
 Load: pgbench (TPC-B-like, rate-limited) on PostgreSQL; on MariaDB a separate process whose
 writer threads run BEGIN; INSERT; INSERT; COMMIT and whose reader thread runs point SELECTs,
 each at a fixed rate, while a batch thread runs a ~0.2 s UPDATE every 0.3 s (a statement
-FLUSH TABLES WITH READ LOCK has to wait for, below any long-query threshold). "window" is
-from the freeze call to the return of the release statement (pg_backup_stop, UNLOCK TABLES,
-BACKUP STAGE END); client latencies are of the transactions that overlap a window, and of the
-whole baseline.
+FLUSH TABLES WITH READ LOCK has to wait for, below any long-query threshold). Client
+latencies are of the transactions that overlap a blocked window, and of the whole baseline.
 """
 
 from __future__ import annotations
@@ -51,8 +55,10 @@ Span = tuple[float, float]  # (wall-clock start, latency seconds)
 @dataclass
 class Result:
     name: str
-    windows: list[float] = field(default_factory=list)  # seconds, per cycle
+    windows: list[float] = field(default_factory=list)  # blocked: freeze call -> thaw returned
     freeze_calls: list[float] = field(default_factory=list)
+    prepares: list[float] = field(default_factory=list)
+    finishes: list[float] = field(default_factory=list)
     base: dict[str, list[float]] = field(default_factory=dict)  # load kind -> latencies
     during: dict[str, list[float]] = field(default_factory=dict)
 
@@ -75,21 +81,21 @@ def overlapping(spans: list[Span], windows: list[Span]) -> list[float]:
 
 
 def cycles(writer: object, n: int, hold: float, gap: float, result: Result) -> list[Span]:
-    """Run n freeze/hold/thaw cycles; return the windows (wall clock)."""
+    """Run n prepare/freeze/hold/thaw/finish cycles; return the blocked windows (wall clock)."""
     walls = []
     for i in range(n):
         op = Operation(f"bench-{i}", Deadline(30))
+        p0 = time.monotonic()
         writer.prepare(op)  # type: ignore[attr-defined]
         w0, t0 = time.time(), time.monotonic()
+        result.prepares.append(t0 - p0)
         writer.freeze(op)  # type: ignore[attr-defined]
         result.freeze_calls.append(time.monotonic() - t0)
         time.sleep(hold)
-        t1 = time.monotonic()
         writer.thaw(op)  # type: ignore[attr-defined]
-        # the lock is gone when the release statement returns (PostgreSQL's wait for the WAL
-        # archive comes after it and holds nothing)
-        timings = writer.artifacts()["timings"]  # type: ignore[attr-defined]
-        released = t1 + timings["release_ms"] / 1000
+        released = time.monotonic()
+        writer.finish(op)  # type: ignore[attr-defined]
+        result.finishes.append(time.monotonic() - released)
         result.windows.append(released - t0)
         walls.append((w0, w0 + released - t0))
         time.sleep(gap)
@@ -280,9 +286,10 @@ def table(results: list[Result], hold: float) -> str:
     head = (
         "strategy",
         "load",
-        "window mean/max ms",
+        "blocked mean/max ms",
         "over hold max ms",
         "lock call max ms",
+        "prepare / finish max ms",
         "baseline p99/max ms",
         "during p99/max ms",
         "n during",
@@ -298,6 +305,7 @@ def table(results: list[Result], hold: float) -> str:
                     f"{statistics.mean(r.windows) * 1e3:.0f} / {max(r.windows) * 1e3:.0f}",
                     f"{(max(r.windows) - hold) * 1e3:.0f}",
                     f"{max(r.freeze_calls) * 1e3:.1f}",
+                    f"{max(r.prepares) * 1e3:.0f} / {max(r.finishes) * 1e3:.0f}",
                     f"{pct(base, 99) * 1e3:.1f} / {max(base) * 1e3:.1f}",
                     f"{pct(during, 99) * 1e3:.1f} / {max(during, default=float('nan')) * 1e3:.1f}",
                     str(len(during)),

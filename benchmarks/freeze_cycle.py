@@ -4,9 +4,10 @@
 For 1, 4 and 16 loop-mounted ext4 filesystems and 0 and 8 backupScripts.d scripts, it times
 N cycles of `freeze` + `thaw` through the daemon and the same work done by hand (fsfreeze -f
 on each filesystem, children first, then -u; each script run with freeze then thaw) as the
-floor, the two in turn ("added" is the median of the per-pair differences), and reports the
-daemon's resident memory idle and after 100 cycles. Needs root; it makes, freezes and removes
-only its own loop-mounted images under a temp dir.
+floor, the two in turn ("added" is the median of the per-pair differences), the agent's own
+``blocked_ms`` (first lock to last release, on its clock: here the freeze and thaw back to
+back), and the daemon's resident memory idle and after 100 cycles. Needs root; it makes,
+freezes and removes only its own loop-mounted images under a temp dir.
 
     sudo .venv/bin/python benchmarks/freeze_cycle.py [--cycles 20]
 """
@@ -69,26 +70,29 @@ def floor_cycle(mounts: list[str], scripts: list[Path]) -> float:
     return (time.perf_counter() - t) * 1000
 
 
-def daemon_cycle(agent: AgentProcess) -> float:
+def daemon_cycle(agent: AgentProcess) -> tuple[float, float]:
+    """The round trip (ms) and the agent's blocked_ms."""
     t = time.perf_counter()
     a = agent.call("freeze", {"label": "bench"})
     b = agent.call("thaw")
     elapsed = (time.perf_counter() - t) * 1000
     assert "return" in a and "return" in b, (a, b)
-    return elapsed
+    return elapsed, float(b["return"]["timings"]["blocked_ms"])
 
 
 def interleaved(
     agent: AgentProcess, mounts: list[str], scripts: str, cycles: int
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], list[float]]:
     """Daemon and floor cycles taken in turn, so that both see the same kernel state
     (FIFREEZE's cost swings with RCU grace periods from one moment to the next)."""
     names = sorted(Path(scripts).iterdir())
-    d, f = [], []
+    d, f, blocked = [], [], []
     for _ in range(cycles):
-        d.append(daemon_cycle(agent))
+        trip, b = daemon_cycle(agent)
+        d.append(trip)
+        blocked.append(b)
         f.append(floor_cycle(mounts, names))
-    return d, f
+    return d, f, blocked
 
 
 def rss_mb(pid: int) -> float:
@@ -123,7 +127,7 @@ def main() -> int:
                 ).start()
                 try:
                     interleaved(agent, mounts, scripts, 3)  # warm up
-                    d, f = interleaved(agent, mounts, scripts, args.cycles)
+                    d, f, blocked = interleaved(agent, mounts, scripts, args.cycles)
                     if n_fs == 1 and n_scripts == 0:
                         idle = rss_mb(agent.pid)
                         for _ in range(100):
@@ -133,7 +137,8 @@ def main() -> int:
                     agent.stop()
                 dm, fm = statistics.median(d), statistics.median(f)
                 added = statistics.median(x - y for x, y in zip(d, f, strict=True))
-                rows.append((n_fs, n_scripts, dm, statistics.quantiles(d, n=20)[-1], fm, added))
+                p95 = statistics.quantiles(d, n=20)[-1]
+                rows.append((n_fs, n_scripts, dm, p95, fm, added, statistics.median(blocked)))
     finally:
         for m in all_mounts:
             subprocess.run(["umount", m], check=False)
@@ -141,10 +146,13 @@ def main() -> int:
     print(f"freeze -> thaw round trip, {args.cycles} cycles each (ms)")
     print(
         f"{'filesystems':>11} {'scripts':>7} {'daemon p50':>10} {'daemon p95':>10} "
-        f"{'floor p50':>12} {'added p50':>9}"
+        f"{'floor p50':>12} {'added p50':>9} {'blocked p50':>11}"
     )
     for r in rows:
-        print(f"{r[0]:>11} {r[1]:>7} {r[2]:>10.1f} {r[3]:>10.1f} {r[4]:>12.1f} {r[5]:>9.1f}")
+        print(
+            f"{r[0]:>11} {r[1]:>7} {r[2]:>10.1f} {r[3]:>10.1f} {r[4]:>12.1f} {r[5]:>9.1f} "
+            f"{r[6]:>11.1f}"
+        )
     if memory:
         print(
             f"daemon resident memory: {memory[0]:.1f} MB idle, {memory[1]:.1f} MB after 100 cycles"

@@ -275,7 +275,7 @@ def report(kind: str, r: dict[str, Any], args: argparse.Namespace) -> list[str]:
     lines = [f"{'ms':34} {'p50':>8} {'max':>8}"]
     for key, label in (
         ("blocked", "blocked_ms (agent)"),
-        ("window", "held window (freeze sent -> reply)"),
+        ("window", "held window (freeze sent -> thaw reply)"),
         ("command", "whole snapshot create --quiesce"),
         ("prepare", "prepare (nothing blocked)"),
         ("switch", "switch (flush + new delta)"),

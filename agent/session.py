@@ -408,7 +408,7 @@ class Session:
         with self._mu:
             now = time.monotonic()
             cycle.released = cycle.released or now
-            cycle.unblocked = max(cycle.unblocked or now, now)
+            cycle.unblocked = now  # the last release is this thread's, whoever began it
             for entry in cycle.entries:
                 entry.artifacts = safe_artifacts(entry.writer)
             self._ceiling_running = False

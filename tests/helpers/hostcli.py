@@ -14,20 +14,27 @@ def run_cli(argv: list[str]) -> int:
     return cli.main(argv)
 
 
+def write_script(folder: Path, name: str, body: str) -> Path:
+    """One backupScripts.d entry: ``#!/bin/sh``, ``body``, ``exit 0``, mode 0755 (and the
+    folder 0755 if it is new: the agent refuses scripts others may write)."""
+    folder.mkdir(mode=0o755, exist_ok=True)
+    script = folder / name
+    script.write_text(f"#!/bin/sh\n{body}exit 0\n")
+    script.chmod(0o755)
+    return script
+
+
 def make_scripts(
     folder: Path, trace: Path, names: list[str], fail: str = "", sleep: str = "", seconds: float = 0
 ) -> None:
     """backupScripts.d entries that log ``NAME ARG`` to ``trace``; one may fail or sleep."""
-    folder.mkdir(mode=0o755, exist_ok=True)
     for name in names:
         body = f'echo "{name} $1" >> {trace}\n'
         if name == fail:
             body += '[ "$1" = freeze ] && { echo "cannot lock" >&2; exit 2; }\n'
         if name == sleep:
             body += f'[ "$1" = freeze ] && sleep {seconds}\n'
-        p = folder / name
-        p.write_text(f"#!/bin/sh\n{body}exit 0\n")
-        p.chmod(0o755)
+        write_script(folder, name, body)
 
 
 def snapshots(folder: Path) -> list[dict[str, Any]]:

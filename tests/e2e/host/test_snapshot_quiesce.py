@@ -17,7 +17,7 @@ from host.snapshots.cycle import Faults, QuiesceFailed, take
 from host.snapshots.target import load_snapshot, open_target
 from tests.helpers.env import need_root
 from tests.helpers.freeze import frozen_now
-from tests.helpers.hostcli import make_scripts, run_cli, snapshots
+from tests.helpers.hostcli import make_scripts, run_cli, snapshots, write_script
 
 pytestmark = pytest.mark.root
 
@@ -229,12 +229,7 @@ def test_a_failed_release_keeps_the_snapshot_at_the_level_that_held(
     ext4, start_agent, short_tmp, disk_dir
 ) -> None:
     folder = short_tmp / "scripts"
-    folder.mkdir(mode=0o755)
-    script = folder / "10-app"
-    script.write_text(
-        '#!/bin/sh\n[ "$1" = thaw ] && { echo "restart failed" >&2; exit 3; }\nexit 0\n'
-    )
-    script.chmod(0o755)
+    write_script(folder, "10-app", '[ "$1" = thaw ] && { echo "restart failed" >&2; exit 3; }\n')
     agent = start_agent(
         {
             "filesystems": {"mounts": [ext4.path]},
@@ -256,10 +251,7 @@ def test_a_release_that_runs_past_the_ceiling_keeps_a_snapshot_taken_in_time(
     taken while everything held, so required mode keeps it, and the report shows the late
     release."""
     folder = short_tmp / "scripts"
-    folder.mkdir(mode=0o755)
-    script = folder / "10-app"
-    script.write_text('#!/bin/sh\n[ "$1" = thaw ] && sleep 3\nexit 0\n')
-    script.chmod(0o755)
+    write_script(folder, "10-app", '[ "$1" = thaw ] && sleep 3\n')
     agent = start_agent(
         {
             "freeze": {"ceiling_seconds": 2, "timeout_seconds": 1},

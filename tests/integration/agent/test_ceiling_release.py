@@ -14,6 +14,7 @@ import pytest
 from tests.helpers.agentproc import AgentProcess
 from tests.helpers.dbservers import MariaServer
 from tests.helpers.freeze import frozen_now
+from tests.helpers.hostcli import write_script
 from tests.helpers.waiting import Background, wait_until
 
 pytestmark = [pytest.mark.mysql, pytest.mark.root, pytest.mark.slow]
@@ -35,11 +36,8 @@ def test_the_ceiling_release_keeps_the_daemon_answering_and_frees_locks_first(
     my.sql("CREATE DATABASE d")
     my.sql("CREATE TABLE d.t (i INT PRIMARY KEY) ENGINE=InnoDB")
     scripts = short_tmp / "scripts"
-    scripts.mkdir(mode=0o755)
     done = short_tmp / "thaw-done"
-    script = scripts / "10-app"
-    script.write_text(f'#!/bin/sh\n[ "$1" = thaw ] && {{ sleep 20; touch {done}; }}\nexit 0\n')
-    script.chmod(0o755)
+    write_script(scripts, "10-app", f'[ "$1" = thaw ] && {{ sleep 20; touch {done}; }}\n')
     agent = AgentProcess(
         short_tmp,
         {

@@ -14,54 +14,14 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from host.engine.disk import Disk
 from tests.helpers import crashplan
-from tests.helpers.crashplan import GRAIN, SIZE, Op, State
+from tests.helpers.crashplan import GRAIN, SIZE, Crash, Op, State, abandon, crash_at
 from tests.helpers.env import REPO
-
-DURABLE = ("pwrite", "write", "rename", "unlink", "fsync", "fdatasync", "ftruncate")
-
-
-class Crash(BaseException):
-    """The process 'dies' here: nothing after this system call happens."""
-
-
-@contextmanager
-def crash_at(step: int) -> Iterator[list[int]]:
-    """Make the ``step``-th durable system call (counting from 0) raise Crash instead."""
-    count = [0]
-    saved = {name: getattr(os, name) for name in DURABLE}
-
-    def wrap(name: str, fn: Callable[..., object]) -> Callable[..., object]:
-        def call(*args: object, **kwargs: object) -> object:
-            if count[0] == step:
-                raise Crash(name)
-            count[0] += 1
-            return fn(*args, **kwargs)
-
-        return call
-
-    for name, fn in saved.items():
-        setattr(os, name, wrap(name, fn))
-    try:
-        yield count
-    finally:
-        for name, fn in saved.items():
-            setattr(os, name, fn)
-
-
-def abandon(disk: Disk) -> None:
-    """What the kernel does for a dead process: close its files, drop its lock."""
-    disk._close_layers()
-    if disk._flock is not None:
-        disk._flock.release()
-        disk._flock = None
 
 
 def observe(folder: Path, tmp: Path) -> State:

@@ -141,9 +141,11 @@ class Disk:
                 if not self.readonly:
                     self.flush()
             finally:
-                self._close_layers()
-                self._flock.release()
-                self._flock = None
+                try:
+                    self._close_layers()
+                finally:  # a close that fails still lets go of the disk
+                    self._flock.release()
+                    self._flock = None
 
     def _close_layers(self) -> None:
         self._layers.close_all()

@@ -160,20 +160,21 @@ class VM:
         self.close()
 
     def close(self, flush: bool = True) -> None:
+        """Close every disk (each flushes) and let go of the VM. Every disk is closed and
+        every lock released even when one fails; the first failure is raised then, unless
+        ``flush`` is False (a failed open, whose own error is the one to tell)."""
         with self._lock:
-            try:
-                for disk in self.disks.values():
-                    if flush:
-                        disk.close()
-                    else:  # a failed open: close what opened, keep the first error
-                        try:
-                            disk.close()
-                        except DiskError:
-                            pass
-            finally:
-                if self._flock is not None:
-                    self._flock.release()
-                    self._flock = None
+            first: BaseException | None = None
+            for disk in self.disks.values():
+                try:
+                    disk.close()
+                except BaseException as err:  # noqa: BLE001 - the others are closed first
+                    first = first or err
+            if self._flock is not None:
+                self._flock.release()
+                self._flock = None
+            if first is not None and (flush or not isinstance(first, DiskError)):
+                raise first
 
     def flush(self) -> None:
         for disk in self.disks.values():

@@ -2,7 +2,7 @@
 
 ``crash_at`` makes the n-th durable system call raise ``Crash`` (the process "dies" there)
 and ``abandon`` drops what a dead process held, for the kill-at-every-step tests. The SIGKILL
-test runs it in a child process (``python -m tests.helpers.crashplan FOLDER SEED``),
+test runs it in a child process (``python -m tests.helpers.crashplan FOLDER SEED [disk|vm]``),
 which prints ``ack N`` once operation N has returned; the parent replays the same plan on a
 model to know what the disk must hold after a kill.
 """
@@ -134,10 +134,10 @@ def apply(disk: Any, op: Op) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from host.engine.disk import Disk
+    from tests.helpers.vms import KINDS
 
-    folder, seed = argv[0], int(argv[1])
-    with Disk.open(folder) as disk:
+    folder, seed, kind = argv[0], int(argv[1]), argv[2] if len(argv) > 2 else "disk"
+    with KINDS[kind][1](folder) as disk:
         for i, (op, _) in enumerate(plan(seed)):
             apply(disk, op)
             sys.stdout.write(f"ack {i}\n")

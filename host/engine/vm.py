@@ -35,7 +35,7 @@ from host.engine.chain import Progress
 from host.engine.disk import Disk
 from host.engine.durable import FolderLock, unlink_durably
 from host.engine.errors import ChainTooDeep, DiskError, ReadOnly
-from host.engine.tree import MAX_CHAIN
+from host.engine.tree import MAX_CHAIN, Tree
 from host.engine.vmcheck import disagreements, examine_vm, membership
 from host.engine.vmintents import (
     VM_INTENT,
@@ -59,7 +59,7 @@ from host.engine.vmtree import (
     write_member,
 )
 
-__all__ = ["VM", "open_any"]
+__all__ = ["VM", "open_any", "vm_snapshot_record"]
 
 TEMP_FILE = re.compile(r"^\.(vm\.json|intent\.json)\.tmp-\d+$")
 
@@ -422,6 +422,16 @@ class VM:
                 "max_depth": MAX_CHAIN,
                 "disks": disks,
             }
+
+
+def vm_snapshot_record(folder: Path, name: str) -> dict[str, Any]:
+    """Snapshot ``name``'s full record from ``vm.json``, with its parent (from the first
+    disk's tree), read without any lock (both files are replaced atomically)."""
+    tree = VmTree.load(folder)
+    snap = dict(tree.snapshot(name))
+    first = Tree.load(folder / tree.disk_names()[0])
+    snap["parent"] = first.named_ancestor(first.snapshot(name)["layer"])
+    return snap
 
 
 def open_any(folder: str | Path, readonly: bool = False) -> Disk | VM:

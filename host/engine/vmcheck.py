@@ -24,7 +24,7 @@ from host.engine.check import check_folder
 from host.engine.durable import FolderLock
 from host.engine.errors import DiskError, ForeignFile, VmMismatch
 from host.engine.tree import TREE, Tree
-from host.engine.vmtree import MEMBER, VM_TREE, VmTree, read_member
+from host.engine.vmtree import MEMBER, VM_TREE, VmTree, is_vm, read_member, vm_of
 
 
 def membership(tree: VmTree, name: str) -> DiskError | None:
@@ -171,6 +171,46 @@ def check_vm_folder(folder: str | Path) -> list[str]:
         return examine_vm(folder, lambda name: check_folder(folder / name))
     finally:
         lock.release()
+
+
+def member_problems(disk_folder: str | Path) -> list[str]:
+    """For ``disk check`` of a disk of a VM: the ways it disagrees with the VM's tree (and a
+    VM operation pending over it). Empty for a disk of no VM. Reads the trees without locks
+    (each is replaced atomically); changes nothing."""
+    folder = Path(disk_folder)
+    owner = vm_of(folder)
+    if owner is None:
+        return []
+    if not is_vm(owner):
+        return [
+            f"{folder / MEMBER}: this disk says it belongs to a VM, but {owner / VM_TREE} "
+            "is missing (a disk copied out of its VM?)"
+        ]
+    try:
+        tree = VmTree.load(owner)
+    except DiskError as err:
+        return [str(err)]
+    if folder.name not in tree.disk_names():
+        return [f"{folder}: {owner / VM_TREE} does not list this disk folder"]
+    problems = []
+    if (owner / "intent.json").exists():
+        problems.append(
+            f"{owner / 'intent.json'}: an interrupted VM operation is pending over this disk; "
+            f"the next read-write open of the VM ({owner}) finishes or undoes it"
+        )
+    wrong = membership(tree, folder.name)
+    if wrong is not None:
+        return [*problems, str(wrong)]
+    if problems:
+        return problems  # half way through a VM operation the disks legitimately disagree
+    trees: dict[str, Tree] = {}
+    for name in tree.disk_names():
+        try:
+            trees[name] = Tree.load(owner / name)
+        except DiskError:
+            pass  # that disk's own check tells
+    mine = folder / TREE
+    return [str(m) for m in disagreements(tree, trees) if m.path == mine]
 
 
 def examine_vm(folder: Path, check_disk: Callable[[str], list[str]]) -> list[str]:

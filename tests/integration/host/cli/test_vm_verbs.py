@@ -10,14 +10,9 @@ import pytest
 
 from host.cli.main import main
 from host.engine.vm import VM
+from tests.helpers.hostcli import cli
 
 GRAIN = 64 * 1024
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_a_vm_session_from_create_to_delete_all(

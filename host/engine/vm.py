@@ -389,6 +389,27 @@ class VM:
 
     # -- whole-VM -------------------------------------------------------------------------
 
+    @property
+    def size(self) -> int:
+        """Bytes over every disk."""
+        return sum(d.size for d in self.disks.values())
+
+    def export_raw(
+        self,
+        out: str | Path,
+        snapshot: str | None = None,
+        progress: Progress | None = None,
+        *,
+        sync: bool = True,
+    ) -> None:
+        """A VM is no one image: refused, naming what to export instead."""
+        raise DiskError(
+            f"{self.folder}: a VM has one image per disk; export a disk of it "
+            f"('quiesce-host disk export {self.folder}/DISK OUT.raw --snapshot NAME', with "
+            "the VM not served)",
+            self.folder,
+        )
+
     def check(self) -> list[str]:
         """Every problem of each disk, and every way the disks disagree with vm.json."""
         with self._lock:

@@ -134,7 +134,7 @@ def apply(disk: Any, op: Op) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from tests.helpers.vms import KINDS
+    from tests.helpers.striped import KINDS  # not at the top: it imports this module
 
     folder, seed, kind = argv[0], int(argv[1]), argv[2] if len(argv) > 2 else "disk"
     with KINDS[kind][1](folder) as disk:

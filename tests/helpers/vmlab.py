@@ -2,18 +2,16 @@
 each disk's file, PostgreSQL with its data directory on disk 1, ``pg_wal`` on disk 2 and its
 table in a tablespace on disk 3, MariaDB with its data on disk 1 and its binary log on disk 2.
 
-The single-disk lab (``host.lab.local.Lab``) with its pieces reused: the databases
-(``LabPostgres``, ``LabMaria``), the insert load and the verdict read them through ``pg``
-and ``maria`` as they read the lab's. Everything lives under one folder in FREEZE_ROOT, so the
-agent's FIFREEZE cannot reach anything else; ``close()`` takes it down in the lab's order.
+The single-disk lab (``host.lab.local.Lab``) with a VM where its disk was: its life-cycle
+(``take_down``, ``bring_up``, ``close`` in the one safe order), its databases, the insert load
+and the verdict are reused as they are; only what differs per disk is here. Everything lives
+under one folder in FREEZE_ROOT, so the agent's FIFREEZE cannot reach anything else.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from typing import Any
 from host.engine.vm import VM
 from host.lab.databases import LabMaria, LabPostgres, chown_tree, run
 from host.lab.load import create_tables
-from host.lab.local import console_script, spawn, stop
+from host.lab.local import Lab, console_script, spawn
 from tests.helpers.env import FREEZE_ROOT
 
 DISKS = ("data", "wal", "space")  # disk 1: data directories, 2: WAL and binlog, 3: tablespace
@@ -45,28 +43,21 @@ class SplitMaria(LabMaria):
         return [base if arg == "--log-bin=binlog" else arg for arg in super().command()]
 
 
-class VmLab:
-    """The VM's parts and their life-cycle; ``close()`` is safe at any point."""
+class VmLab(Lab):
+    """The lab with a VM of ``DISKS`` served through FUSE, one ext4 mounted per disk."""
 
     def __init__(self, size: int = 256 << 20) -> None:
         os.chmod(FREEZE_ROOT, 0o711)  # 0700 from mkdtemp: the database users must traverse it
-        self.root = Path(tempfile.mkdtemp(prefix="qvm-", dir=FREEZE_ROOT))
-        os.chmod(self.root, 0o711)  # the database users must reach run/ and mnt/
-        self.vm, self.fuse, self.run = self.root / "vm", self.root / "fuse", self.root / "run"
-        self.mnt = {name: self.root / "mnt" / name for name in DISKS}
-        for d in (self.fuse, self.run, *self.mnt.values()):
-            d.mkdir(parents=True)
-        os.chmod(self.run, 0o711)
-        os.chmod(self.root / "mnt", 0o711)
-        self.size = size
-        self.serve_proc: subprocess.Popen[bytes] | None = None
-        self.pg = LabPostgres(self.mnt["data"] / "pg", self.run / "pg")
-        self.maria = SplitMaria(self.mnt["data"] / "mysql", self.run / "mysql", self.binlog_dir)
-        self.tablespace = self.mnt["space"] / "pgts"
-
-    @property
-    def binlog_dir(self) -> Path:
-        return self.mnt["wal"] / "binlog"
+        super().__init__(parent=FREEZE_ROOT, size=size)
+        self.vm = self.root / "vm"
+        self.mounts = {name: self.mnt / name for name in DISKS}
+        for d in self.mounts.values():
+            d.mkdir()
+        os.chmod(self.mnt, 0o711)
+        self.pg = LabPostgres(self.mounts["data"] / "pg", self.run / "pg")
+        self.binlog_dir = self.mounts["wal"] / "binlog"
+        self.maria = SplitMaria(self.mounts["data"] / "mysql", self.run / "mysql", self.binlog_dir)
+        self.tablespace = self.mounts["space"] / "pgts"
 
     def file(self, disk: str) -> Path:
         return self.fuse / f"{disk}.raw"
@@ -87,12 +78,12 @@ class VmLab:
         self.tablespace.mkdir()
         chown_tree(self.tablespace, self.pg.owner)
         self.pg.sql(f"CREATE TABLESPACE space LOCATION '{self.tablespace}'")
-        create_tables(self)  # type: ignore[arg-type]  # the load helpers read pg and maria
+        create_tables(self)
         self.pg.sql("ALTER TABLE demo_rows SET TABLESPACE space")  # its index stays on disk 1
 
     def _wal_to_disk_2(self) -> None:
         """``pg_wal`` moved to disk 2 and linked from the data directory (initdb --waldir)."""
-        wal = self.mnt["wal"] / "pg_wal"
+        wal = self.mounts["wal"] / "pg_wal"
         shutil.move(str(self.pg.datadir / "pg_wal"), wal)
         chown_tree(wal, self.pg.owner)
         os.symlink(wal, self.pg.datadir / "pg_wal")
@@ -103,11 +94,12 @@ class VmLab:
         """The agent's configuration: both databases and the filesystems of ``mounts``."""
         return {
             "freeze": {"ceiling_seconds": 30, "timeout_seconds": 20},
-            "filesystems": {"mounts": [str(self.mnt[m]) for m in mounts]},
+            "filesystems": {"mounts": [str(self.mounts[m]) for m in mounts]},
             "postgres": [{"name": "vm", "dsn": self.pg.dsn}],
             "mysql": [{"name": "vm", "unix_socket": self.maria.socket, "user": "root"}],
         }
 
+    # -- what differs per disk ---------------------------------------------------------------
     def serve(self) -> None:
         """``quiesce-host serve VM --fuse fuse/``; wait for every disk's file."""
         cmd = [console_script("quiesce-host"), "serve", str(self.vm), "--fuse", str(self.fuse)]
@@ -115,49 +107,28 @@ class VmLab:
         end = time.monotonic() + 30
         while not all(self.file(n).exists() for n in DISKS):
             if self.serve_proc.poll() is not None or time.monotonic() > end:
-                log = (self.run / "serve.log").read_text(errors="replace")
-                raise AssertionError(f"quiesce-host serve did not come up:\n{log}")
+                raise AssertionError(
+                    f"quiesce-host serve did not come up:\n{self._log('serve.log')}"
+                )
             time.sleep(0.05)
-
-    def stop_serve(self) -> None:
-        proc, self.serve_proc = self.serve_proc, None
-        stop(proc)
-        if os.path.ismount(self.fuse):
-            run(["fusermount3", "-u", "-z", str(self.fuse)], timeout=30, check=False)
 
     def mount(self) -> None:
         for name in DISKS:
-            run(["mount", "-o", "loop", str(self.file(name)), str(self.mnt[name])], timeout=60)
+            run(["mount", "-o", "loop", str(self.file(name)), str(self.mounts[name])], timeout=60)
 
-    def umount(self, lazy: bool = False) -> None:
+    def umount(self) -> None:
         for name in reversed(DISKS):
-            if os.path.ismount(self.mnt[name]):
-                run(["umount", *(["-l"] if lazy else []), str(self.mnt[name])], timeout=120)
+            if os.path.ismount(self.mounts[name]):
+                run(["umount", str(self.mounts[name])], timeout=120)
 
-    # -- the revert ------------------------------------------------------------------------
-    def take_down(self) -> None:
-        """Databases stopped, filesystems unmounted, the server stopped: the VM is free."""
-        self.pg.stop()
-        self.maria.stop()
-        self.umount()
-        self.stop_serve()
+    def _thaw_mnt(self) -> None:
+        for mnt in self.mounts.values():  # EINVAL when not frozen: fine
+            if os.path.ismount(mnt):
+                run(["fsfreeze", "-u", str(mnt)], timeout=10, check=False)
 
-    def bring_up(self) -> None:
-        """Serve the VM again, mount its disks, start both databases from what is on them."""
-        self.serve()
-        self.mount()
-        self.pg.drop_stale_pid()  # the snapshot was taken while PostgreSQL ran
-        self.pg.start()
-        self.maria.start()
-
-    def close(self) -> None:
-        for mnt in self.mnt.values():  # EINVAL when not frozen: fine
-            subprocess.run(["fsfreeze", "-u", str(mnt)], capture_output=True, timeout=10)
-        for step in (lambda: self.pg.stop("immediate"), self.maria.stop):
-            try:
-                step()
-            except Exception as err:  # noqa: BLE001 - keep taking the rest down
-                print(f"cleanup: {err}")
-        self.umount(lazy=True)
-        self.stop_serve()
-        shutil.rmtree(self.root, ignore_errors=True)
+    def _umount_hard(self) -> None:
+        for name in reversed(DISKS):
+            mnt = self.mounts[name]
+            if os.path.ismount(mnt):
+                if run(["umount", str(mnt)], timeout=120, check=False).returncode != 0:
+                    run(["umount", "-l", str(mnt)], timeout=60, check=False)

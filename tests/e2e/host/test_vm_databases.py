@@ -48,7 +48,7 @@ def cut_revert_and_judge(lab: VmLab, endpoint: str, tmp: Path) -> dict[str, obje
     """Load, a quiesced snapshot of the served VM, load, revert the VM, restart, verdicts."""
     where = lab.pg.sql("SELECT pg_relation_filepath('demo_rows')")[0][0]
     assert where.startswith("pg_tblspc/")  # the table on disk 3, its index on disk 1
-    assert (lab.pg.datadir / "pg_wal").resolve().parent == lab.mnt["wal"]
+    assert (lab.pg.datadir / "pg_wal").resolve().parent == lab.mounts["wal"]
     assert list(lab.binlog_dir.glob("binlog.0*"))  # MariaDB's binary log on disk 2
     loads = start_loads(lab, rate=100)  # type: ignore[arg-type]  # reads pg and maria
     time.sleep(2)

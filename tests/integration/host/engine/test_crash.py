@@ -25,7 +25,7 @@ from host.engine.disk import Disk
 from tests.helpers import crashplan
 from tests.helpers.crashplan import GRAIN, SIZE, Crash, Op, State, abandon, crash_at
 from tests.helpers.env import REPO
-from tests.helpers.vms import KINDS, Striped, abandon_any
+from tests.helpers.striped import KINDS, Striped, abandon_any
 
 
 @pytest.fixture(params=sorted(KINDS))

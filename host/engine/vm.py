@@ -7,7 +7,8 @@ disagree with its tree (``vmcheck``). The snapshot API is the ``Disk``'s, acting
 as one (see DESIGN.md "A VM is a folder of disks"):
 
 - ``snapshot_create`` takes every disk's lock, so no write through any of them lands between
-  the first switch and the last, flushes and switches every disk, records, and lets go. A
+  the first switch and the last, flushes and switches every disk (side by side, a thread
+  each), lets go, and records. A
   server that has paused and flushed its clients on all disks calls just this: it does no
   I/O beyond the engine's own durable writes;
 - ``snapshot_revert``, ``snapshot_delete`` and ``snapshot_delete_all`` do the disk operation
@@ -25,8 +26,9 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -74,6 +76,8 @@ class VM:
         self.disks: dict[str, Disk] = {}
         self._flock: FolderLock | None = lock
         self._lock = threading.RLock()
+        self._pool: ThreadPoolExecutor | None = None  # a thread per disk for the cut
+        self._pool_size = 0
 
     # -- life-cycle -----------------------------------------------------------------------
 
@@ -170,6 +174,9 @@ class VM:
                     disk.close()
                 except BaseException as err:  # noqa: BLE001 - the others are closed first
                     first = first or err
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
             if self._flock is not None:
                 self._flock.release()
                 self._flock = None
@@ -195,14 +202,6 @@ class VM:
     def _run(self, intent: VmIntent, progress: Progress | None = None) -> None:
         write_vm_intent(self.folder, intent)
         self.tree = intent.roll(self.tree, self.disks, progress)
-
-    @contextmanager
-    def _every_disk_locked(self) -> Iterator[None]:
-        """Hold every disk's lock (in the VM's order): no I/O through any disk meanwhile."""
-        with ExitStack() as stack:
-            for disk in self.disks.values():
-                stack.enter_context(disk._lock)
-            yield
 
     # -- disks ----------------------------------------------------------------------------
 
@@ -243,19 +242,39 @@ class VM:
         artifacts: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Cut every disk at one instant under ``name``: with every disk's lock held, flush
-        and switch each to a new delta, then record the snapshot in vm.json.
+        and switch each to a new delta (the disks side by side), let go of the disks, then
+        record the snapshot in vm.json.
 
         Everything that can refuse is checked on every disk before the first switch; a disk
         that fails to switch (NoSpace) has the others take theirs back. Raises
         SnapshotExists, ChainTooDeep, NoSpace (nothing changed), DiskError.
         """
+        return self.snapshot_create_paused(
+            name, description, consistency, report, artifacts, pause=nullcontext
+        )
+
+    def snapshot_create_paused(
+        self,
+        name: str,
+        description: str = "",
+        consistency: str = "crash",
+        report: dict[str, Any] | None = None,
+        artifacts: dict[str, Any] | None = None,
+        *,
+        pause: Callable[[], AbstractContextManager[object]],
+    ) -> dict[str, Any]:
+        """``snapshot_create`` with the switch of every disk, and only that, inside
+        ``pause()``: a server holds its clients' I/O on every disk there (``quiesce-host
+        serve VM``), so they wait for the switches and not for the VM's own records, which
+        are durable before this returns all the same (the intent before the pause, vm.json
+        after it). What ``pause()`` raises (a drain that timed out) leaves nothing changed."""
         record: dict[str, Any] = {
             "description": description,
             "consistency": consistency,
             "report": report or {},
             "artifacts": artifacts or {},
         }
-        with self._lock, self._every_disk_locked():
+        with self._lock:
             self._writable()
             self._finish_pending()
             self.tree.check_new_snapshot(name, consistency)
@@ -267,20 +286,62 @@ class VM:
                         f"VM {self.folder}, disk {disk_name!r}: {err}", err.path
                     ) from err
             write_vm_intent(self.folder, VmCreate(name))
-            done: list[Disk] = []
+            switched: tuple[list[Disk], BaseException | None] | None = None
             try:
-                for disk in self.disks.values():
-                    disk.snapshot_create(name, description, consistency)
-                    done.append(disk)
-            except DiskError:
-                self._take_back(name, done)
-                raise
+                with pause():
+                    switched = self._switch_all(name, description, consistency)
+            except BaseException:
+                if switched is None:  # the pause failed: no disk was touched
+                    clear_vm_intent(self.folder)
+                    raise
+            assert switched is not None
+            done, failed = switched
+            if failed is not None:
+                if isinstance(failed, DiskError):
+                    self._take_back(name, done)
+                raise failed
             layers = {n: d.tree.snapshot(name)["layer"] for n, d in self.disks.items()}
             after = self.tree.taking(name, record, layers)
             after.save()
             clear_vm_intent(self.folder)
             self.tree = after
             return self.snapshot_get(name)
+
+    def _switch_all(
+        self, name: str, description: str, consistency: str
+    ) -> tuple[list[Disk], BaseException | None]:
+        """Switch every disk to a new delta at one instant: one thread per disk takes its
+        disk's lock, all wait until every disk is locked (no I/O through any of them then),
+        each switches (a few fsyncs of its own files: they run side by side, so a cut of 16
+        disks is not 16 switches long), and none lets go before every one has switched.
+        Returns when all have ended: (the disks switched, the first failure or None)."""
+        disks = list(self.disks.values())
+        if len(disks) == 1:
+            try:
+                disks[0].snapshot_create(name, description, consistency)
+            except BaseException as err:  # noqa: BLE001 - handed back to the caller
+                return [], err
+            return disks, None
+        if self._pool is None or self._pool_size != len(disks):  # a thread for every disk
+            if self._pool is not None:
+                self._pool.shutdown()
+            self._pool = ThreadPoolExecutor(len(disks), thread_name_prefix="vm-cut")
+            self._pool_size = len(disks)
+        locked, switched = threading.Barrier(len(disks)), threading.Barrier(len(disks))
+
+        def switch(disk: Disk) -> None:
+            with disk._lock:
+                locked.wait()
+                try:
+                    disk.snapshot_create(name, description, consistency)
+                finally:
+                    switched.wait()
+
+        futures = {self._pool.submit(switch, d): d for d in disks}
+        wait(futures)
+        done = [d for f, d in futures.items() if f.exception() is None]
+        errors = [e for e in (f.exception() for f in futures) if e is not None]
+        return done, errors[0] if errors else None
 
     def _take_back(self, name: str, done: list[Disk]) -> None:
         """Undo a create on the disks that switched (each merges an empty delta back). If

@@ -15,10 +15,11 @@ every disk (which settles each disk's own intent) and then settles the VM's::
                                               base, then vm.json has none (rolled forward)
     VmAddDisk    vm_add_disk   name           vm.json lists it: done; else the folder goes
 
-Only a create is rolled back: nothing has been written on any disk since its cut (the VM
-holds every disk's lock while it cuts, and a crash ends the writers too), so each disk's new
-delta is empty and taking it back merges nothing. Revert and delete have already discarded or
-overwritten state on the first disk they reached, so they can only be finished.
+Only a create is rolled back: taking the snapshot back on a disk that took it drops the
+name, and the new delta is merged into the layer below (a served VM's clients may have
+written into it between the resume and vm.json: those writes are kept, as every delete keeps
+the current state). Revert and delete have already discarded or overwritten state on the
+first disk they reached, so they can only be finished.
 
 Each record is checked when read: a damaged one is a CorruptFile naming intent.json.
 """

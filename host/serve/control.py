@@ -35,14 +35,15 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from agent import protocol
 from common.errors import QuiesceError
 from host.serve.control_client import MAX_LINE, request, short_path, socket_path
-from host.serve.device import BlockDevice, Gate, SnapshotSide
+from host.serve.device import BlockDevice, CutsUnderPause, Gate, SnapshotSide
 from host.serve.device import IOGate as IOGate  # the gate behind the socket, for its users
 
 logger = logging.getLogger(__name__)
@@ -264,26 +265,39 @@ class ControlServer:
 
     def cmd_snapshot_create(self, args: dict[str, Any]) -> dict[str, Any]:
         """Pause client I/O (on every disk of a VM), flush and switch, record, resume. The
-        reply's ``drain_ms``/``switch_ms``/``paused_ms`` are the whole cut's; a VM's adds
-        ``disks``: each disk's ``paused_ms``, from its own pause to the common resume."""
+        reply's ``drain_ms`` (until every disk was paused), ``switch_ms`` and ``paused_ms``
+        are the whole cut's; a VM's adds ``disks``: each disk's ``paused_ms``, from its own
+        pause to the common resume. A VM pauses around its switches only (its records are
+        written before and after the pause: ``CutsUnderPause``), a disk around all of it."""
         name, fields = _record_request("snapshot-create", args)
-        create = self._engine("snapshots").snapshot_create
+        engine = self._engine("snapshots")
+        marks: dict[str, Any] = {}
+
+        @contextmanager
+        def pause() -> Iterator[None]:
+            marks["t0"] = time.monotonic()
+            with self.gate.paused() as held:
+                marks["t1"], marks["held"] = time.monotonic(), held
+                yield
+                marks["t2"] = time.monotonic()
+            marks["t3"] = time.monotonic()
+
+        record = {
+            "description": str(fields.get("description", "")),
+            "consistency": fields.get("consistency", "crash"),
+            "report": fields.get("report"),
+            "artifacts": fields.get("artifacts"),
+        }
         with self._lock:
-            t0 = time.monotonic()
             try:
-                with self.gate.paused() as held:
-                    t1 = time.monotonic()
-                    result = create(
-                        name,
-                        description=str(fields.get("description", "")),
-                        consistency=fields.get("consistency", "crash"),
-                        report=fields.get("report"),
-                        artifacts=fields.get("artifacts"),
-                    )
-                    t2 = time.monotonic()
+                if isinstance(engine, CutsUnderPause):
+                    result = engine.snapshot_create_paused(name, **record, pause=pause)
+                else:
+                    with pause():
+                        result = engine.snapshot_create(name, **record)
             except TimeoutError as err:
                 raise _CommandError(PAUSE_TIMEOUT_CLASS, f"snapshot {name!r}: {err}") from err
-            t3 = time.monotonic()
+        t0, t1, t2, t3, held = (marks[k] for k in ("t0", "t1", "t2", "t3", "held"))
         timing: dict[str, Any] = {
             "drain_ms": _ms(t0, t1),
             "switch_ms": _ms(t1, t2),

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -110,6 +110,23 @@ class SnapshotSide(Protocol):
         *,
         sync: bool = True,
     ) -> None: ...
+
+
+@runtime_checkable
+class CutsUnderPause(Protocol):
+    """A snapshot side that pauses its clients itself, around just its switch (a ``VM``:
+    its intent and records are written outside the pause)."""
+
+    def snapshot_create_paused(
+        self,
+        name: str,
+        description: str = "",
+        consistency: str = "crash",
+        report: dict[str, Any] | None = None,
+        artifacts: dict[str, Any] | None = None,
+        *,
+        pause: Callable[[], AbstractContextManager[object]],
+    ) -> dict[str, Any]: ...
 
 
 @runtime_checkable
@@ -291,3 +308,4 @@ if TYPE_CHECKING:  # the engine's Disk is the ServedDisk; mypy holds it to the i
 
     _engine_disk: type[ServedDisk] = Disk
     _engine_vm: type[SnapshotSide] = VM
+    _vm_cut: type[CutsUnderPause] = VM

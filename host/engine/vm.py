@@ -278,18 +278,22 @@ class VM:
             self._writable()
             self._finish_pending()
             self.tree.check_new_snapshot(name, consistency)
+            new = {n: d.tree.next_delta_name(d.folder) for n, d in self.disks.items()}
             for disk_name, disk in self.disks.items():
                 try:
-                    disk.tree.taking(name, disk.tree.next_delta_name(disk.folder), **record)
+                    disk.tree.taking(name, new[disk_name], **record)
                 except ChainTooDeep as err:
                     raise ChainTooDeep(
                         f"VM {self.folder}, disk {disk_name!r}: {err}", err.path
                     ) from err
-            write_vm_intent(self.folder, VmCreate(name))
+            _, failed = self._on_every_disk(lambda n, d: d.flush())  # most of it before the pause
+            if failed is not None:
+                raise failed
+            write_vm_intent(self.folder, VmCreate(name, new))
             switched: tuple[list[Disk], BaseException | None] | None = None
             try:
                 with pause():
-                    switched = self._switch_all(name, description, consistency)
+                    switched = self._switch_all(name, description, consistency, new)
             except BaseException:
                 if switched is None:  # the pause failed: no disk was touched
                     clear_vm_intent(self.folder)
@@ -308,39 +312,48 @@ class VM:
             return self.snapshot_get(name)
 
     def _switch_all(
-        self, name: str, description: str, consistency: str
+        self, name: str, description: str, consistency: str, new: dict[str, str]
     ) -> tuple[list[Disk], BaseException | None]:
-        """Switch every disk to a new delta at one instant: one thread per disk takes its
+        """Switch every disk to its new delta at one instant: one thread per disk takes its
         disk's lock, all wait until every disk is locked (no I/O through any of them then),
         each switches (a few fsyncs of its own files: they run side by side, so a cut of 16
         disks is not 16 switches long), and none lets go before every one has switched.
         Returns when all have ended: (the disks switched, the first failure or None)."""
-        disks = list(self.disks.values())
-        if len(disks) == 1:
-            try:
-                disks[0].snapshot_create(name, description, consistency)
-            except BaseException as err:  # noqa: BLE001 - handed back to the caller
-                return [], err
-            return disks, None
-        if self._pool is None or self._pool_size != len(disks):  # a thread for every disk
-            if self._pool is not None:
-                self._pool.shutdown()
-            self._pool = ThreadPoolExecutor(len(disks), thread_name_prefix="vm-cut")
-            self._pool_size = len(disks)
-        locked, switched = threading.Barrier(len(disks)), threading.Barrier(len(disks))
+        locked, switched = threading.Barrier(len(self.disks)), threading.Barrier(len(self.disks))
 
-        def switch(disk: Disk) -> None:
+        def switch(disk_name: str, disk: Disk) -> None:
             with disk._lock:
                 locked.wait()
                 try:
-                    disk.snapshot_create(name, description, consistency)
+                    disk.switch_for_vm(name, description, consistency, new[disk_name])
                 finally:
                     switched.wait()
 
-        futures = {self._pool.submit(switch, d): d for d in disks}
+        return self._on_every_disk(switch)
+
+    def _on_every_disk(
+        self, work: Callable[[str, Disk], object]
+    ) -> tuple[list[Disk], BaseException | None]:
+        """``work(name, disk)`` for every disk at once, a thread each (the first disk in
+        this thread); returns when all have ended: (the disks it finished on, the first
+        failure or None)."""
+        items = list(self.disks.items())
+        if self._pool is None or self._pool_size != len(items) - 1:
+            if self._pool is not None:
+                self._pool.shutdown()
+            self._pool = ThreadPoolExecutor(max(1, len(items) - 1), thread_name_prefix="vm")
+            self._pool_size = len(items) - 1
+        futures = {self._pool.submit(work, n, d): d for n, d in items[1:]}
+        done: list[Disk] = []
+        errors: list[BaseException] = []
+        try:
+            work(*items[0])
+            done.append(items[0][1])
+        except BaseException as err:  # noqa: BLE001 - handed back with the others
+            errors.append(err)
         wait(futures)
-        done = [d for f, d in futures.items() if f.exception() is None]
-        errors = [e for e in (f.exception() for f in futures) if e is not None]
+        done += [d for f, d in futures.items() if f.exception() is None]
+        errors += [e for e in (f.exception() for f in futures) if e is not None]
         return done, errors[0] if errors else None
 
     def _take_back(self, name: str, done: list[Disk]) -> None:

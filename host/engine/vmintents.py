@@ -5,8 +5,9 @@ disk operations one disk after the other (each with its own ``DISK/intent.json``
 undone when that disk is opened), saves ``vm.json`` and removes the intent. ``VM.open`` opens
 every disk (which settles each disk's own intent) and then settles the VM's::
 
-    VmCreate     vm_create     name           vm.json names it: done; else the disks that
-                                              took it delete it again (rolled back)
+    VmCreate     vm_create     name new       vm.json names it: done; else the disks that
+                                              took it delete it again, and a new delta
+                                              no disk tree names goes (rolled back)
     VmRevert     vm_revert     name before    each disk still on its layer of ``before``
                                               is reverted (rolled forward)
     VmDelete     vm_delete     name           each disk that still has it deletes it, then
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from common import files
 from host.engine.durable import unlink_durably, write_json
 from host.engine.errors import CorruptFile
+from host.engine.names import safe_name
 from host.engine.vmtree import DISK_NAME, VmTree
 
 if TYPE_CHECKING:
@@ -62,20 +64,27 @@ def _done(tree: VmTree, disks: Disks) -> VmTree:
 
 @dataclass(frozen=True)
 class VmCreate:
-    """snapshot create on every disk, then vm.json names it."""
+    """snapshot create on every disk, then vm.json names it. ``new`` is each disk's new
+    delta: this intent stands for the disks' own create intents (``Disk.switch_for_vm``),
+    which a cut would otherwise write and remove on every disk while I/O waits."""
 
     op: ClassVar[str] = "vm_create"
     name: str
+    new: dict[str, str] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
-        return {"op": self.op, "name": self.name}
+        return {"op": self.op, "name": self.name, "new": dict(self.new)}
 
     def roll(self, tree: VmTree, disks: Disks, progress: Progress | None = None) -> VmTree:
-        """Back, unless vm.json names the snapshot already: the disks that took it drop it."""
+        """Back, unless vm.json names the snapshot already: the disks that took it drop it,
+        and a new delta that a disk's tree does not name (the crash came before its tree
+        was saved) is removed, as a disk's own create intent would."""
         if not tree.has(self.name):
-            for disk in disks.values():
+            for name, disk in disks.items():
                 if any(s["name"] == self.name for s in disk.tree.snapshots):
                     disk.snapshot_delete(self.name)
+                elif name in self.new and self.new[name] not in disk.tree.layers:
+                    unlink_durably(disk.folder / self.new[name])
         return _done(tree, disks)
 
 
@@ -167,6 +176,8 @@ def _parse(record: dict[str, Any], path: Path) -> VmIntent:
         return VmDeleteAll()
     if not isinstance(name, str):
         raise CorruptFile(f"{path}: malformed {op} record ('name' is missing)", path)
+    if op == VmCreate.op:
+        return VmCreate(name, _layer_map(record, "new", path))
     if op == VmRevert.op:
         before = record.get("before")
         if not isinstance(before, dict) or not all(
@@ -177,13 +188,22 @@ def _parse(record: dict[str, Any], path: Path) -> VmIntent:
     if op == VmAddDisk.op and not DISK_NAME.match(name):
         raise CorruptFile(f"{path}: malformed {op} record (disk name {name!r})", path)
     kinds: dict[str, Callable[[str], VmIntent]] = {
-        VmCreate.op: VmCreate,
         VmDelete.op: VmDelete,
         VmAddDisk.op: VmAddDisk,
     }
     if op not in kinds:
         raise CorruptFile(f"{path}: unknown VM operation {op!r}", path)
     return kinds[op](name)
+
+
+def _layer_map(record: dict[str, Any], key: str, path: Path) -> dict[str, str]:
+    """``{disk: layer file}`` of a record, each a plain name of this VM's disks' files."""
+    value = record.get(key, {})
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and DISK_NAME.match(k) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise CorruptFile(f"{path}: malformed {record.get('op')} record ({key!r})", path)
+    return {k: safe_name(path.parent / k, v, "layer", path) for k, v in value.items()}
 
 
 def read_vm_intent(folder: Path) -> VmIntent | None:

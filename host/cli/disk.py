@@ -1,4 +1,8 @@
-"""``quiesce-host disk create|info|check|export``: thin verbs over ``host.engine.disk.Disk``."""
+"""``quiesce-host disk create|info|check|export``: thin verbs over ``host.engine.disk.Disk``.
+
+A disk of a VM (``quiesce-host vm create``) can be read, checked and exported here on its
+own; ``disk check`` also reports where it disagrees with its VM's tree (``vm.json``).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,11 @@ import time
 from typing import Any
 
 from common.tables import table
-from host.cli._common import DISK_HELP, Server, open_or_ask, parse_size
+from host.cli._common import DISK_HELP, Server, open_or_ask, parse_size, report_check
 from host.cli.progress import Progress, human_bytes
 from host.engine.check import check_folder
 from host.engine.disk import Disk
-from host.engine.errors import DiskError
+from host.engine.vmcheck import member_problems
 
 
 def build(disk: argparse.ArgumentParser) -> None:
@@ -115,20 +119,10 @@ def run_check(args: argparse.Namespace) -> int:
         for line in Disk.relink(args.disk):
             print(f"fixed: {line}")
     problems = check_folder(args.disk)  # DiskError only when there is nothing to check
-    code = 1 if problems else 0
-    if problems:  # unusable as it is? then the code of the error an open meets first
-        try:
-            Disk.open(args.disk, readonly=True).close()
-        except DiskError as err:
-            code = err.exit_code
-    if args.json:
-        print(json.dumps({"ok": not problems, "problems": problems}, indent=2))
-    elif problems:
-        for p in problems:
-            print(f"problem: {p}")
-    else:
-        print(f"{args.disk}: no problems found")
-    return code
+    problems += member_problems(args.disk)  # a disk of a VM: does it agree with vm.json?
+    return report_check(
+        args.disk, problems, lambda: Disk.open(args.disk, readonly=True).close(), args.json
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 One module per verb group (borg's way) over ``_common`` (open the disk here or ask the server
 that holds it, DISK_HELP, sizes, the error line): ``disk`` (create, info, check, export),
+``vm`` (create, add-disk, info, check),
 ``snapshot`` (create [--quiesce], list, revert, delete, show, restore-artifacts), ``serve``,
 ``rbd-watch`` and ``demo``. ``VERBS`` lists them; a start imports the module of the verb it
 runs and no other (``--help`` none), whose ``build(parser)`` declares the verb's sub-verbs or
@@ -34,8 +35,15 @@ EXIT_CODES = [0, 1, 2, 7, 8, 9, *range(10, 22), EXIT_INTERRUPTED, EXIT_OUTPUT_CL
 # verb -> (the module that builds its parser and runs it, its line in --help)
 VERBS: dict[str, tuple[str, str]] = {
     "disk": ("host.cli.disk", "create, inspect, check and export disks"),
-    "snapshot": ("host.cli.snapshot", "create, list, revert and delete snapshots"),
-    "serve": ("host.cli.serve", "serve the disk's current state over NBD and/or FUSE"),
+    "vm": ("host.cli.vm", "create VMs (folders of disks with one snapshot tree), add disks, check"),
+    "snapshot": (
+        "host.cli.snapshot",
+        "create, list, revert and delete snapshots of a disk or of a VM (all its disks as one)",
+    ),
+    "serve": (
+        "host.cli.serve",
+        "serve a disk's (or every disk of a VM's) current state over NBD and/or FUSE",
+    ),
     "rbd-watch": (
         "host.cli.rbd_watch",
         "freeze a guest for every RBD snapshot anybody takes of its images",

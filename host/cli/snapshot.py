@@ -1,5 +1,8 @@
 """``quiesce-host snapshot create|list|revert|delete|show|restore-artifacts``: thin verbs over
-``host.engine.disk.Disk`` and ``host.snapshots``.
+``host.engine.disk.Disk`` (or ``host.engine.vm.VM``) and ``host.snapshots``.
+
+DISK is a disk folder or a VM folder (told apart by what it holds: a VM has ``vm.json``); on
+a VM every verb acts on all of its disks as one snapshot (one tree, every disk cut at once).
 
 When the disk is being served (``quiesce-host serve`` holds its lock), create, list and delete
 go to the server through its control socket, which takes the snapshot at a clean cut
@@ -24,14 +27,15 @@ from typing import Any
 from agent.protocol import Consistency
 from common.errors import QuiesceError
 from common.files import atomic_write
-from host.cli._common import DISK_HELP, Server, error, open_or_ask
+from host.cli._common import EITHER_HELP, Server, error, open_either_or_ask
 from host.cli.progress import Progress
 from host.engine.disk import Disk
+from host.engine.vm import VM
 from host.snapshots.cycle import MODES, take
 from host.snapshots.report import full
 from host.snapshots.target import load_snapshot, open_target
 
-TARGET_HELP = DISK_HELP + "; or rbd:POOL/GROUP, rbd:POOL/IMAGE (Ceph RBD, see docs/rbd.md)"
+TARGET_HELP = EITHER_HELP + "; or rbd:POOL/GROUP, rbd:POOL/IMAGE (Ceph RBD, see docs/rbd.md)"
 
 
 def _rbd(disk: str) -> ModuleType | None:
@@ -53,7 +57,7 @@ def build(snap: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run_list)
     _add_revert_and_delete(sub)
     p = sub.add_parser("show", help="a snapshot's record: consistency, timeline, writers")
-    p.add_argument("disk", metavar="DISK", help="the disk folder, or rbd:POOL/GROUP")
+    p.add_argument("disk", metavar="DISK", help="the disk or VM folder, or rbd:POOL/GROUP")
     p.add_argument("name", metavar="NAME", help="the snapshot")
     p.add_argument("--json", action="store_true", help="the whole record as JSON")
     p.set_defaults(func=run_show)
@@ -62,7 +66,7 @@ def build(snap: argparse.ArgumentParser) -> None:
         help="write a snapshot's backup_label / tablespace_map into a "
         "PostgreSQL data directory (the WAL-archive restore path)",
     )
-    p.add_argument("disk", metavar="DISK", help="the disk folder, or rbd:POOL/GROUP")
+    p.add_argument("disk", metavar="DISK", help="the disk or VM folder, or rbd:POOL/GROUP")
     p.add_argument("name", metavar="NAME", help="the snapshot whose backup_label to write")
     p.add_argument("datadir", metavar="DATADIR", help="the restored, mounted data directory")
     p.add_argument("--writer", help="the PostgreSQL writer's name when there are several")
@@ -76,8 +80,9 @@ def _add_create(sub: Any) -> None:
         help="freeze the current state under NAME",
         description="Keep the current state under NAME: the writable layer becomes read-only "
         "and a new delta takes the writes. On a served disk the server cuts "
-        "between client writes. With --quiesce the guest's agent freezes its "
-        "applications and filesystems around the cut.",
+        "between client writes. On a VM every disk is cut at the same instant (a served VM "
+        "pauses I/O on all its disks, switches every one, then resumes). With --quiesce "
+        "the guest's agent freezes its applications and filesystems around the cut.",
     )
     p.add_argument("disk", metavar="DISK", help=TARGET_HELP)
     p.add_argument("name", metavar="NAME", help="1-128 printable characters, no '/'")
@@ -112,7 +117,8 @@ def _add_revert_and_delete(sub: Any) -> None:
         help="discard the current state and go back to NAME",
         description="Discard the current state (everything written since the position it "
         "started from) and start a new empty delta on NAME's state; other branches "
-        "of the tree stay. Refused while the disk is served: stop the server (and "
+        "of the tree stay. On a VM every disk goes back (refused if a disk was added "
+        "after NAME). Refused while the disk is served: stop the server (and "
         "the VM or mount using it) first.",
     )
     p.add_argument("disk", metavar="DISK", help=TARGET_HELP)
@@ -151,7 +157,7 @@ def run_create(args: argparse.Namespace) -> int:
         reply = server.ask("snapshot-create", fields)
         return reply.get("snapshot", reply) if isinstance(reply, dict) else reply
 
-    snap = open_or_ask(
+    snap = open_either_or_ask(
         args.disk,
         lambda disk: disk.snapshot_create(args.name, args.description, args.consistency),
         by_server,
@@ -195,7 +201,7 @@ def _create_quiesced(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     if rbd := _rbd(args.disk):
         return int(rbd.run_list(args))
-    snaps = open_or_ask(
+    snaps = open_either_or_ask(
         args.disk,
         lambda disk: disk.snapshot_list(),
         lambda server: server.ask("snapshot-list"),
@@ -238,7 +244,7 @@ def _tree_lines(
 def run_revert(args: argparse.Namespace) -> int:
     if rbd := _rbd(args.disk):
         return int(rbd.run_revert(args))
-    open_or_ask(
+    open_either_or_ask(
         args.disk,
         lambda disk: disk.snapshot_revert(args.name),
         # the server refuses, and says why not (and what to do)
@@ -255,7 +261,7 @@ def run_delete(args: argparse.Namespace) -> int:
         error("give a snapshot NAME or --all")
         return 2
     if args.all:
-        open_or_ask(
+        open_either_or_ask(
             args.disk,
             lambda disk: disk.snapshot_delete_all(progress=Progress("merging into the base")),
             lambda server: server.refuse(
@@ -266,10 +272,12 @@ def run_delete(args: argparse.Namespace) -> int:
         print("deleted all snapshots")
         return 0
 
-    def here(disk: Disk) -> None:
+    def here(disk: Disk | VM) -> None:
         disk.snapshot_delete(args.name, progress=Progress(f"merging {args.name}"))
 
-    open_or_ask(args.disk, here, lambda server: server.ask("snapshot-delete", {"name": args.name}))
+    open_either_or_ask(
+        args.disk, here, lambda server: server.ask("snapshot-delete", {"name": args.name})
+    )
     print(f"snapshot {args.name!r} deleted")
     return 0
 

@@ -46,6 +46,7 @@ from host.engine.intents import (
     MergeIntent,
     RevertIntent,
     clear_intent,
+    new_delta,
     read_intent,
     write_intent,
 )
@@ -141,9 +142,11 @@ class Disk:
                 if not self.readonly:
                     self.flush()
             finally:
-                self._close_layers()
-                self._flock.release()
-                self._flock = None
+                try:
+                    self._close_layers()
+                finally:  # a close that fails still lets go of the disk
+                    self._flock.release()
+                    self._flock = None
 
     def _close_layers(self) -> None:
         self._layers.close_all()
@@ -319,6 +322,29 @@ class Disk:
             assert isinstance(layer, SparseExtent)
             self._chain.push(layer)
             return dict(tree.snapshot(name))
+
+    def switch_for_vm(self, name: str, description: str, consistency: str, new: str) -> None:
+        """``snapshot_create`` for a VM's cut, without the disk's own intent: the VM's intent
+        names ``new`` (``next_delta_name``, asked before) and removes it after a crash that
+        came before this disk's tree was saved. Flush, make ``new``, save the tree, switch.
+        Raises what ``snapshot_create`` raises; on failure nothing of it is left."""
+        with self._lock:
+            self._writable()
+            self._finish_pending()
+            tree = self.tree.taking(
+                name,
+                new,
+                description=description,
+                consistency=consistency,
+                report={},
+                artifacts={},
+            )
+            self.flush()
+            new_delta(self._layers, new, tree)
+            self.tree = tree
+            layer = self._layers[new]
+            assert isinstance(layer, SparseExtent)
+            self._chain.push(layer)
 
     def snapshot_update(
         self,

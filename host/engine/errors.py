@@ -6,6 +6,7 @@ write into the one a sysadmin can act on (``NoSpace`` for a full disk)::
     DiskError                    2  root of the engine's (a QuiesceError)
      ├── ForeignFile            10  not a file this engine can use (bad magic, unsupported format)
      ├── CorruptFile            11  our format, damaged (truncated, table past the end, ...)
+     │    └── VmMismatch        11  a VM's disks disagree with its tree (vm.json)
      ├── ChainBroken            12  missing parent, parent loop, hint outside the folder
      │    ├── ChainFileMissing  12  a layer file the chain names is missing or unreadable
      │    └── CidMismatch       13  child's parentCID is not the parent's CID
@@ -44,6 +45,13 @@ class ForeignFile(DiskError):
 class CorruptFile(DiskError):
     code = "CorruptFile"
     exit_code = 11
+
+
+class VmMismatch(CorruptFile):
+    """A VM's disk folders disagree with the VM's tree: a disk missing, of another history,
+    a snapshot or layer the tree names that the disk does not have."""
+
+    code = "VmMismatch"
 
 
 class ChainBroken(DiskError):

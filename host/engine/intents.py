@@ -59,7 +59,7 @@ class CreateIntent:
 
     def run(self, layers: Layers, after: Tree) -> Tree:
         """Make the new delta on its parent and save ``after``; on failure neither is left."""
-        _new_delta(layers, self.new, after)
+        new_delta(layers, self.new, after)
         clear_intent(layers.folder)
         return after
 
@@ -90,7 +90,7 @@ class RevertIntent:
     def run(self, layers: Layers, after: Tree) -> Tree:
         """Make the new delta on the target, save ``after``, then remove the discarded layer
         (not the base); on failure before the tree is saved, nothing changed."""
-        _new_delta(layers, self.new, after)
+        new_delta(layers, self.new, after)
         layers.close(self.discard)
         layers.remove(self.discard)
         clear_intent(layers.folder)
@@ -289,9 +289,10 @@ def _tree(record: Record, path: Path) -> Tree:
         raise _malformed(record, path, f"'tree' is not a whole tree: {what}") from err
 
 
-def _new_delta(layers: Layers, name: str, after: Tree) -> None:
+def new_delta(layers: Layers, name: str, after: Tree) -> None:
     """An empty delta ``name`` on its parent in ``after``, then ``after`` saved; if either
-    fails the delta and the intent are removed again (the operation did not happen)."""
+    fails the delta and the intent (if any: a VM's cut writes none) are removed again (the
+    operation did not happen)."""
     parent = after.layers[name]
     assert parent is not None
     try:

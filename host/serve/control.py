@@ -35,14 +35,16 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from agent import protocol
 from common.errors import QuiesceError
 from host.serve.control_client import MAX_LINE, request, short_path, socket_path
-from host.serve.device import BlockDevice, IOGate, ServedDisk
+from host.serve.device import BlockDevice, CutsUnderPause, Gate, SnapshotSide
+from host.serve.device import IOGate as IOGate  # the gate behind the socket, for its users
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,10 @@ def _record_request(command: str, args: dict[str, Any]) -> tuple[str, dict[str, 
     return name, fields
 
 
+def _ms(start: float, end: float) -> float:
+    return round((end - start) * 1000, 3)
+
+
 # --- server --------------------------------------------------------------------------------------
 class ControlServer:
     """Answers control requests for one served disk until ``shutdown()``."""
@@ -107,14 +113,14 @@ class ControlServer:
     def __init__(
         self,
         disk_folder: str | os.PathLike[str],
-        disk: BlockDevice,
-        gate: IOGate,
+        disk: BlockDevice | SnapshotSide,
+        gate: Gate,
         status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.disk_path = Path(os.path.abspath(disk_folder))
         self.path = socket_path(disk_folder)
         self.disk = disk
-        self.served: ServedDisk | None = disk if isinstance(disk, ServedDisk) else None
+        self.served: SnapshotSide | None = disk if isinstance(disk, SnapshotSide) else None
         self.gate = gate
         self.extra_status = status
         self.started = time.monotonic()
@@ -251,35 +257,55 @@ class ControlServer:
             self.disk.flush()
         return {"flushed": True, "ms": round((time.monotonic() - t0) * 1000, 3)}
 
-    def _engine(self, what: str) -> ServedDisk:
+    def _engine(self, what: str) -> SnapshotSide:
         """The served disk's snapshot side; a raw image file has none (``Unsupported``)."""
         if self.served is None:
             raise _CommandError(UNSUPPORTED, f"the served device has no {what}")
         return self.served
 
     def cmd_snapshot_create(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Pause client I/O (on every disk of a VM), flush and switch, record, resume. The
+        reply's ``drain_ms`` (until every disk was paused), ``switch_ms`` and ``paused_ms``
+        are the whole cut's; a VM's adds ``disks``: each disk's ``paused_ms``, from its own
+        pause to the common resume. A VM pauses around its switches only (its records are
+        written before and after the pause: ``CutsUnderPause``), a disk around all of it."""
         name, fields = _record_request("snapshot-create", args)
-        create = self._engine("snapshots").snapshot_create
+        engine = self._engine("snapshots")
+        marks: dict[str, Any] = {}
+
+        @contextmanager
+        def pause() -> Iterator[None]:
+            marks["t0"] = time.monotonic()
+            with self.gate.paused() as held:
+                marks["t1"], marks["held"] = time.monotonic(), held
+                yield
+                marks["t2"] = time.monotonic()
+            marks["t3"] = time.monotonic()
+
+        record = {
+            "description": str(fields.get("description", "")),
+            "consistency": fields.get("consistency", "crash"),
+            "report": fields.get("report"),
+            "artifacts": fields.get("artifacts"),
+        }
         with self._lock:
-            t0 = time.monotonic()
             try:
-                with self.gate.paused():
-                    t1 = time.monotonic()
-                    result = create(
-                        name,
-                        description=str(fields.get("description", "")),
-                        consistency=fields.get("consistency", "crash"),
-                        report=fields.get("report"),
-                        artifacts=fields.get("artifacts"),
-                    )
-                    t2 = time.monotonic()
+                if isinstance(engine, CutsUnderPause):
+                    result = engine.snapshot_create_paused(name, **record, pause=pause)
+                else:
+                    with pause():
+                        result = engine.snapshot_create(name, **record)
             except TimeoutError as err:
                 raise _CommandError(PAUSE_TIMEOUT_CLASS, f"snapshot {name!r}: {err}") from err
-        timing = {
-            "drain_ms": round((t1 - t0) * 1000, 3),
-            "switch_ms": round((t2 - t1) * 1000, 3),
-            "paused_ms": round((time.monotonic() - t1) * 1000, 3),
+        t0, t1, t2, t3, held = (marks[k] for k in ("t0", "t1", "t2", "t3", "held"))
+        timing: dict[str, Any] = {
+            "drain_ms": _ms(t0, t1),
+            "switch_ms": _ms(t1, t2),
+            "paused_ms": _ms(t1, t3),
         }
+        if isinstance(held, dict):  # a VM: the first disk paused is held the longest
+            timing["paused_ms"] = _ms(min(held.values(), default=t1), t3)
+            timing["disks"] = {n: {"paused_ms": _ms(t, t3)} for n, t in held.items()}
         self.last_snapshot = {"name": name, **timing}
         logger.info("control: snapshot %r taken; I/O paused %.1f ms", name, timing["paused_ms"])
         return {"snapshot": result, **timing}

@@ -1,10 +1,12 @@
 """The block-device layer the servers share: the device, the I/O gate, and errno for failures.
 
 ``BlockDevice`` is what NBD and FUSE need of a disk (the engine's ``Disk`` and ``RawFile`` both
-fit); ``ServedDisk`` adds what the control socket needs (snapshots, records, export) and only
-the engine's ``Disk`` has. Every client request passes an ``IOGate`` (``GatedDevice``): a
-snapshot waits until the requests in flight are done, holds new ones back, flushes and
-switches, then lets them go, so a write is never split across the cut.
+fit); ``SnapshotSide`` is what the control socket needs (snapshots, records, export), which the
+engine's ``Disk`` has (a ``ServedDisk``) and a ``VM`` has over all its disks. Every client
+request passes an ``IOGate`` (``GatedDevice``): a snapshot waits until the requests in flight
+are done, holds new ones back, flushes and switches, then lets them go, so a write is never
+split across the cut. A VM's disks each have their gate, and a ``GateGroup`` pauses them all
+for one cut.
 
 One errno table for NBD and FUSE: an engine error, or the OSError below it, is an errno;
 FUSE hands it to the kernel as it is, NBD narrows it to the few its wire defines.
@@ -17,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -63,10 +65,15 @@ class BlockDevice(Protocol):
 
 
 @runtime_checkable
-class ServedDisk(BlockDevice, Protocol):
-    """What the control socket needs of a served disk beyond its blocks: the engine's ``Disk``
-    (a raw image file has none of it). Raises the engine's errors (SnapshotExists,
-    SnapshotNotFound, NoSpace, ...), which go back to the client with their own class."""
+class SnapshotSide(Protocol):
+    """What the control socket needs of what it serves beyond blocks: the engine's ``Disk``,
+    or a ``VM`` (whose disks are served one export each). Raises the engine's errors
+    (SnapshotExists, SnapshotNotFound, NoSpace, ...), which go back with their own class."""
+
+    @property
+    def size(self) -> int: ...
+
+    def flush(self) -> None: ...
 
     def info(self) -> dict[str, Any]: ...
 
@@ -103,6 +110,28 @@ class ServedDisk(BlockDevice, Protocol):
         *,
         sync: bool = True,
     ) -> None: ...
+
+
+@runtime_checkable
+class CutsUnderPause(Protocol):
+    """A snapshot side that pauses its clients itself, around just its switch (a ``VM``:
+    its intent and records are written outside the pause)."""
+
+    def snapshot_create_paused(
+        self,
+        name: str,
+        description: str = "",
+        consistency: str = "crash",
+        report: dict[str, Any] | None = None,
+        artifacts: dict[str, Any] | None = None,
+        *,
+        pause: Callable[[], AbstractContextManager[object]],
+    ) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class ServedDisk(BlockDevice, SnapshotSide, Protocol):
+    """A served disk with a snapshot side: the engine's ``Disk`` (a raw image file has none)."""
 
 
 class RawFile:
@@ -161,8 +190,9 @@ class IOGate:
                     self._cond.notify_all()
 
     @contextmanager
-    def paused(self, timeout: float = PAUSE_TIMEOUT) -> Iterator[None]:
-        """No client I/O runs inside. Raises TimeoutError if in-flight I/O does not drain."""
+    def paused(self, timeout: float = PAUSE_TIMEOUT) -> Iterator[float]:
+        """No client I/O runs inside; yields the (monotonic) time the pause took hold.
+        Raises TimeoutError if in-flight I/O does not drain."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._paused:
@@ -177,8 +207,9 @@ class IOGate:
                         self._cond.notify_all()
                         raise TimeoutError(f"client I/O still running after {timeout:.1f} s")
             self.pauses += 1
+            held = time.monotonic()
         try:
-            yield
+            yield held
         finally:
             with self._cond:
                 self._paused = False
@@ -187,6 +218,51 @@ class IOGate:
     @property
     def is_paused(self) -> bool:
         return self._paused
+
+
+class GateGroup:
+    """The gates of a VM's disks used as one: a pause holds new I/O back on every disk and
+    drains what is in flight on each, so that no write lands on one disk after the cut and on
+    another before it (QEMU's ``transaction`` does the same over its block jobs)."""
+
+    def __init__(self, gates: dict[str, IOGate]) -> None:
+        self.gates = gates
+
+    @contextmanager
+    def io(self) -> Iterator[None]:
+        """Client I/O on every disk at once (a flush of the whole VM)."""
+        with ExitStack() as stack:
+            for gate in self.gates.values():
+                stack.enter_context(gate.io())
+            yield
+
+    @contextmanager
+    def paused(self, timeout: float = PAUSE_TIMEOUT) -> Iterator[dict[str, float]]:
+        """Every disk paused, one after the other within one deadline, then all released
+        together; yields when each disk's pause took hold. Raises TimeoutError (naming the
+        disk) if one does not drain: the disks already paused are let go again."""
+        deadline = time.monotonic() + timeout
+        held: dict[str, float] = {}
+        with ExitStack() as stack:
+            for name, gate in self.gates.items():
+                try:
+                    held[name] = stack.enter_context(
+                        gate.paused(max(0.0, deadline - time.monotonic()))
+                    )
+                except TimeoutError as err:
+                    raise TimeoutError(f"disk {name!r}: {err}") from err
+            yield held
+
+    @property
+    def is_paused(self) -> bool:
+        return any(g.is_paused for g in self.gates.values())
+
+    @property
+    def pauses(self) -> int:
+        return min((g.pauses for g in self.gates.values()), default=0)
+
+
+Gate = IOGate | GateGroup
 
 
 class GatedDevice:
@@ -228,5 +304,8 @@ class GatedDevice:
 
 if TYPE_CHECKING:  # the engine's Disk is the ServedDisk; mypy holds it to the interface here
     from host.engine.disk import Disk
+    from host.engine.vm import VM
 
     _engine_disk: type[ServedDisk] = Disk
+    _engine_vm: type[SnapshotSide] = VM
+    _vm_cut: type[CutsUnderPause] = VM

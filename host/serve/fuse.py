@@ -1,4 +1,5 @@
-"""The disk's current state as one file, ``MOUNTPOINT/disk.raw``, through FUSE.
+"""The disk's current state as one file, ``MOUNTPOINT/disk.raw``, through FUSE (a VM's: one
+file per disk, ``MOUNTPOINT/NAME.raw``).
 
 Readable and writable (unless read-only), the size of the disk, ``fsync``/``fdatasync``
 flush the device, so Linux can loop-mount a filesystem on it (``mount -o loop``, ``losetup``).
@@ -28,7 +29,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -42,7 +43,6 @@ from host.serve.device import BlockDevice, errno_of
 logger = logging.getLogger(__name__)
 
 FILE_NAME = "disk.raw"
-FILE_PATH = "/" + FILE_NAME
 
 
 class FuseServeError(QuiesceError):
@@ -65,17 +65,19 @@ def _as_oserror(what: str) -> Iterator[None]:
 
 
 class DiskFile(mfusepy.Operations):  # type: ignore[misc]
-    """One directory, one file: the device."""
+    """One directory, one file per device: ``disk.raw`` for one, ``NAME`` for a mapping."""
 
     use_ns = True
 
     def __init__(
         self,
-        device: BlockDevice,
+        device: BlockDevice | Mapping[str, BlockDevice],
         readonly: bool = False,
         on_ready: Callable[[], None] | None = None,
     ) -> None:
-        self.device = device
+        self.files: dict[str, BlockDevice] = (
+            dict(device) if isinstance(device, Mapping) else {FILE_NAME: device}
+        )
         self.readonly = readonly
         self.on_ready = on_ready
         now = time.time_ns()
@@ -92,16 +94,20 @@ class DiskFile(mfusepy.Operations):  # type: ignore[misc]
         if self.on_ready is not None:
             self.on_ready()
 
-    def _check(self, path: str | None) -> None:
-        if path not in (FILE_PATH, None):
+    def _device(self, path: str | None) -> BlockDevice:
+        """The device behind ``path`` (``None``: the only one)."""
+        if path is None and len(self.files) == 1:
+            return next(iter(self.files.values()))
+        device = self.files.get((path or "").lstrip("/")) if (path or "").count("/") == 1 else None
+        if device is None:
             raise mfusepy.FuseOSError(errno.ENOENT)
+        return device
 
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
         base = {"st_uid": self.uid, "st_gid": self.gid, **self.times}
         if path == "/":
             return {**base, "st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
-        self._check(path)
-        size = self.device.size
+        size = self._device(path).size
         mode = 0o400 if self.readonly else 0o600
         return {
             **base,
@@ -115,42 +121,43 @@ class DiskFile(mfusepy.Operations):  # type: ignore[misc]
     def readdir(self, path: str, fh: int) -> list[str]:
         if path != "/":
             raise mfusepy.FuseOSError(errno.ENOTDIR)
-        return [".", "..", FILE_NAME]
+        return [".", "..", *self.files]
 
     def open(self, path: str, flags: int) -> int:
-        self._check(path)
+        self._device(path)
         if self.readonly and flags & (os.O_WRONLY | os.O_RDWR):
             raise mfusepy.FuseOSError(errno.EROFS)
         return 0
 
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
-        end = min(offset + size, self.device.size)
+        device = self._device(path)
+        end = min(offset + size, device.size)
         if end <= offset:
             return b""
         with _as_oserror(f"read {offset}+{end - offset}"):
-            return self.device.read(offset, end - offset)
+            return device.read(offset, end - offset)
 
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
         if self.readonly:
             raise mfusepy.FuseOSError(errno.EROFS)
-        size = self.device.size
+        device = self._device(path)
+        size = device.size
         if offset >= size:
             raise mfusepy.FuseOSError(errno.ENOSPC)  # the disk does not grow
         data = data[: size - offset]
         with _as_oserror(f"write {offset}+{len(data)}"):
-            self.device.write(offset, data)
+            device.write(offset, data)
         self.times["st_mtime"] = time.time_ns()
         return len(data)
 
     def truncate(self, path: str | None, length: int, fh: Any = None) -> int:
-        self._check(path)
-        if length != self.device.size:
+        if length != self._device(path).size:
             raise mfusepy.FuseOSError(errno.EPERM)  # the size is the disk's, fixed
         return 0
 
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
         with _as_oserror("fsync"):
-            self.device.flush()
+            self._device(path).flush()
         return 0
 
     def flush(self, path: str | None, fh: int) -> int:
@@ -172,19 +179,20 @@ class DiskFile(mfusepy.Operations):  # type: ignore[misc]
         raise mfusepy.FuseOSError(errno.EPERM)
 
     def statfs(self, path: str) -> dict[str, int]:
-        blocks = (self.device.size + 4095) // 4096
+        blocks = (sum(d.size for d in self.files.values()) + 4095) // 4096
         return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": blocks, "f_namemax": 255}
 
 
 def serve_fuse(
-    device: BlockDevice,
+    device: BlockDevice | Mapping[str, BlockDevice],
     mountpoint: str,
     *,
     readonly: bool = False,
     on_ready: Callable[[], None] | None = None,
     fsname: str = "quiesce",
 ) -> None:
-    """Mount ``device`` as ``mountpoint/disk.raw`` and serve it until unmounted or signalled.
+    """Mount ``device`` as ``mountpoint/disk.raw`` (a mapping: one file per name) and serve
+    it until unmounted or signalled.
 
     Blocks the calling thread, which must be the main thread for the signal handling.
     Raises FuseServeError when the mount fails.

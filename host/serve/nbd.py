@@ -1,4 +1,5 @@
-"""An NBD server that exposes one block device (the disk's current state) to NBD clients.
+"""An NBD server that exposes block devices (a disk's current state, or each disk of a VM as
+an export of its own, by name) to NBD clients.
 
 Fixed newstyle negotiation (EXPORT_NAME, ABORT, LIST, INFO, GO, STRUCTURED_REPLY,
 LIST_/SET_META_CONTEXT with ``base:allocation``; every other option gets ERR_UNSUP and the
@@ -24,6 +25,7 @@ import ipaddress
 import logging
 import socket
 import threading
+from collections.abc import Mapping
 
 from common.errors import QuiesceError
 from host.serve.device import BlockDevice
@@ -72,11 +74,16 @@ def resolve_bind(host: str, port: int, allow_remote: bool) -> tuple[int, tuple[s
 
 
 class NBDServer:
-    """Serves ``device`` to any number of NBD clients; ``start()`` returns once listening."""
+    """Serves ``device`` to any number of NBD clients; ``start()`` returns once listening.
+
+    ``device`` is one device, the export ``name`` (the empty name reaches it too), or a
+    mapping of export names to devices (a VM's disks): each client names the one it wants,
+    ``LIST`` names them all, and the empty name is refused with the list of names.
+    """
 
     def __init__(
         self,
-        device: BlockDevice,
+        device: BlockDevice | Mapping[str, BlockDevice],
         host: str = "127.0.0.1",
         port: int = 10809,
         *,
@@ -86,8 +93,11 @@ class NBDServer:
         allow_remote: bool = False,
         max_connections: int = 16,
     ) -> None:
-        self.device = device
-        self.name = name
+        self.exports: dict[str, BlockDevice] = (
+            dict(device) if isinstance(device, Mapping) else {name: device}
+        )
+        self.device = next(iter(self.exports.values()))
+        self.name = name if not isinstance(device, Mapping) else ""
         self.description = description
         self.readonly = readonly
         self.max_connections = max_connections
@@ -109,8 +119,23 @@ class NBDServer:
 
     @property
     def uri(self) -> str:
+        """The URI of the export (of the first of several: see ``uris``)."""
+        return self.uris[0]
+
+    @property
+    def uris(self) -> list[str]:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"nbd://{host}:{self.port}/{self.name}"
+        return [f"nbd://{host}:{self.port}/{name}" for name in self.exports]
+
+    def export(self, name: bytes) -> BlockDevice | None:
+        """The device a client asks for by ``name`` (the empty name: the one export)."""
+        try:
+            text = name.decode()
+        except UnicodeDecodeError:
+            return None
+        if text == "" and len(self.exports) == 1:
+            return self.device
+        return self.exports.get(text)
 
     @property
     def active_connections(self) -> int:
@@ -122,7 +147,8 @@ class NBDServer:
             target=self._accept_loop, name="nbd-accept", daemon=True
         )
         self._accept_thread.start()
-        logger.info("NBD: serving %d bytes on %s", self.device.size, self.uri)
+        for uri, dev in zip(self.uris, self.exports.values(), strict=True):
+            logger.info("NBD: serving %d bytes on %s", dev.size, uri)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop accepting, hang up on every client, wait for their threads."""

@@ -15,7 +15,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
-from host.serve.device import errno_of
+from host.serve.device import BlockDevice, errno_of
 from host.serve.nbd_wire import (
     CHUNK_BLOCK_STATUS,
     CHUNK_DONE,
@@ -192,6 +192,7 @@ class _Connection:
         if opt == OPT_EXPORT_NAME:
             if not self.known_export(data):
                 raise _Hangup(f"unknown export {data!r}")
+            self.device = self.chosen(data)
             tail = b"" if self.no_zeroes else bytes(124)
             self.send(struct.pack(">QH", self.device.size, self.transmission_flags()), tail)
             return True
@@ -218,14 +219,24 @@ class _Connection:
             return False
 
     def known_export(self, name: bytes) -> bool:
-        return name in (b"", self.server.name.encode())
+        return self.server.export(name) is not None
+
+    def chosen(self, name: bytes) -> BlockDevice:
+        device = self.server.export(name)
+        assert device is not None  # known_export said so
+        return device
+
+    def unknown(self, name: bytes) -> str:
+        names = ", ".join(repr(n) for n in self.server.exports)
+        return f"no export named {name!r} (this server has {names})"
 
     def opt_list(self, opt: int, data: bytes) -> bool:
         if data:
             self.opt_error(opt, REP_ERR_INVALID, "LIST takes no data")
             return False
-        name = self.server.name.encode()
-        self.opt_reply(opt, REP_SERVER, struct.pack(">I", len(name)) + name)
+        for export in self.server.exports:
+            name = export.encode()
+            self.opt_reply(opt, REP_SERVER, struct.pack(">I", len(name)) + name)
         self.opt_reply(opt, REP_ACK)
         return False
 
@@ -239,12 +250,14 @@ class _Connection:
             raise struct.error("info request count does not match the length")
         wanted = struct.unpack_from(f">{count}H", data, 6 + namelen)
         if not self.known_export(name):
-            self.opt_error(opt, REP_ERR_UNKNOWN, f"no export named {name!r}")
+            self.opt_error(opt, REP_ERR_UNKNOWN, self.unknown(name))
             return False
-        info = struct.pack(">HQH", INFO_EXPORT, self.device.size, self.transmission_flags())
+        device = self.chosen(name)
+        info = struct.pack(">HQH", INFO_EXPORT, device.size, self.transmission_flags())
         self.opt_reply(opt, REP_INFO, info)
         if INFO_NAME in wanted:
-            self.opt_reply(opt, REP_INFO, struct.pack(">H", INFO_NAME) + self.server.name.encode())
+            shown = name or self.server.name.encode()
+            self.opt_reply(opt, REP_INFO, struct.pack(">H", INFO_NAME) + shown)
         if INFO_DESCRIPTION in wanted and self.server.description:
             desc = self.server.description.encode()[:4096]
             self.opt_reply(opt, REP_INFO, struct.pack(">H", INFO_DESCRIPTION) + desc)
@@ -252,6 +265,8 @@ class _Connection:
             sizes = struct.pack(">HIII", INFO_BLOCK_SIZE, 1, PREFERRED_BLOCK, MAX_PAYLOAD)
             self.opt_reply(opt, REP_INFO, sizes)
         self.opt_reply(opt, REP_ACK)
+        if opt == OPT_GO:
+            self.device = device
         return opt == OPT_GO
 
     def opt_structured(self, opt: int, data: bytes) -> bool:
@@ -282,7 +297,7 @@ class _Connection:
             self.opt_error(opt, REP_ERR_INVALID, "SET_META_CONTEXT needs STRUCTURED_REPLY first")
             return False
         if not self.known_export(name):
-            self.opt_error(opt, REP_ERR_UNKNOWN, f"no export named {name!r}")
+            self.opt_error(opt, REP_ERR_UNKNOWN, self.unknown(name))
             return False
         matches = (not queries and opt == OPT_LIST_META_CONTEXT) or any(
             q in (META_BASE_ALLOCATION, "base:") for q in queries

@@ -114,6 +114,8 @@ def timeline(record: dict[str, Any]) -> list[str]:
     at("abort_sent", "abort (freezeFail) sent")
     sw = host.get("switch") or {}
     extra = f", client I/O paused {sw['paused_ms']:.1f} ms" if "paused_ms" in sw else ""
+    if extra and isinstance(sw.get("disks"), dict):  # a VM: one pause over all its disks
+        extra += f" on all {len(sw['disks'])} disks"
     at("switch_start", "snapshot switch: flush + new delta")
     at(
         "switch_end",

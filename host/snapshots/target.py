@@ -5,8 +5,9 @@ report, PostgreSQL's ``backup_label``, the held window, whether the thaw confirm
 known only after the thaw. So a target can ``create`` (flush + switch to a new delta), then
 ``update`` the snapshot's record, or ``delete`` it when the quiesce failed.
 
-- ``EngineTarget``: the disk is not served; we hold its writer lock for the whole cycle (opened
-  before the freeze, so opening and checking the chain is not inside the window).
+- ``EngineTarget``: the disk (or VM) is not served; we hold its writer lock for the whole
+  cycle (opened before the freeze, so opening and checking the chain is not inside the
+  window).
 - ``ServedTarget``: ``quiesce-host serve`` holds the disk; create and delete go through its
   control socket (``host.serve.control``), which cuts between client writes.
 
@@ -28,6 +29,8 @@ from agent import protocol
 from host.engine.disk import Disk
 from host.engine.errors import DiskBusy
 from host.engine.tree import Tree
+from host.engine.vm import VM, open_any, vm_snapshot_record
+from host.engine.vmtree import is_vm
 from host.serve.control_client import request, socket_path
 
 
@@ -51,11 +54,12 @@ class Target(Protocol):
 
 
 class EngineTarget:
-    """The engine's Disk, held (locked) by us for the whole cycle."""
+    """The engine's Disk (or VM: every disk cut at once), held (locked) by us for the
+    whole cycle."""
 
     kind = "engine"
 
-    def __init__(self, disk: Disk) -> None:
+    def __init__(self, disk: Disk | VM) -> None:
         self.disk = disk
 
     def create(
@@ -138,7 +142,7 @@ def open_target(folder: str | os.PathLike[str]) -> EngineTarget | ServedTarget:
     """
     path = Path(folder)
     try:
-        return EngineTarget(Disk.open(path))
+        return EngineTarget(open_any(path))
     except DiskBusy:
         if not socket_path(path).exists():
             raise
@@ -151,11 +155,12 @@ def _record(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_snapshot(folder: str | os.PathLike[str], name: str) -> dict[str, Any]:
-    """A snapshot's full record (with report and artifacts), served or not; read-only.
-
-    ``tree.json`` is replaced atomically, so reading it without the lock is safe.
-    Raises DiskError (not a disk), SnapshotNotFound.
+    """A snapshot's full record (with report and artifacts) of a disk or a VM, served or
+    not; read-only. ``tree.json`` and ``vm.json`` are replaced atomically, so reading them
+    without the lock is safe. Raises DiskError (not a disk), SnapshotNotFound.
     """
+    if is_vm(Path(folder)):
+        return vm_snapshot_record(Path(folder), name)
     tree = Tree.load(Path(folder))
     snap = dict(tree.snapshot(name))
     snap["parent"] = tree.named_ancestor(snap["layer"])

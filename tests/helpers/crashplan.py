@@ -1,14 +1,19 @@
 """A deterministic sequence of engine operations and the model state after each one.
 
-The SIGKILL test runs it in a child process (``python -m tests.helpers.crashplan FOLDER SEED``),
+``crash_at`` makes the n-th durable system call raise ``Crash`` (the process "dies" there)
+and ``abandon`` drops what a dead process held, for the kill-at-every-step tests. The SIGKILL
+test runs it in a child process (``python -m tests.helpers.crashplan FOLDER SEED [disk|vm]``),
 which prints ``ack N`` once operation N has returned; the parent replays the same plan on a
 model to know what the disk must hold after a kill.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +33,45 @@ class Op:
     kind: str  # write | zero | create | revert | delete | delete_all
     args: tuple[Any, ...] = ()
     grains_only: bool = False  # a write: after a kill, each sector is old or new
+
+
+DURABLE = ("pwrite", "write", "rename", "unlink", "fsync", "fdatasync", "ftruncate")
+
+
+class Crash(BaseException):
+    """The process 'dies' here: nothing after this system call happens."""
+
+
+@contextmanager
+def crash_at(step: int) -> Iterator[list[int]]:
+    """Make the ``step``-th durable system call (counting from 0) raise Crash instead."""
+    count = [0]
+    saved = {name: getattr(os, name) for name in DURABLE}
+
+    def wrap(name: str, fn: Callable[..., object]) -> Callable[..., object]:
+        def call(*args: object, **kwargs: object) -> object:
+            if count[0] == step:
+                raise Crash(name)
+            count[0] += 1
+            return fn(*args, **kwargs)
+
+        return call
+
+    for name, fn in saved.items():
+        setattr(os, name, wrap(name, fn))
+    try:
+        yield count
+    finally:
+        for name, fn in saved.items():
+            setattr(os, name, fn)
+
+
+def abandon(disk: Any) -> None:
+    """What the kernel does for a dead process: close its files, drop its lock."""
+    disk._close_layers()
+    if disk._flock is not None:
+        disk._flock.release()
+        disk._flock = None
 
 
 def plan(seed: int, steps: int = STEPS) -> list[tuple[Op, State]]:
@@ -90,10 +134,10 @@ def apply(disk: Any, op: Op) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from host.engine.disk import Disk
+    from tests.helpers.striped import KINDS  # not at the top: it imports this module
 
-    folder, seed = argv[0], int(argv[1])
-    with Disk.open(folder) as disk:
+    folder, seed, kind = argv[0], int(argv[1]), argv[2] if len(argv) > 2 else "disk"
+    with KINDS[kind][1](folder) as disk:
         for i, (op, _) in enumerate(plan(seed)):
             apply(disk, op)
             sys.stdout.write(f"ack {i}\n")

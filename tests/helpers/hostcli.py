@@ -5,13 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from host.cli import main as cli
+import pytest
+
+from host.cli import main as cli_main
 from host.engine.disk import Disk
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    """``quiesce-host ARGS`` in this process: (exit code, stdout, stderr)."""
+    code = cli_main.main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
 def run_cli(argv: list[str]) -> int:
     """``quiesce-host ARGV`` in this process: its exit code, as a shell would see it."""
-    return cli.main(argv)
+    return cli_main.main(argv)
 
 
 def write_script(folder: Path, name: str, body: str) -> Path:

@@ -39,15 +39,24 @@ class Served:
         return self.errfile.read()
 
     def wait_for(self, prefix: str, timeout: float = 20) -> str:
+        return self.wait_all(prefix, 1, timeout, start=True)[0]
+
+    def wait_all(
+        self, text: str, count: int, timeout: float = 20, *, start: bool = False
+    ) -> list[str]:
+        """The first ``count`` lines that hold ``text`` (that start with it, if ``start``):
+        a VM's server prints one line per disk it serves."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if line.startswith(prefix):
-                    return line
+            found = [
+                ln for ln in list(self.lines) if (ln.startswith(text) or not start and text in ln)
+            ]
+            if len(found) >= count:
+                return found[:count]
             if self.proc.poll() is not None and not self.reader.is_alive():
                 break
             time.sleep(0.02)
-        raise AssertionError(f"no {prefix!r} line; got {self.lines}, stderr: {self.stderr}")
+        raise AssertionError(f"no {count} {text!r} lines; got {self.lines}, stderr: {self.stderr}")
 
     @property
     def uri(self) -> str:

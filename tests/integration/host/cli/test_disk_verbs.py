@@ -12,14 +12,9 @@ from host.cli.main import main
 from host.engine.disk import Disk
 from host.lab.local import console_script
 from tests.helpers.env import REPO
+from tests.helpers.hostcli import cli
 
 GRAIN = 64 * 1024
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_a_session_from_create_to_delete_all(

@@ -9,15 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from host.cli.main import main
 from host.engine.disk import Disk
 from host.serve.control import ControlServer, IOGate
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.helpers.hostcli import cli
 
 
 @pytest.fixture

@@ -11,17 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from host.cli.main import main
 from host.engine.disk import Disk
 from tests.helpers.disks import GRAIN, QEMU_IMG, need_qemu, qemu_io, run
+from tests.helpers.hostcli import cli
 
 SMALL = 64 * GRAIN
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture

@@ -1,5 +1,8 @@
 """Crash safety: kill the engine at every durable step of each operation, and with SIGKILL
 at random moments; every acknowledged write survives and no state mixes before and after.
+Each runs over a disk and over a VM of three disks (``kind``): the VM seen as one striped
+disk (``tests.helpers.vms.Striped``), so a crash that left one of its disks before an
+operation and another after it reads as a state that is neither.
 
 ``QUIESCE_CRASH_TRIALS`` sets the number of SIGKILL trials (default 30; hundreds for a soak).
 """
@@ -14,58 +17,24 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from host.engine.disk import Disk
 from tests.helpers import crashplan
-from tests.helpers.crashplan import GRAIN, SIZE, Op, State
+from tests.helpers.crashplan import GRAIN, SIZE, Crash, Op, State, abandon, crash_at
 from tests.helpers.env import REPO
-
-DURABLE = ("pwrite", "write", "rename", "unlink", "fsync", "fdatasync", "ftruncate")
-
-
-class Crash(BaseException):
-    """The process 'dies' here: nothing after this system call happens."""
+from tests.helpers.striped import KINDS, Striped, abandon_any
 
 
-@contextmanager
-def crash_at(step: int) -> Iterator[list[int]]:
-    """Make the ``step``-th durable system call (counting from 0) raise Crash instead."""
-    count = [0]
-    saved = {name: getattr(os, name) for name in DURABLE}
-
-    def wrap(name: str, fn: Callable[..., object]) -> Callable[..., object]:
-        def call(*args: object, **kwargs: object) -> object:
-            if count[0] == step:
-                raise Crash(name)
-            count[0] += 1
-            return fn(*args, **kwargs)
-
-        return call
-
-    for name, fn in saved.items():
-        setattr(os, name, wrap(name, fn))
-    try:
-        yield count
-    finally:
-        for name, fn in saved.items():
-            setattr(os, name, fn)
+@pytest.fixture(params=sorted(KINDS))
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
-def abandon(disk: Disk) -> None:
-    """What the kernel does for a dead process: close its files, drop its lock."""
-    disk._close_layers()
-    if disk._flock is not None:
-        disk._flock.release()
-        disk._flock = None
-
-
-def observe(folder: Path, tmp: Path) -> State:
-    with Disk.open(folder) as disk:
+def observe(folder: Path, tmp: Path, kind: str = "disk") -> State:
+    with KINDS[kind][1](folder) as disk:
         assert disk.check() == []
         snaps = {}
         for s in disk.snapshot_list():
@@ -92,11 +61,11 @@ def assert_before_or_after(got: State, before: State, after: State, op: Op) -> N
     assert got in (before, after), f"{op.kind} {op.args}: a state that is neither"
 
 
-def build_scenario(folder: Path) -> tuple[State, list[Op]]:
+def build_scenario(folder: Path, kind: str = "disk") -> tuple[State, list[Op]]:
     """A tree with every kind of merge ahead of it, and the operations to crash in."""
     cur = bytearray(SIZE)
     snaps: dict[str, bytes] = {}
-    with Disk.create(folder, SIZE) as d:
+    with KINDS[kind][0](folder, SIZE) as d:
 
         def w(off: int, data: bytes) -> None:
             d.write(off, data)
@@ -152,9 +121,9 @@ def expected_after(state: State, op: Op) -> State:
     return State(bytes(cur), snaps)
 
 
-def test_a_crash_at_every_durable_step_of_every_operation(tmp_path: Path) -> None:
+def test_a_crash_at_every_durable_step_of_every_operation(tmp_path: Path, kind: str) -> None:
     template = tmp_path / "template"
-    before, ops = build_scenario(template)
+    before, ops = build_scenario(template, kind)
     crashes = 0
     for op in ops:
         after = expected_after(before, op)
@@ -162,27 +131,27 @@ def test_a_crash_at_every_durable_step_of_every_operation(tmp_path: Path) -> Non
             folder = tmp_path / "disk"
             shutil.rmtree(folder, ignore_errors=True)
             shutil.copytree(template, folder)
-            disk = Disk.open(folder)
+            disk = KINDS[kind][1](folder)
             try:
                 with crash_at(step):
                     crashplan.apply(disk, op)
             except Crash:
-                abandon(disk)
+                abandon_any(disk)
                 crashes += 1
-                assert_before_or_after(observe(folder, tmp_path), before, after, op)
+                assert_before_or_after(observe(folder, tmp_path, kind), before, after, op)
                 continue
             disk.close()
-            assert observe(folder, tmp_path) == after
+            assert observe(folder, tmp_path, kind) == after
             break
         else:
             raise AssertionError(f"{op.kind} never finished")
     assert crashes > 100
 
 
-def start_worker(folder: Path, seed: int) -> subprocess.Popen[str]:
+def start_worker(folder: Path, seed: int, kind: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.helpers.crashplan", str(folder), str(seed)],
+        [sys.executable, "-m", "tests.helpers.crashplan", str(folder), str(seed), kind],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
@@ -190,16 +159,16 @@ def start_worker(folder: Path, seed: int) -> subprocess.Popen[str]:
     )
 
 
-def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path: Path) -> None:
+def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path: Path, kind: str) -> None:
     trials = int(os.environ.get("QUIESCE_CRASH_TRIALS", "30"))
     rng = random.Random(int(os.environ.get("QUIESCE_CRASH_SEED", "1")))
     changed_by_the_killed_op = finished = 0
     for trial in range(trials):
         folder = tmp_path / f"t{trial}"
-        Disk.create(folder, SIZE).close()
+        KINDS[kind][0](folder, SIZE).close()
         seed = rng.randrange(1_000_000)
         steps = crashplan.plan(seed)
-        proc = start_worker(folder, seed)
+        proc = start_worker(folder, seed, kind)
         assert proc.stdout is not None
         wanted = rng.randrange(len(steps))
         acked = -1
@@ -213,7 +182,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path: Path) -
         proc.wait()
         for line in rest.splitlines():
             acked = int(line.split()[1])
-        got = observe(folder, tmp_path)
+        got = observe(folder, tmp_path, kind)
         before = steps[acked][1] if acked >= 0 else State(bytes(SIZE))
         if acked + 1 < len(steps):
             op, after = steps[acked + 1]
@@ -231,13 +200,13 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("seed", [3, 4])
-def test_the_crash_plan_runs_to_completion(seed: int, tmp_path: Path) -> None:
+def test_the_crash_plan_runs_to_completion(seed: int, tmp_path: Path, kind: str) -> None:
     folder = tmp_path / "disk"
-    Disk.create(folder, SIZE).close()
-    proc = start_worker(folder, seed)
+    KINDS[kind][0](folder, SIZE).close()
+    proc = start_worker(folder, seed, kind)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0 and out.count("ack") == crashplan.STEPS
-    assert observe(folder, tmp_path) == crashplan.plan(seed)[-1][1]
+    assert observe(folder, tmp_path, kind) == crashplan.plan(seed)[-1][1]
 
 
 def test_unflushed_new_grains_survive_a_kill_but_not_a_reboot(
@@ -267,34 +236,35 @@ def test_unflushed_new_grains_survive_a_kill_but_not_a_reboot(
     assert not list(folder.glob(".*.pending"))
 
 
-def test_a_crash_while_recovering_from_a_crash_is_recovered_too(tmp_path: Path) -> None:
+def test_a_crash_while_recovering_from_a_crash_is_recovered_too(tmp_path: Path, kind: str) -> None:
     template = tmp_path / "template"
-    before, ops = build_scenario(template)
+    before, ops = build_scenario(template, kind)
+    open_ = KINDS[kind][1]
     rng = random.Random(9)
     for op in (ops[0], ops[1], ops[4], ops[5]):  # merge into base, into a delta, all; revert
         after = expected_after(before, op)
         folder = tmp_path / "disk"
         shutil.rmtree(folder, ignore_errors=True)
         shutil.copytree(template, folder)
-        with Disk.open(folder) as disk, crash_at(10**9) as count:
+        with open_(folder) as disk, crash_at(10**9) as count:
             crashplan.apply(disk, op)
         steps = count[0]
         for _ in range(int(os.environ.get("QUIESCE_RECOVERY_CRASHES", "10"))):
             shutil.rmtree(folder)
             shutil.copytree(template, folder)
-            disk = Disk.open(folder)
+            disk = open_(folder)
             try:
                 with crash_at(rng.randrange(steps)):
                     crashplan.apply(disk, op)
             except Crash:
                 pass
-            abandon(disk)
-            recovering: list[Disk] = []
+            abandon_any(disk)
+            recovering: list[Disk | Striped] = []
             try:
                 with crash_at(rng.randrange(60)):  # the recovery itself dies part-way
-                    recovering.append(Disk.open(folder))
+                    recovering.append(open_(folder))
                     recovering[0].close()
             except Crash:
                 for d in recovering:
-                    abandon(d)
-            assert_before_or_after(observe(folder, tmp_path), before, after, op)
+                    abandon_any(d)
+            assert_before_or_after(observe(folder, tmp_path, kind), before, after, op)

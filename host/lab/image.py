@@ -180,6 +180,7 @@ def _copy_source(src: Path) -> None:
         shutil.copytree(REPO / top, src / top, ignore=skip)
     for name in ("pyproject.toml", "README.md"):
         shutil.copyfile(REPO / name, src / name)
+    shutil.copytree(REPO / "docs", src / "docs", ignore=skip)  # the wheel's data-files
 
 
 def _check_packages(wheel: Path) -> None:
@@ -202,10 +203,14 @@ def _check_packages(wheel: Path) -> None:
 
 def _content_hash(wheel: Path) -> str:
     """sha256 of a wheel's member names and bytes: equal for equal content, whatever the zip
-    timestamps of a fresh build."""
+    timestamps of a fresh build. The host's own modules (``host/``, in our wheel) are left
+    out: the guest never imports them, and a change to the host side must not cost a
+    rebuild of the image (the guest's copy of host/ may be older than the repository's); nor
+    is RECORD, which lists their hashes."""
     h = hashlib.sha256()
     with zipfile.ZipFile(wheel) as z:
-        for name in sorted(z.namelist()):
+        names = [n for n in z.namelist() if not n.startswith("host/")]
+        for name in sorted(n for n in names if not n.endswith(".dist-info/RECORD")):
             h.update(name.encode() + b"\0" + hashlib.sha256(z.read(name)).digest())
     return h.hexdigest()
 

@@ -74,14 +74,35 @@ class Disk:
     # -- life-cycle -----------------------------------------------------------------------
 
     @classmethod
-    def create(cls, folder: str | Path, size: int, *, preallocate: bool = True) -> Disk:
+    def create(
+        cls,
+        folder: str | Path,
+        size: int,
+        *,
+        preallocate: bool = True,
+        source: str | Path | None = None,
+    ) -> Disk:
         """Make a new disk of ``size`` bytes, rounded up to a whole 64 KiB grain.
 
         ``folder`` is created if needed and must be empty. The flat base is preallocated
         (``posix_fallocate``) unless ``preallocate`` is False; a preallocated base is what
-        lets ``snapshot_delete_all`` never run out of space.
+        lets ``snapshot_delete_all`` never run out of space. With ``source`` (a raw image,
+        at most ``size`` bytes) the base starts as a copy of it: the flat extent is raw, so
+        the image's bytes are the disk's (cloned where the filesystem can, else copied
+        sparsely); ``source`` itself is never written.
         """
         folder = Path(folder)
+        if source is not None:
+            source = Path(source)
+            try:
+                have = source.stat().st_size
+            except OSError as err:
+                raise DiskError(f"{source}: cannot read the source image: {err.strerror}",
+                                folder) from err
+            if have > size:
+                raise DiskError(
+                    f"{source}: the image is {have} bytes, larger than the disk ({size})", folder
+                )
         if size <= 0:
             raise DiskError(f"{folder}: size must be positive (got {size})", folder)
         size = -(-size // GRAIN) * GRAIN
@@ -96,7 +117,7 @@ class Disk:
             raise DiskError(f"{folder}: not empty; a new disk needs an empty folder", folder)
         lock = FolderLock(folder, shared=False)
         try:
-            FlatBase.create(folder, size, preallocate)
+            FlatBase.create(folder, size, preallocate, source)
             Tree.new(folder, size).save()
         except DiskError:
             for name in (BASE_NAME, FLAT_NAME):

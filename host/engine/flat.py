@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from host.engine.names import BASE_NAME, FLAT_NAME, NO_PARENT, inside, new_cid, 
 from host.engine.sparse import MAGIC, SECTOR  # the unit of every VMDK; KDMV marks a delta
 
 MAX_DESCRIPTOR_FILE = 64 * 1024
+FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 
 
 class FlatBase:
@@ -73,11 +75,17 @@ class FlatBase:
         self.size = size
 
     @classmethod
-    def create(cls, folder: Path, size: int, preallocate: bool = True) -> None:
+    def create(
+        cls, folder: Path, size: int, preallocate: bool = True, source: Path | None = None
+    ) -> None:
+        """A new base of ``size`` bytes: zeros, or the raw bytes of ``source`` (a raw image
+        no larger than ``size``; its holes stay holes, the rest reads as zeros)."""
         flat = folder / FLAT_NAME
         try:
             fd = os.open(flat, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             try:
+                if source is not None:
+                    copy_raw(source, fd)
                 os.ftruncate(fd, size)
                 try:  # a preallocated flat extent: merges into it never hit ENOSPC
                     if preallocate:
@@ -155,6 +163,35 @@ class FlatBase:
 # ctypes.util.find_library, which runs ldconfig (about 20 ms at every start)
 _libc = ctypes.CDLL(None, use_errno=True)
 _FALLOC_PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+
+
+def copy_raw(source: Path, fd: int) -> None:
+    """Copy the raw image ``source`` into the empty file ``fd``: a clone (FICLONE: shared
+    extents, instant) where the filesystem has them, else only its data ranges
+    (SEEK_DATA/SEEK_HOLE) with copy_file_range, so a sparse image stays sparse."""
+    with open(source, "rb") as src:
+        try:
+            fcntl.ioctl(fd, FICLONE, src.fileno())
+            return
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
+                raise
+        end = os.fstat(src.fileno()).st_size
+        pos = 0
+        while pos < end:
+            try:
+                pos = os.lseek(src.fileno(), pos, os.SEEK_DATA)
+            except OSError as err:
+                if err.errno == errno.ENXIO:  # only a hole is left
+                    break
+                raise
+            stop = os.lseek(src.fileno(), pos, os.SEEK_HOLE)
+            while pos < stop:
+                done = os.copy_file_range(src.fileno(), fd, stop - pos, pos, pos)
+                if done == 0:
+                    raise OSError(errno.EIO, f"{source}: shorter than it said ({pos} bytes)")
+                pos += done
+        os.ftruncate(fd, end)
 
 
 def punch_hole(fd: int, offset: int, length: int) -> bool:

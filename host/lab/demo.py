@@ -26,7 +26,7 @@ from typing import Any
 
 from common.errors import QuiesceError
 from host.lab.databases import LabError
-from host.lab.load import create_tables, present_ids, start_loads
+from host.lab.load import InsertLoad, create_tables, present_ids, start_loads
 from host.lab.local import Lab, missing_requirements
 from host.snapshots.cycle import Outcome, take
 from host.snapshots.report import full
@@ -101,7 +101,7 @@ class Clock:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
@@ -113,7 +113,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 @contextmanager
-def _no_interrupts() -> Iterator[None]:
+def no_interrupts() -> Iterator[None]:
     """Cleanup runs to its end: a second Ctrl-C must not leave mounts behind."""
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
     old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -138,20 +138,11 @@ def run_demo(
         return 2
     clock = Clock()
     lab: Lab | None = None
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         try:
             lab = Lab(parent=parent, say=clock.say)
             verdicts, _ = scenario(lab, clock, seconds, rate)
-            ok = all(v.ok for v in verdicts)
-            print(
-                "\nVERDICT: "
-                + (
-                    "PASS: the snapshot holds every acknowledged row before it and none after it"
-                    if ok
-                    else "FAIL"
-                )
-            )
-            return 0 if ok else 1
+            return print_outcome(verdicts)
         except KeyboardInterrupt:
             clock.say("interrupted: cleaning up")
             return 130
@@ -160,7 +151,7 @@ def run_demo(
             return err.exit_code
         finally:
             if lab is not None:
-                with _no_interrupts():
+                with no_interrupts():
                     if keep:
                         clock.say(f"--keep: the lab stays at {lab.root}")
                     else:
@@ -198,7 +189,7 @@ def scenario(lab: Lab, clock: Clock, seconds: float, rate: float) -> tuple[list[
     if errors:
         raise LabError("the insert load failed: " + "; ".join(errors))
     m = outcome.moments
-    print(_latency_lines(loads, m["freeze_sent"], m["thawed"]), flush=True)
+    print(latency_lines(loads, m["freeze_sent"], m["thawed"]), flush=True)
     clock.say("stopping the databases, unmounting, stopping the FUSE server")
     lab.take_down()
     target = open_target(lab.disk)  # the engine now: nothing holds the disk
@@ -209,22 +200,41 @@ def scenario(lab: Lab, clock: Clock, seconds: float, rate: float) -> tuple[list[
     clock.say(f"reverted the disk to {SNAPSHOT!r}: everything after it is discarded")
     lab.bring_up()
     clock.say("served, mounted and restarted both databases from the reverted disk")
-    for line in _recovery_notes(lab):
+    for line in recovery_notes(lab.pg.log_tail(), lab.maria.log_tail()):
         print("    " + line)
-    present = present_ids(lab)
-    verdicts = [
-        judge(ld.name, ld.rows, ld.sent, present[ld.name], m["frozen"], m["thawed"]) for ld in loads
-    ]
+    return verdicts_of(loads, present_ids(lab), m), outcome
+
+
+def verdicts_of(
+    loads: list[InsertLoad], present: dict[str, set[int]], moments: dict[str, float]
+) -> list[Verdict]:
+    """Each load's rows judged against the cut, printed."""
+    frozen, thawed = moments["frozen"], moments["thawed"]
+    verdicts = [judge(ld.name, ld.rows, ld.sent, present[ld.name], frozen, thawed) for ld in loads]
     print(
         "\nverdict (the cut: rows acknowledged before the freeze reply must be there, rows "
         "sent after the thaw reply must not):"
     )
     for v in verdicts:
         print("  " + v.line())
-    return verdicts, outcome
+    return verdicts
 
 
-def _latency_lines(loads: list[Any], start: float, end: float) -> str:
+def print_outcome(verdicts: list[Verdict]) -> int:
+    """The last line of a demo, and its exit code: 0 when every verdict holds, else 1."""
+    ok = all(v.ok for v in verdicts)
+    print(
+        "\nVERDICT: "
+        + (
+            "PASS: the snapshot holds every acknowledged row before it and none after it"
+            if ok
+            else "FAIL"
+        )
+    )
+    return 0 if ok else 1
+
+
+def latency_lines(loads: list[Any], start: float, end: float) -> str:
     out = ["    client latency (ms): worst outside the snapshot window / worst inside it"]
     for ld in loads:
         inside = ld.latencies(start, end)
@@ -236,16 +246,14 @@ def _latency_lines(loads: list[Any], start: float, end: float) -> str:
     return "\n".join(out)
 
 
-def _recovery_notes(lab: Lab) -> list[str]:
-    """What each server's log says about the restart from the snapshot."""
+def recovery_notes(pg: str, maria: str) -> list[str]:
+    """What each server's log (its tail) says about the restart from the snapshot."""
     out = []
-    pg = lab.pg.log_tail()
     if "automatic recovery in progress" in pg or "redo done" in pg:
         out.append(
             "PostgreSQL: crash recovery from the snapshot (no backup_label needed: "
             "non-exclusive backup mode left none in the image)"
         )
-    maria = lab.maria.log_tail()
     if "crash recovery" in maria.lower() or "Starting final batch to recover" in maria:
         out.append("MariaDB: InnoDB crash recovery from the snapshot")
     return out

@@ -10,9 +10,19 @@ says, the constant below says why (qemu-ga's hook, PostgreSQL's peer authenticat
 
 Also: a serial console with root logged in (a throw-away lab image), udev (the
 /dev/virtio-ports/ links), systemd-networkd with DHCP on any NIC the lab adds, and no
-service listening on a network. PostgreSQL and MariaDB are installed, their packaged
-instances initialised by the packages but disabled: the VM lab starts them itself once their
-data is on a disk of its own.
+service listening on a network but the lab's two databases. PostgreSQL and MariaDB are
+installed and their clusters initialised by the packages at build time (initdb and
+mariadb-install-db take 20-30 s each under TCG: not at every first boot); then their data
+directories are moved out of the root into the data disk's image (host/lab/image.py), mounted
+at DATA_MOUNT in the guest, and the configuration points there. Their units are disabled: the
+VM lab starts them once the data disk is mounted, so a guest booted without it (the smoke
+test) runs no database. From the host they are reached through QEMU's user networking, which
+forwards 127.0.0.1 ports to the guest's 5432 and 3306; every connection forwarded that way
+comes from 10.0.2.2, the only address the two servers let in without a password (a
+throw-away lab image).
+
+The agent freezes only the data disk (``filesystems.mounts: [DATA_MOUNT]``), never the
+guest's root: its config says so explicitly, as the README tells a sysadmin to.
 """
 
 from __future__ import annotations
@@ -38,6 +48,11 @@ GUEST_PYTHON = ("3.11", "cp311")  # Debian 12's python3
 GUEST_GLIBC_MINOR = 36  # Debian 12's libc6: wheels up to manylinux_2_36 run there
 CMDLINE = "root=/dev/vda rw console=ttyS0 panic=-1"
 AGENT_PORT = "org.quiesce.0"
+DATA_MOUNT = "/srv/data"  # the data disk in the guest: the databases' data, all the agent freezes
+DATA_LABEL = "quiesce-data"  # its ext4 label; fstab mounts it by label
+HOST_ADDR = "10.0.2.2"  # where QEMU user networking's forwarded connections come from
+LAB_MYSQL_USER = "lab"  # MariaDB's account for the host (the load), from HOST_ADDR only
+PG_PORT, MYSQL_PORT = 5432, 3306
 
 AGENT_YAML = f"""\
 # quiesce-agent in the VM lab's guest image (host/lab/image.py)
@@ -51,7 +66,7 @@ scripts:
   dir: /etc/quiesce-agent/backupScripts.d
   timeout_seconds: 30
 filesystems:
-  mounts: auto
+  mounts: [{DATA_MOUNT}]  # the data disk only: never auto, never the guest's root
   exclude: []
 postgres:
   - name: main
@@ -71,14 +86,17 @@ AUTOLOGIN = (
     "ExecStart=-/sbin/agetty --autologin root --keep-baud 115200,57600,38400,9600 - $TERM\n"
 )
 NETWORK = "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n"
-FSTAB = "/dev/vda / ext4 rw,errors=remount-ro 0 0\n"
+FSTAB = (  # nofail: a guest booted without the data disk (the smoke test) still comes up
+    "/dev/vda / ext4 rw,errors=remount-ro 0 0\n"
+    f"LABEL={DATA_LABEL} {DATA_MOUNT} ext4 rw,nofail,x-systemd.device-timeout=10s 0 2\n"
+)
 # the initramfs only needs to find /dev/vda and mount ext4 on it: MODULES=list with these
 # (and their dependencies) makes it 5 times smaller than Debian's MODULES=most, which under
 # TCG takes seconds to unpack at every boot; udev loads the rest from the root filesystem
 INITRD_MODULES = "virtio_pci\nvirtio_blk\next4\ncrc32c_generic\n"
 HOSTS = "127.0.0.1 localhost\n127.0.1.1 quiesce-guest\n"
 CHECK_AGENT = (
-    "import agent.__main__, agent.protocol, hooks.postgres, hooks.mysql, hooks.fsfreeze; "
+    "import agent.__main__, agent.protocol, hooks.postgres, hooks.mysql, hooks.filesystems; "
     "from agent import config; config.load('/etc/quiesce-agent/agent.yaml')"
 )
 PG_IDENT = (  # Debian's pg_hba gives 'postgres' to the OS user postgres only (peer); the
@@ -89,6 +107,40 @@ PG_IDENT = (  # Debian's pg_hba gives 'postgres' to the OS user postgres only (p
     "&& printf 'quiesce root postgres\\nquiesce postgres postgres\\n' >> \"${f%/*}/pg_ident.conf\" "
     "|| exit 1; done"
 )
+MARIADB_CNF = f"""\
+# the VM lab (host/lab/guest_recipe.py): data and binary log on the data disk, reachable
+# from the host through QEMU's forwarded port; durable commits
+[mysqld]
+datadir = {DATA_MOUNT}/mysql
+bind-address = 0.0.0.0
+skip-name-resolve
+log_bin = {DATA_MOUNT}/mysql/binlog
+server_id = 1
+binlog_format = ROW
+sync_binlog = 1
+innodb_flush_log_at_trx_commit = 1
+innodb_buffer_pool_size = 64M
+init_file = /etc/mysql/quiesce-lab-init.sql
+"""
+MARIADB_INIT = (  # run at every start: the host's account (no password, HOST_ADDR only)
+    f"CREATE USER IF NOT EXISTS '{LAB_MYSQL_USER}'@'{HOST_ADDR}';\n"
+    f"GRANT ALL PRIVILEGES ON *.* TO '{LAB_MYSQL_USER}'@'{HOST_ADDR}';\n"
+)
+PG_CONF = (
+    "# the VM lab (host/lab/guest_recipe.py): reachable through QEMU's forwarded port\n"
+    "listen_addresses = '*'\nshared_buffers = 32MB\nmax_connections = 40\n"
+)
+PG_DATA = (  # each cluster's data directory moves to the data disk (host/lab/image.py moves
+    # the files); the host's connections come from HOST_ADDR, trusted as 'postgres'
+    'for d in "$1"/etc/postgresql/*/main; do '
+    f"sed -i \"s|^data_directory = '/var/lib/postgresql/|data_directory = '{DATA_MOUNT}"
+    '/postgresql/|" "$d/postgresql.conf" '
+    f'&& grep -q "^data_directory = .{DATA_MOUNT}/" "$d/postgresql.conf" '
+    f'&& printf "host all postgres {HOST_ADDR}/32 trust\\n" >> "$d/pg_hba.conf" '
+    '&& cp "$1/etc/quiesce-lab-postgresql.conf" "$d/conf.d/quiesce-lab.conf" '
+    '|| exit 1; done; rm "$1/etc/quiesce-lab-postgresql.conf"'
+)
+NEEDS_DATA = f"[Unit]\nRequiresMountsFor={DATA_MOUNT}\n".encode()  # never on the empty mount point
 QUIET_UNITS = (  # packaged units that would start at boot; the lab starts the databases itself
     "postgresql.service mariadb.service e2scrub_reap.service apt-daily.timer "
     "apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer fstrim.timer"
@@ -115,6 +167,12 @@ def guest_files() -> dict[str, tuple[int, bytes]]:
         "etc/hosts": (0o644, HOSTS.encode()),
         "etc/resolv.conf": (0o644, b"# no DNS in the lab\n"),
         "etc/initramfs-tools/conf.d/quiesce-lab": (0o644, b"MODULES=list\n"),
+        "etc/mysql/mariadb.conf.d/70-quiesce-lab.cnf": (0o644, MARIADB_CNF.encode()),
+        "etc/mysql/quiesce-lab-init.sql": (0o644, MARIADB_INIT.encode()),
+        "etc/quiesce-lab-postgresql.conf": (0o644, PG_CONF.encode()),
+        DATA_MOUNT.lstrip("/") + "/": (0o755, b""),
+        "etc/systemd/system/postgresql@.service.d/quiesce-lab.conf": (0o644, NEEDS_DATA),
+        "etc/systemd/system/mariadb.service.d/quiesce-lab.conf": (0o644, NEEDS_DATA),
         "usr/share/initramfs-tools/modules.d/quiesce-lab": (0o644, INITRD_MODULES.encode()),
     }
 
@@ -136,6 +194,7 @@ def mmdebstrap_args(work: Path, debs: Path) -> list[str]:
         chroot + "systemctl mask systemd-networkd-wait-online.service",
         chroot + "passwd --delete root",
         PG_IDENT,
+        PG_DATA,
         # (a shell hook, not sync-out: mmdebstrap ignores a sync-out that runs out of space)
         f'mkdir {work}/debs-new && cp -p "$1"/var/cache/apt/archives/*.deb {work}/debs-new/',
     ]

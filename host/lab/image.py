@@ -2,8 +2,10 @@
 
 ``build_image(cache_dir, log=...)`` returns a ``GuestImage``: a raw ext4 root disk (the whole
 disk is the filesystem, no partition table, so QEMU boots it with ``-kernel``/``-initrd`` and
-``root=/dev/vda``; no bootloader to install, and a boot skips the firmware's disk probe) and
-the kernel and initrd copied out of it. How it is made, step by step:
+``root=/dev/vda``; no bootloader to install, and a boot skips the firmware's disk probe), the
+kernel and initrd copied out of it, and a raw ext4 data disk holding the databases' data
+directories (PostgreSQL's cluster and MariaDB's datadir, initialised by their packages at build
+time). How it is made, step by step:
 
     wheels     pip wheel of this project (on the host), pip download of its runtime
                dependencies for the guest's CPython 3.11 / glibc 2.36 (never the host's own)
@@ -12,8 +14,10 @@ the kernel and initrd copied out of it. How it is made, step by step:
                /dev) goes away with it, even when it is killed; its customize hooks install
                the agent as the README says (what goes in: host/lab/guest_recipe.py)
     kernel     vmlinuz and initrd.img copied out of the tree's /boot
-    mkfs       mkfs.ext4 -d TREE: the disk made from the folder, nothing mounted
-    fsck       e2fsck -fn, our judge of what mkfs wrote
+    data       the databases' data directories moved out of the tree into a folder of their
+               own, as they will sit on the data disk (DATA_MOUNT in the guest)
+    mkfs       mkfs.ext4 -d TREE and -d DATA: the disks made from the folders, nothing mounted
+    fsck       e2fsck -fn of both, our judge of what mkfs wrote
     store      fsync, then one rename of the finished folder into the cache
 
 The cache entry is named by a hash of every input (packages, mmdebstrap options and hooks,
@@ -29,6 +33,7 @@ Raises LabError naming the step, with the tail of the build log.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -49,19 +54,24 @@ from host.lab.databases import LabError
 from host.lab.guest_recipe import CMDLINE, PACKAGES, REPO
 from host.lab.procs import interrupt_on_sigterm, run_logged, tail
 
-FORMAT_VERSION = 1
-IMAGE_SIZE = 3 << 30  # sparse; about 1.5 GiB of it is used
+FORMAT_VERSION = 2
+IMAGE_SIZE = 3 << 30  # sparse; about 1.2 GiB of it is used
+DATA_SIZE = 1 << 30  # sparse; about 200 MiB of it is used
+DATA_DIRS = ("var/lib/postgresql/*", "var/lib/mysql")  # moved to the data disk (globs)
 MIN_FREE = 6 << 30  # the tree, the image and the .deb files, with room to spare
 MKFS = ("mkfs.ext4", "-q", "-F", "-L", "quiesce-root", "-m", "1")
+MKFS_DATA = ("mkfs.ext4", "-q", "-F", "-L", recipe.DATA_LABEL, "-m", "0")
 KEEP_ENTRIES = 2  # newest cache entries kept; older ones are removed after a build
 STEP_TIMEOUT = {"wheels": 600.0, "bootstrap": 2400.0, "mkfs": 900.0, "fsck": 600.0}
+IMAGE_FILES = ("manifest.json", "root.img", "vmlinuz", "initrd.img", "data.img")
 LOCK_WAIT = 3600.0
 Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class GuestImage:
-    """A built guest: boot ``root`` (raw ext4) with ``kernel``, ``initrd`` and ``cmdline``."""
+    """A built guest: boot ``root`` (raw ext4) with ``kernel``, ``initrd`` and ``cmdline``;
+    ``data`` (raw ext4, label DATA_LABEL) is the databases' disk, mounted at DATA_MOUNT."""
 
     key: str
     folder: Path
@@ -70,6 +80,7 @@ class GuestImage:
     initrd: Path
     cmdline: str
     built: bool  # False: found in the cache
+    data: Path
 
 
 def default_cache() -> Path:
@@ -120,8 +131,11 @@ def _build(
     args = recipe.mmdebstrap_args(work, debs)
     _step("bootstrap", log, lambda: _run("bootstrap", args, work, log))
     _step("kernel", log, lambda: _copy_kernel(tree, out))
+    _step("data", log, lambda: _move_data(tree, work / "data"))
     _step("mkfs", log, lambda: _mkfs(tree, out / "root.img", work, log))
-    _step("fsck", log, lambda: _run("fsck", ["e2fsck", "-fn", str(out / "root.img")], work, log))
+    _step("mkfs", log, lambda: _mkfs(work / "data", out / "data.img", work, log, data=True))
+    for disk in (out / "root.img", out / "data.img"):
+        _step("fsck", log, functools.partial(_run, "fsck", ["e2fsck", "-fn", str(disk)], work, log))
     _write_manifest(out, key, work)
     final = cache_dir / f"debian12-{key}"
     _step("store", log, lambda: _store(out, final, work / "debs-new", debs))
@@ -153,6 +167,7 @@ def _key(files: dict[str, tuple[int, bytes]], wheels: dict[str, str]) -> str:
         "wheels": wheels,
         "size": IMAGE_SIZE,
         "mkfs": MKFS,
+        "data": [DATA_SIZE, MKFS_DATA, DATA_DIRS],
         "cmdline": CMDLINE,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
@@ -180,6 +195,7 @@ def _copy_source(src: Path) -> None:
         shutil.copytree(REPO / top, src / top, ignore=skip)
     for name in ("pyproject.toml", "README.md"):
         shutil.copyfile(REPO / name, src / name)
+    shutil.copytree(REPO / "docs", src / "docs", ignore=skip)  # the wheel's data-files
 
 
 def _check_packages(wheel: Path) -> None:
@@ -202,10 +218,14 @@ def _check_packages(wheel: Path) -> None:
 
 def _content_hash(wheel: Path) -> str:
     """sha256 of a wheel's member names and bytes: equal for equal content, whatever the zip
-    timestamps of a fresh build."""
+    timestamps of a fresh build. The host's own modules (``host/``, in our wheel) are left
+    out: the guest never imports them, and a change to the host side must not cost a
+    rebuild of the image (the guest's copy of host/ may be older than the repository's); nor
+    is RECORD, which lists their hashes."""
     h = hashlib.sha256()
     with zipfile.ZipFile(wheel) as z:
-        for name in sorted(z.namelist()):
+        names = [n for n in z.namelist() if not n.startswith("host/")]
+        for name in sorted(n for n in names if not n.endswith(".dist-info/RECORD")):
             h.update(name.encode() + b"\0" + hashlib.sha256(z.read(name)).digest())
     return h.hexdigest()
 
@@ -225,11 +245,44 @@ def _stage(folder: Path, files: dict[str, tuple[int, bytes]]) -> None:
         os.chmod(path, mode)
 
 
-def _mkfs(tree: Path, image: Path, work: Path, log: Log) -> None:
-    """A sparse file of IMAGE_SIZE made into ext4 holding the tree, without mounting it."""
+def _mkfs(tree: Path, image: Path, work: Path, log: Log, *, data: bool = False) -> None:
+    """A sparse file made into ext4 holding the tree, without mounting it: the root disk
+    (IMAGE_SIZE), or with ``data`` the data disk (DATA_SIZE)."""
     with open(image, "wb") as f:
-        f.truncate(IMAGE_SIZE)
-    _run("mkfs", [*MKFS, "-d", str(tree), str(image)], work, log)
+        f.truncate(DATA_SIZE if data else IMAGE_SIZE)
+    _run("mkfs", [*(MKFS_DATA if data else MKFS), "-d", str(tree), str(image)], work, log)
+
+
+def _move_data(tree: Path, data: Path) -> None:
+    """Move the databases' data directories (DATA_DIRS) out of the tree into ``data``, at
+    the same paths under it that the guest's configuration gives below DATA_MOUNT
+    (var/lib/postgresql/15 -> postgresql/15, var/lib/mysql -> mysql); each parent keeps its
+    owner and mode, and an emptied /var/lib/mysql stays as the mysql user's home."""
+    data.mkdir(mode=0o755)
+    os.chmod(data, 0o755)  # the data disk's root directory
+    moved = 0
+    for pattern in DATA_DIRS:
+        for src in sorted(tree.glob(pattern)):
+            rel = src.relative_to(tree / "var" / "lib")
+            dest = data / rel
+            for parent in reversed(rel.parents[:-1]):  # postgresql/ for postgresql/15
+                _mkdir_like(data / parent, tree / "var" / "lib" / parent)
+            os.rename(src, dest)
+            _mkdir_like(src, dest)  # an empty directory where it was
+            moved += 1
+    if moved < len(DATA_DIRS):
+        raise LabError(
+            f"guest image: step 'data': found {moved} of the data directories {DATA_DIRS} in "
+            "the tree; did postgresql's or mariadb-server's postinst not initialise them?"
+        )
+
+
+def _mkdir_like(path: Path, model: Path) -> None:
+    """Make ``path`` (if missing) with the owner and mode of ``model``."""
+    st = model.stat()
+    path.mkdir(exist_ok=True)
+    os.chown(path, st.st_uid, st.st_gid)
+    os.chmod(path, st.st_mode & 0o7777)
 
 
 def _copy_kernel(tree: Path, out: Path) -> None:
@@ -255,6 +308,7 @@ def _write_manifest(out: Path, key: str, work: Path) -> None:
         "cmdline": CMDLINE,
         "size_bytes": size.st_size,
         "allocated_bytes": size.st_blocks * 512,
+        "data_allocated_bytes": (out / "data.img").stat().st_blocks * 512,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -277,10 +331,10 @@ def _store(out: Path, final: Path, debs_new: Path, debs: Path) -> None:
 
 def _cached(folder: Path, key: str, *, built: bool) -> GuestImage | None:
     """The entry in ``folder`` if it is complete (it only ever appears complete)."""
-    parts = [folder / n for n in ("manifest.json", "root.img", "vmlinuz", "initrd.img")]
+    parts = [folder / n for n in IMAGE_FILES]
     if not all(p.is_file() for p in parts):
         return None
-    return GuestImage(key, folder, parts[1], parts[2], parts[3], CMDLINE, built)
+    return GuestImage(key, folder, parts[1], parts[2], parts[3], CMDLINE, built, parts[4])
 
 
 # -- the cache folder ------------------------------------------------------------------------
@@ -406,5 +460,7 @@ def main(argv: list[str]) -> int:
     used = image.root.stat().st_blocks * 512
     say(f"{'built' if image.built else 'cached'}: {image.folder}")
     print(f"  root   {image.root} ({IMAGE_SIZE >> 30} GiB sparse, {used / 2**20:.0f} MiB used)")
+    data = image.data.stat().st_blocks * 512
+    print(f"  data   {image.data} ({DATA_SIZE >> 30} GiB sparse, {data / 2**20:.0f} MiB used)")
     print(f"  kernel {image.kernel}\n  initrd {image.initrd}\n  append {image.cmdline}")
     return 0

@@ -1,6 +1,8 @@
 """The demo's insert load: paced single-row inserts into ``demo_rows`` of the lab's
 PostgreSQL and MariaDB, each row with its send and acknowledgement times, and the table it
-goes into. The demo judges a snapshot by these rows; the benchmark times the inserts.
+goes into. The demo judges a snapshot by these rows; the benchmark times the inserts. A lab
+is anything with the two servers as ``pg`` and ``maria`` (``Databases``): the local lab's
+(host.lab.local), or the VM lab's reached through forwarded ports (host.lab.forwarded).
 """
 
 from __future__ import annotations
@@ -8,9 +10,23 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from host.lab.local import Lab
+
+class Server(Protocol):
+    """What the load and the verdict use of a database server."""
+
+    def connect(self) -> Any: ...
+    def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]: ...
+
+
+class Databases(Protocol):
+    """A lab's two servers."""
+
+    @property
+    def pg(self) -> Server: ...
+    @property
+    def maria(self) -> Server: ...
 
 
 class InsertLoad:
@@ -66,7 +82,7 @@ class InsertLoad:
         return [(a - s) * 1000 for _, s, a in self.rows if start <= s < end]
 
 
-def create_tables(lab: Lab) -> None:
+def create_tables(lab: Databases) -> None:
     lab.pg.sql("CREATE TABLE demo_rows (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
     lab.maria.sql("CREATE DATABASE demo")
     lab.maria.sql(
@@ -75,7 +91,7 @@ def create_tables(lab: Lab) -> None:
     )
 
 
-def start_loads(lab: Lab, rate: float = 200.0) -> list[InsertLoad]:
+def start_loads(lab: Databases, rate: float = 200.0) -> list[InsertLoad]:
     return [
         InsertLoad(
             "PostgreSQL", lab.pg.connect, "INSERT INTO demo_rows (id) VALUES (%s)", rate
@@ -86,7 +102,7 @@ def start_loads(lab: Lab, rate: float = 200.0) -> list[InsertLoad]:
     ]
 
 
-def present_ids(lab: Lab) -> dict[str, set[int]]:
+def present_ids(lab: Databases) -> dict[str, set[int]]:
     return {
         "PostgreSQL": {int(r[0]) for r in lab.pg.sql("SELECT id FROM demo_rows")},
         "MariaDB": {int(r[0]) for r in lab.maria.sql("SELECT id FROM demo.demo_rows")},

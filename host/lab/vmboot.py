@@ -2,9 +2,11 @@
 
 ``boot(image, run_dir, log=...)`` starts QEMU on a ``GuestImage`` (host/lab/image.py) with
 ``-kernel``/``-initrd`` and the root disk opened ``snapshot=on``, so the cached image is never
-written. The console (ttyS0) goes to ``run_dir/console.log``, QEMU's own messages to
-``run_dir/qemu.log``; two virtio-serial ports are QEMU socket chardevs in ``run_dir``:
-``org.quiesce.0`` (the agent, ``VM.agent_endpoint``) and ``org.qemu.guest_agent.0`` (qemu-ga).
+written; ``disks=`` gives QEMU other disks instead (the VM lab's: NBD exports of engine disks,
+host/lab/vmlab.py), and ``kernel_args=`` adds to the kernel's command line. The console
+(ttyS0) goes to ``run_dir/console.log``, QEMU's own messages to ``run_dir/qemu.log``; two
+virtio-serial ports are QEMU socket chardevs in ``run_dir``: ``org.quiesce.0`` (the agent,
+``VM.agent_endpoint``) and ``org.qemu.guest_agent.0`` (qemu-ga).
 
 KVM is used only where a guest boots with it: ``/dev/kvm`` opening is not enough (on a nested
 host here the guest hangs after "Probing EDD"), so a KVM boot must reach the initramfs within
@@ -16,7 +18,8 @@ killed and reaped when the ``VM`` is closed, whatever happened. Both guest agent
 to with the protocol's one client (qemu-ga's requests have the same shape); ``guest_run``
 runs a command in the guest through qemu-ga's guest-exec.
 
-Raises LabError with the tail of the console when QEMU or the guest fails.
+Raises LabError with the tail of the console when QEMU or the guest fails (saying so when
+the console shows a kernel panic).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from host.lab.procs import interrupt_on_sigterm, kill_group, tail
 QGA_PORT = "org.qemu.guest_agent.0"
 KVM_PROBE = 30.0  # a working KVM reaches the initramfs in a second or two
 USERSPACE = b"Run /init as init process"  # the kernel hands over to the initramfs
+PANIC = "Kernel panic - "
 BOOT_TIMEOUT = 300.0  # TCG on 2 busy cores: systemd, udev, the agent's Python imports
 CPU = {"kvm": "host", "tcg": "max"}  # KVM refuses -cpu max here (MSR 0x10a)
 QGA_HINTS = {**protocol.AGENT_HINTS, "peer": "qemu-ga", "garbage": "is this qemu-ga's port?"}
@@ -151,7 +155,7 @@ def _until(
     while time.monotonic() < until:
         if vm.proc.poll() is not None:
             raise LabError(
-                f"QEMU exited ({vm.proc.returncode}) before {what} came; the console:\n"
+                f"{exit_reason(vm)} before {what} came; the console ({vm.console}):\n"
                 f"{tail(vm.console)}\nQEMU: {tail(vm.run_dir / 'qemu.log', 5)}"
             )
         try:
@@ -165,8 +169,31 @@ def _until(
     )
 
 
-def qemu_command(image: GuestImage, run_dir: Path, accel: str, extra: list[str]) -> list[str]:
-    """QEMU's arguments: no default devices, the image's kernel, console and two ports."""
+def exit_reason(vm: VM) -> str:
+    """Why QEMU ended, for a message: the kernel's panic line if the console has one."""
+    text = vm.console.read_text(errors="replace") if vm.console.is_file() else ""
+    panics = [line.strip() for line in text.splitlines() if PANIC in line]
+    if panics:
+        return f"the guest's kernel panicked ({panics[0][panics[0].index(PANIC) :][:160]})"
+    return f"QEMU exited ({vm.proc.returncode})"
+
+
+def root_drive(image: GuestImage) -> list[str]:
+    """The default disks: the image's root, its writes kept in a throw-away overlay."""
+    return ["-drive", f"file={image.root},format=raw,if=virtio,snapshot=on"]
+
+
+def qemu_command(
+    image: GuestImage,
+    run_dir: Path,
+    accel: str,
+    extra: list[str],
+    disks: list[str] | None = None,
+    kernel_args: str = "",
+) -> list[str]:
+    """QEMU's arguments: no default devices, the image's kernel, console and two ports;
+    ``disks`` (QEMU arguments) instead of the image's root opened snapshot=on."""
+    cmdline = f"{image.cmdline} {kernel_args}".strip()
     ports: list[str] = ["-device", "virtio-serial-pci"]
     for chardev, sock, name in (("qa", "qa.sock", AGENT_PORT), ("qga", "qga.sock", QGA_PORT)):
         ports += ["-chardev", f"socket,id={chardev},path={run_dir / sock},server=on,wait=off"]
@@ -174,16 +201,24 @@ def qemu_command(image: GuestImage, run_dir: Path, accel: str, extra: list[str])
     return [
         "qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
         "-no-reboot", "-accel", accel, "-cpu", CPU[accel], "-m", "1024", "-smp", "2",
-        "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", image.cmdline,
-        "-drive", f"file={image.root},format=raw,if=virtio,snapshot=on",
+        "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", cmdline,
+        *(root_drive(image) if disks is None else disks),
         "-device", "virtio-rng-pci", "-serial", f"file:{run_dir / 'console.log'}",
         *ports, *extra,
     ]  # fmt: skip
 
 
-def start(image: GuestImage, run_dir: Path, accel: str, extra: list[str] | None = None) -> VM:
+def start(
+    image: GuestImage,
+    run_dir: Path,
+    accel: str,
+    extra: list[str] | None = None,
+    *,
+    disks: list[str] | None = None,
+    kernel_args: str = "",
+) -> VM:
     """Start QEMU in its own session; LabError if it exits at once (bad arguments)."""
-    cmd = qemu_command(image, run_dir, accel, extra or [])
+    cmd = qemu_command(image, run_dir, accel, extra or [], disks, kernel_args)
     env = {**os.environ, "TMPDIR": str(run_dir)}  # where snapshot=on keeps its overlay
     with open(run_dir / "qemu.log", "ab") as out:
         proc = subprocess.Popen(
@@ -200,27 +235,47 @@ def start(image: GuestImage, run_dir: Path, accel: str, extra: list[str] | None 
     )
 
 
-def boot(image: GuestImage, run_dir: Path, *, log: Log, extra: list[str] | None = None) -> VM:
-    """Start the guest with KVM if a bounded KVM boot reaches userspace, else with TCG."""
+_NO_KVM: list[str] = []  # why KVM failed in this process: later boots go straight to TCG
+
+
+def boot(
+    image: GuestImage,
+    run_dir: Path,
+    *,
+    log: Log,
+    extra: list[str] | None = None,
+    disks: list[str] | None = None,
+    kernel_args: str = "",
+) -> VM:
+    """Start the guest with KVM if a bounded KVM boot reaches userspace, else with TCG (a
+    failed probe is remembered for the rest of the process)."""
     choice = os.environ.get("QUIESCE_VM_ACCEL", "")
     if choice not in ("", "kvm", "tcg"):
         raise LabError(f"QUIESCE_VM_ACCEL={choice!r}: must be kvm or tcg (or unset: probe)")
+    args: dict[str, Any] = {"disks": disks, "kernel_args": kernel_args}
     if choice:
-        return start(image, run_dir, choice, extra)
-    vm = _probe_kvm(image, run_dir, extra, log)
-    return vm if vm is not None else start(image, run_dir, "tcg", extra)
+        return start(image, run_dir, choice, extra, **args)
+    if _NO_KVM:
+        log(f"KVM: {_NO_KVM[0]} at the first boot; using TCG")
+        return start(image, run_dir, "tcg", extra, **args)
+    vm = _probe_kvm(image, run_dir, extra, log, args)
+    return vm if vm is not None else start(image, run_dir, "tcg", extra, **args)
 
 
-def _probe_kvm(image: GuestImage, run_dir: Path, extra: list[str] | None, log: Log) -> VM | None:
+def _probe_kvm(
+    image: GuestImage, run_dir: Path, extra: list[str] | None, log: Log, args: dict[str, Any]
+) -> VM | None:
     """A KVM guest that reached the initramfs within KVM_PROBE seconds, or None (the failed
     attempt's console and QEMU log are kept as console-kvm.log and qemu-kvm.log)."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         log("KVM: no usable /dev/kvm; using TCG")
+        _NO_KVM.append("no usable /dev/kvm")
         return None
     try:
-        vm = start(image, run_dir, "kvm", extra)
+        vm = start(image, run_dir, "kvm", extra, **args)
     except LabError:
         log(f"KVM: QEMU did not start ({_last_line(run_dir / 'qemu.log')}); using TCG")
+        _NO_KVM.append("QEMU did not start with KVM")
         _set_aside(run_dir)
         return None
     if vm.wait_console(USERSPACE, KVM_PROBE):
@@ -228,6 +283,7 @@ def _probe_kvm(image: GuestImage, run_dir: Path, extra: list[str] | None, log: L
         return vm
     vm.close()
     log(f"KVM: no userspace within {KVM_PROBE:g} s (last: {_last_line(vm.console)!r}); using TCG")
+    _NO_KVM.append(f"no userspace within {KVM_PROBE:g} s")
     _set_aside(run_dir)
     return None
 

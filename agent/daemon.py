@@ -113,7 +113,7 @@ class Daemon:
         policy = PeerPolicy(listen.group)
 
         async def on_client(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            await serve_stream(r, w, dispatch, policy)
+            await serve_stream(r, w, dispatch, policy, dispatch.hangup)
 
         servers, channels = [], []
         if listen.unix:
@@ -125,7 +125,7 @@ class Daemon:
             servers.append(await asyncio.start_server(on_client, sock=sock))
             logger.info("listening on vsock port %d", listen.vsock_port)
         if listen.virtio_serial:
-            channel = SerialChannel(listen.virtio_serial, dispatch)
+            channel = SerialChannel(listen.virtio_serial, dispatch, on_hangup=dispatch.hangup)
             channel.start()
             channels.append(channel)
             logger.info("serving the virtio-serial port %s", listen.virtio_serial)

@@ -4,7 +4,9 @@ One request at a time per connection, many connections at once. Nothing a client
 kill the daemon or disturb a freeze in progress: bad lines get an error reply, a line longer
 than protocol.MAX_LINE gets an error and the connection is closed, and a command already
 started runs to its end even if its client goes away (the ceiling covers a host that never
-comes back).
+comes back), except a freeze bound to its connection (``"bound": true``): each connection,
+and each host a virtio-serial port sees come and go, is a ``Peer``, and when it goes the
+session undoes a freeze bound to it at once (``Dispatcher.hangup``).
 """
 
 from __future__ import annotations
@@ -23,11 +25,21 @@ from pathlib import Path
 from typing import Any
 
 from agent import protocol
-from agent.session import Session
+from agent.session import Peer, Session
 from common.errors import QuiesceError
 
 logger = logging.getLogger(__name__)
-Dispatch = Callable[[bytes], Awaitable[dict[str, Any]]]
+Dispatch = Callable[[bytes, Peer], Awaitable[dict[str, Any]]]
+Hangup = Callable[[Peer], Awaitable[None]]
+_background: set[asyncio.Task[None]] = set()  # hang-up handlers running (kept referenced)
+
+
+def _spawn(coro: Awaitable[None]) -> None:
+    """Run a hang-up handler on its own: it waits for a freeze in progress, and neither the
+    connection's end nor the serial channel's loop may wait with it or cancel it."""
+    task: asyncio.Task[None] = asyncio.ensure_future(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 class Dispatcher:
@@ -36,14 +48,14 @@ class Dispatcher:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    async def __call__(self, line: bytes) -> dict[str, Any]:
+    async def __call__(self, line: bytes, peer: Peer) -> dict[str, Any]:
         try:
             req = protocol.parse_request(line)
         except protocol.ProtocolError as err:
             return protocol.failure(err.error_class, err.desc, id=protocol.request_id(line))
         try:
             # shield: a client that disconnects must not cancel a freeze half-way
-            ret = await asyncio.shield(asyncio.ensure_future(self._run(req)))
+            ret = await asyncio.shield(asyncio.ensure_future(self._run(req, peer)))
             return protocol.success(ret, req.id)
         except QuiesceError as err:
             return protocol.failure(err.code, str(err), _jsonable(err.data), req.id)
@@ -51,12 +63,17 @@ class Dispatcher:
             logger.exception("internal error in %s", req.execute)
             return protocol.failure(protocol.INTERNAL, f"internal error: {err!r}", id=req.id)
 
-    async def _run(self, req: protocol.Request) -> Any:
+    async def hangup(self, peer: Peer) -> None:
+        """``peer`` went away: a freeze bound to it is undone (the session says so)."""
+        await self.session.host_gone(peer)
+
+    async def _run(self, req: protocol.Request, peer: Peer) -> Any:
         args, s = req.arguments, self.session
         if req.execute == "ping":
             return {"pong": True, "pid": os.getpid()}
         if req.execute == "freeze":
-            return await s.freeze(*_freeze_args(args))
+            label, writers, timeout, bound = _freeze_args(args)
+            return await s.freeze(label, writers, timeout, peer if bound else None)
         if req.execute == "thaw":
             return await s.thaw()
         if req.execute == "abort":
@@ -66,8 +83,8 @@ class Dispatcher:
         return s.writers()
 
 
-def _freeze_args(args: dict[str, Any]) -> tuple[str, list[str] | None, float | None]:
-    unknown = set(args) - {"label", "writers", "timeout"}
+def _freeze_args(args: dict[str, Any]) -> tuple[str, list[str] | None, float | None, bool]:
+    unknown = set(args) - {"label", "writers", "timeout", "bound"}
     if unknown:
         raise BadArguments(f"freeze: unknown argument(s) {', '.join(sorted(unknown))}")
     label = args.get("label", "snapshot")
@@ -83,7 +100,10 @@ def _freeze_args(args: dict[str, Any]) -> tuple[str, list[str] | None, float | N
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
     ):
         raise BadArguments("freeze: 'timeout' must be a positive number of seconds")
-    return label, writers, timeout
+    bound = args.get("bound", False)
+    if not isinstance(bound, bool):
+        raise BadArguments("freeze: 'bound' must be true or false")
+    return label, writers, timeout, bound
 
 
 class BadArguments(QuiesceError):
@@ -95,38 +115,74 @@ def _jsonable(data: dict[str, object]) -> dict[str, Any]:
 
 
 # -- stream connections (unix, vsock) ------------------------------------------------------
+Item = bytes | dict[str, Any] | None  # a request line, a reply ready to send, the end
+
+
 async def serve_stream(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     dispatch: Dispatch,
     authorize: Callable[[socket.socket], str | None],
+    hangup: Hangup,
 ) -> None:
+    """One connection: its requests answered in order. It is read all along, also while a
+    request runs, so that its end is seen at once and a freeze bound to it undone."""
     sock = writer.get_extra_info("socket")
     refusal = authorize(sock) if sock is not None else None
+    peer = Peer(f"the client {_peer_name(sock)}")
+    queue: asyncio.Queue[Item] = asyncio.Queue()
+    reading = asyncio.ensure_future(_read_stream(reader, queue, peer, hangup))
     try:
         if refusal:
             logger.warning("refused a connection: %s", refusal)
             writer.write(protocol.encode(protocol.failure("Unauthorized", refusal)))
             await writer.drain()
             return
-        lines = protocol.LineBuffer(protocol.MAX_LINE)
-        while True:
-            try:
-                batch = await protocol.read_lines(reader, lines)
-            except protocol.ProtocolError as err:  # a line too long: say so and hang up
-                refused = protocol.failure(err.error_class, f"{err.desc}; closing the connection")
-                writer.write(protocol.encode(refused))
-                await writer.drain()
+        while (item := await queue.get()) is not None:
+            reply = item if isinstance(item, dict) else await dispatch(item, peer)
+            writer.write(protocol.encode(reply))
+            await writer.drain()
+            if not isinstance(item, bytes):  # a line too long was refused: hang up
                 return
-            if batch is None:
-                return
-            for line in batch:
-                writer.write(protocol.encode(await dispatch(line)))
-                await writer.drain()
     except (ConnectionError, OSError):
-        pass  # the client went away; whatever it started goes on
+        pass  # the client went away; whatever it started goes on, but a bound freeze
     finally:
+        reading.cancel()
         writer.close()
+        if not peer.gone:
+            peer.gone = True
+            _spawn(hangup(peer))
+
+
+async def _read_stream(
+    reader: asyncio.StreamReader, queue: asyncio.Queue[Item], peer: Peer, hangup: Hangup
+) -> None:
+    lines = protocol.LineBuffer(protocol.MAX_LINE)
+    try:
+        while (batch := await protocol.read_lines(reader, lines)) is not None:
+            for line in batch:
+                queue.put_nowait(line)
+    except protocol.ProtocolError as err:  # a line too long: say so and hang up
+        queue.put_nowait(protocol.failure(err.error_class, f"{err.desc}; closing the connection"))
+    except (ConnectionError, OSError):
+        pass
+    queue.put_nowait(None)
+    if not peer.gone:
+        peer.gone = True
+        _spawn(hangup(peer))
+
+
+def _peer_name(sock: socket.socket | None) -> str:
+    if sock is not None and sock.family == socket.AF_UNIX:
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            return f"pid {struct.unpack('3i', creds)[0]}"
+        except OSError:
+            return "on the unix socket"
+    try:
+        return str(sock.getpeername()) if sock is not None else "?"
+    except OSError:
+        return "?"
 
 
 class PeerPolicy:
@@ -201,7 +257,6 @@ def vsock_listener(port: int) -> socket.socket:
 # -- virtio-serial: a character device, one implicit connection ----------------------------
 PORTS = Path("/sys/class/virtio-ports")  # vportNpM/name holds the name QEMU gave the port
 WAKE_AT_LEAST = 1.0  # seconds: re-check the port even if no wake-up came (a missed edge)
-Hangup = Callable[[], Awaitable[None]]
 
 
 def port_path(configured: str, ports: Path = PORTS) -> str:
@@ -227,8 +282,10 @@ class SerialChannel:
     loop) and a host connecting, leaving or writing wakes the channel exactly once. A read
     of nothing means no host: a reply still unsent then is dropped (its host is gone, and
     the next host would take it for its own), and ``on_hangup`` is told (a freeze bound to
-    its host is undone). Opening a missing or busy port is logged once at WARNING and
-    retried every second.
+    its host is undone). While a request runs the port is watched too (POLLHUP, without
+    reading), so a host that hangs up in the middle of a freeze is seen at once. Each host
+    between a connect and a hang-up is a ``Peer`` of its own. Opening a missing or busy port
+    is logged once at WARNING and retried every second.
     """
 
     def __init__(self, path: str, dispatch: Dispatch, on_hangup: Hangup | None = None) -> None:
@@ -236,6 +293,8 @@ class SerialChannel:
         self.dispatch = dispatch
         self.on_hangup = on_hangup
         self.host_connected = False
+        self.peer = Peer(f"the virtio-serial host of {path}")
+        self.opened: Callable[[str], None] | None = None  # told the device once it is open
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -282,6 +341,8 @@ class SerialChannel:
                 continue
             if warned:
                 logger.info("virtio-serial %s: opened", self.path)
+            if self.opened is not None:
+                self.opened(port_path(self.path))
             return fd
 
     async def _wait(self, watch: select.epoll) -> None:
@@ -295,11 +356,33 @@ class SerialChannel:
     async def _serve(self, fd: int, watch: select.epoll) -> None:
         lines = protocol.LineBuffer(protocol.MAX_LINE)
         while True:
-            for item in await self._read(fd, lines):
-                reply = item if isinstance(item, dict) else await self.dispatch(item)
+            batch = await self._read(fd, lines)
+            if not batch:
+                await self._wait(watch)
+            for item in batch:
+                if isinstance(item, dict):
+                    reply = item
+                else:
+                    reply = await self._dispatch_watching(fd, watch, lines, item)
                 if self.host_connected:
                     await self._reply(fd, watch, reply)
-            await self._wait(watch)
+
+    async def _dispatch_watching(
+        self, fd: int, watch: select.epoll, lines: protocol.LineBuffer, line: bytes
+    ) -> dict[str, Any]:
+        """Run one request; meanwhile a host hang-up is acted on at once."""
+        task = asyncio.ensure_future(self.dispatch(line, self.peer))
+        while not task.done():
+            woken = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait({task, woken}, timeout=WAKE_AT_LEAST, return_when="FIRST_COMPLETED")
+            woken.cancel()
+            if task.done():
+                break
+            self._wake.clear()
+            watch.poll(0)
+            if self.host_connected and _hung_up(fd):
+                await self._host_left(lines)
+        return task.result()
 
     async def _read(self, fd: int, lines: protocol.LineBuffer) -> list[bytes | dict[str, Any]]:
         """Every request line the port has now (or the error reply for a line too long);
@@ -309,7 +392,7 @@ class SerialChannel:
             try:
                 chunk = os.read(fd, 65536)
             except BlockingIOError:
-                self.host_connected = True  # connected, nothing more to read
+                self._connected()  # connected, nothing more to read
                 return batch
             except OSError as err:
                 if err.errno != errno.EIO:  # EIO: a pty stand-in whose master is gone
@@ -318,19 +401,25 @@ class SerialChannel:
             if not chunk:
                 await self._host_left(lines)
                 return batch
-            self.host_connected = True
+            self._connected()
             try:
                 batch += lines.feed(chunk)
             except protocol.ProtocolError as err:  # a line too long: refused, the port goes on
                 batch.append(protocol.failure(err.error_class, f"{err.desc}; discarded"))
 
+    def _connected(self) -> None:
+        if not self.host_connected:
+            self.host_connected = True
+            self.peer = Peer(f"the virtio-serial host of {self.path}")
+
     async def _host_left(self, lines: protocol.LineBuffer) -> None:
         lines.take_rest()  # half a request from a host that left is nobody's
         if self.host_connected:
             self.host_connected = False
+            self.peer.gone = True
             logger.info("virtio-serial %s: the host hung up", self.path)
             if self.on_hangup is not None:
-                await self.on_hangup()
+                _spawn(self.on_hangup(self.peer))
 
     async def _reply(self, fd: int, watch: select.epoll, reply: dict[str, Any]) -> None:
         """Write the reply whole; if the host leaves first, drop it (see the class doc)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import secrets
 import socket
 import time
 from dataclasses import dataclass
@@ -197,6 +198,53 @@ class Client:
             raise Refused(command, e["class"], str(e.get("desc", "")), data, peer)
         return reply["return"]
 
+    def sync_delimited(self, timeout: float = CONNECT_TIMEOUT) -> None:
+        """Get in step with a qemu-ga (``guest-sync-delimited``), as its docs ask on every new
+        connection and after a timeout: a 0xFF byte first, so that qemu-ga drops what an
+        earlier client left half sent; a random id; then everything up to the 0xFF qemu-ga
+        puts before its reply is dropped, and a sync reply with another id (an earlier
+        client's) skipped. Raises NoReply, Unreachable."""
+        sock = self._sock or self.connect()._sock
+        assert sock is not None
+        nonce = secrets.randbelow(2**31 - 2) + 1
+        until = time.monotonic() + timeout
+        self._pending.clear()
+        self._lines.take_rest()  # whatever was on its way is stale now
+        try:
+            sock.sendall(b"\xff" + request("guest-sync-delimited", {"id": nonce}))
+            rest = self._synced(sock, nonce, until)
+        except TimeoutError as err:
+            raise NoReply(
+                f"{self.endpoint}: no reply to 'guest-sync-delimited' within {timeout:.1f} s; "
+                f"{self.hints.get('garbage', '')}"
+            ) from err
+        except OSError as err:
+            raise Unreachable(
+                f"{self.endpoint}: the connection was lost while getting in step "
+                f"({err.strerror or err}); {self.hints.get('lost', '')}"
+            ) from err
+        self._pending.extend(self._lines.feed(rest))
+
+    def _synced(self, sock: socket.socket, nonce: int, until: float) -> bytes:
+        """Read up to the sync reply carrying ``nonce``; what came after it."""
+        buf = b""
+        while True:
+            mark = buf.find(b"\xff")
+            if mark < 0:
+                buf = _recv(sock, until)  # nothing before a delimiter is ours
+                continue
+            buf = buf[mark + 1 :]
+            while b"\n" not in buf:
+                if len(buf) > self.max_reply:
+                    break
+                buf += _recv(sock, until)
+            line, _, buf = buf.partition(b"\n")
+            try:
+                if parse_reply(line).get("return") == nonce:
+                    return buf
+            except ProtocolError:
+                continue
+
     def _reply(self, sock: socket.socket, command: str, rid: str, until: float) -> dict[str, Any]:
         """The reply with our id (or none: an error for a line that did not parse)."""
         while True:
@@ -220,9 +268,17 @@ class Client:
     def status(self) -> Status:
         return _mapping(self.call("status"), "status")  # type: ignore[return-value]
 
-    def freeze(self, label: str, budget: float, margin: float = 2.0) -> Report:
-        """Freeze with a budget of ``budget`` seconds; waits at most ``budget + margin``."""
-        args = {"label": label, "timeout": round(budget, 3)}
+    def freeze(
+        self, label: str, budget: float, margin: float = 2.0, *, bound: bool = True
+    ) -> Report:
+        """Freeze with a budget of ``budget`` seconds; waits at most ``budget + margin``.
+
+        ``bound`` (the default): the agent holds the freeze only while this connection
+        lives; closing it (or dying) before ``thaw`` undoes the freeze at once. Send the
+        thaw or abort with this same client (a QEMU chardev serves one host at a time)."""
+        args: dict[str, Any] = {"label": label, "timeout": round(budget, 3)}
+        if bound:
+            args["bound"] = True
         return _mapping(self.call("freeze", args, budget + margin), "freeze")  # type: ignore[return-value]
 
     def thaw(self, timeout: float) -> Report:
@@ -232,6 +288,18 @@ class Client:
     def abort(self, timeout: float = CONNECT_TIMEOUT) -> Report:
         """Undo a freeze with freezeFail semantics (the snapshot failed)."""
         return _mapping(self.call("abort", timeout=timeout), "abort")  # type: ignore[return-value]
+
+
+def _recv(sock: socket.socket, until: float) -> bytes:
+    """The next bytes by ``until``. Raises TimeoutError, ConnectionResetError."""
+    left = until - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    sock.settimeout(left)
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise ConnectionResetError(0, "the other end closed the connection")
+    return chunk
 
 
 def ceiling_of(status: Status) -> float:

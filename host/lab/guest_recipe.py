@@ -78,7 +78,7 @@ FSTAB = "/dev/vda / ext4 rw,errors=remount-ro 0 0\n"
 INITRD_MODULES = "virtio_pci\nvirtio_blk\next4\ncrc32c_generic\n"
 HOSTS = "127.0.0.1 localhost\n127.0.1.1 quiesce-guest\n"
 CHECK_AGENT = (
-    "import agent.__main__, agent.protocol, hooks.postgres, hooks.mysql, hooks.fsfreeze; "
+    "import agent.__main__, agent.protocol, hooks.postgres, hooks.mysql, hooks.filesystems; "
     "from agent import config; config.load('/etc/quiesce-agent/agent.yaml')"
 )
 PG_IDENT = (  # Debian's pg_hba gives 'postgres' to the OS user postgres only (peer); the

@@ -56,6 +56,7 @@ MKFS = ("mkfs.ext4", "-q", "-F", "-L", "quiesce-root", "-m", "1")
 KEEP_ENTRIES = 2  # newest cache entries kept; older ones are removed after a build
 STEP_TIMEOUT = {"wheels": 600.0, "bootstrap": 2400.0, "mkfs": 900.0, "fsck": 600.0}
 LOCK_WAIT = 3600.0
+DATA_DOCS = ("docs/config.md", "docs/databases.md", "docs/agent.yaml.example")
 Log = Callable[[str], None]
 
 
@@ -178,7 +179,8 @@ def _copy_source(src: Path) -> None:
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
     for top in ("agent", "common", "hooks", "host"):
         shutil.copytree(REPO / top, src / top, ignore=skip)
-    for name in ("pyproject.toml", "README.md"):
+    (src / "docs").mkdir()
+    for name in ("pyproject.toml", "README.md", *DATA_DOCS):  # DATA_DOCS: pyproject's data-files
         shutil.copyfile(REPO / name, src / name)
 
 

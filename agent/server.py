@@ -84,7 +84,7 @@ class Dispatcher:
 
 
 def _freeze_args(args: dict[str, Any]) -> tuple[str, list[str] | None, float | None, bool]:
-    unknown = set(args) - {"label", "writers", "timeout", "bound"}
+    unknown = set(args) - {"label", "writers", "skip", "timeout", "bound"}
     if unknown:
         raise BadArguments(f"freeze: unknown argument(s) {', '.join(sorted(unknown))}")
     label = args.get("label", "snapshot")
@@ -96,6 +96,11 @@ def _freeze_args(args: dict[str, Any]) -> tuple[str, list[str] | None, float | N
         not isinstance(writers, list) or not all(isinstance(w, str) for w in writers)
     ):
         raise BadArguments("freeze: 'writers' must be a list of writer names")
+    skip = args.get("skip", [])
+    if not isinstance(skip, list) or not all(isinstance(w, str) and w for w in skip):
+        raise BadArguments("freeze: 'skip' must be a list of writer names (kind or kind:name)")
+    if skip:  # the writers' selection reads a leading '-' as "leave out" (agent/writers.py)
+        writers = [w for w in writers or [] if not w.startswith("-")] + [f"-{w}" for w in skip]
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
     ):
@@ -294,7 +299,7 @@ class SerialChannel:
         self.on_hangup = on_hangup
         self.host_connected = False
         self.peer = Peer(f"the virtio-serial host of {path}")
-        self.opened: Callable[[str], None] | None = None  # told the device once it is open
+        self.opened: Callable[[int], None] | None = None  # given the port's fd once it is open
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -342,7 +347,7 @@ class SerialChannel:
             if warned:
                 logger.info("virtio-serial %s: opened", self.path)
             if self.opened is not None:
-                self.opened(port_path(self.path))
+                self.opened(fd)
             return fd
 
     async def _wait(self, watch: select.epoll) -> None:

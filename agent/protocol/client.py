@@ -201,9 +201,9 @@ class Client:
     def sync_delimited(self, timeout: float = CONNECT_TIMEOUT) -> None:
         """Get in step with a qemu-ga (``guest-sync-delimited``), as its docs ask on every new
         connection and after a timeout: a 0xFF byte first, so that qemu-ga drops what an
-        earlier client left half sent; a random id; then everything up to the 0xFF qemu-ga
-        puts before its reply is dropped, and a sync reply with another id (an earlier
-        client's) skipped. Raises NoReply, Unreachable."""
+        earlier client left half sent; a random id; qemu-ga puts a 0xFF before its reply,
+        so every line is read up to its last 0xFF, and lines without one, or a sync reply
+        with another id (an earlier client's), are skipped. Raises NoReply, Unreachable."""
         sock = self._sock or self.connect()._sock
         assert sock is not None
         nonce = secrets.randbelow(2**31 - 2) + 1
@@ -212,7 +212,13 @@ class Client:
         self._lines.take_rest()  # whatever was on its way is stale now
         try:
             sock.sendall(b"\xff" + request("guest-sync-delimited", {"id": nonce}))
-            rest = self._synced(sock, nonce, until)
+            while True:
+                try:
+                    line = recv_line(sock, self._lines, self._pending, until)
+                except ProtocolError:
+                    continue  # an earlier client's line too long: dropped, read on
+                if self._is_sync_reply(line, nonce):
+                    break
         except TimeoutError as err:
             raise NoReply(
                 f"{self.endpoint}: no reply to 'guest-sync-delimited' within {timeout:.1f} s; "
@@ -223,27 +229,16 @@ class Client:
                 f"{self.endpoint}: the connection was lost while getting in step "
                 f"({err.strerror or err}); {self.hints.get('lost', '')}"
             ) from err
-        self._pending.extend(self._lines.feed(rest))
 
-    def _synced(self, sock: socket.socket, nonce: int, until: float) -> bytes:
-        """Read up to the sync reply carrying ``nonce``; what came after it."""
-        buf = b""
-        while True:
-            mark = buf.find(b"\xff")
-            if mark < 0:
-                buf = _recv(sock, until)  # nothing before a delimiter is ours
-                continue
-            buf = buf[mark + 1 :]
-            while b"\n" not in buf:
-                if len(buf) > self.max_reply:
-                    break
-                buf += _recv(sock, until)
-            line, _, buf = buf.partition(b"\n")
-            try:
-                if parse_reply(line).get("return") == nonce:
-                    return buf
-            except ProtocolError:
-                continue
+    @staticmethod
+    def _is_sync_reply(line: bytes, nonce: int) -> bool:
+        _, mark, rest = line.rpartition(b"\xff")
+        if not mark:
+            return False  # no delimiter: not the reply to this sync
+        try:
+            return parse_reply(rest).get("return") == nonce
+        except ProtocolError:
+            return False
 
     def _reply(self, sock: socket.socket, command: str, rid: str, until: float) -> dict[str, Any]:
         """The reply with our id (or none: an error for a line that did not parse)."""
@@ -288,18 +283,6 @@ class Client:
     def abort(self, timeout: float = CONNECT_TIMEOUT) -> Report:
         """Undo a freeze with freezeFail semantics (the snapshot failed)."""
         return _mapping(self.call("abort", timeout=timeout), "abort")  # type: ignore[return-value]
-
-
-def _recv(sock: socket.socket, until: float) -> bytes:
-    """The next bytes by ``until``. Raises TimeoutError, ConnectionResetError."""
-    left = until - time.monotonic()
-    if left <= 0:
-        raise TimeoutError
-    sock.settimeout(left)
-    chunk = sock.recv(65536)
-    if not chunk:
-        raise ConnectionResetError(0, "the other end closed the connection")
-    return chunk
 
 
 def ceiling_of(status: Status) -> float:

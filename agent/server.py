@@ -277,6 +277,23 @@ def port_path(configured: str, ports: Path = PORTS) -> str:
     raise FileNotFoundError(errno.ENOENT, f"no virtio-serial port named {name!r}", configured)
 
 
+def port_problem(configured: str) -> str | None:
+    """Why ``listen.virtio_serial`` cannot be served now (``check``), or None: the port is
+    missing, or another process holds it (a virtio-serial port has one opener)."""
+    try:
+        fd = os.open(port_path(configured), os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as err:
+        why = {
+            errno.ENOENT: "no such port (does the VM have -device virtserialport,name=NAME, "
+            "and is virtio_console loaded?)",
+            errno.EBUSY: "busy: another process holds it (a running quiesce-agent, or qemu-ga "
+            "on the wrong port?)",
+        }.get(err.errno or 0, err.strerror or str(err))
+        return f"listen.virtio_serial: {configured}: {why}"
+    os.close(fd)
+    return None
+
+
 class SerialChannel:
     """Requests and replies over a virtio-serial port, held open for the daemon's life.
 

@@ -167,6 +167,7 @@ class Cycle:
         description: str = "",
         mode: str = "required",
         faults: Faults | None = None,
+        mountpoints: list[str] | None = None,
     ) -> None:
         if mode not in MODES:
             raise QuiesceError(f"--quiesce-mode must be one of {', '.join(MODES)}")
@@ -174,7 +175,9 @@ class Cycle:
         self.name = name
         self.description = description
         self.client: protocol.Client | QgaClient = (
-            QgaClient(str(endpoint)) if is_qga(endpoint) else protocol.Client(endpoint)
+            QgaClient(str(endpoint), mountpoints=mountpoints)
+            if is_qga(endpoint)
+            else protocol.Client(endpoint)
         )
         self.faults = faults or Faults()
         self.tl = Timeline()
@@ -397,6 +400,17 @@ def take(
     description: str = "",
     mode: str = "required",
     faults: Faults | None = None,
+    mountpoints: list[str] | None = None,
 ) -> Outcome:
-    """Run one quiesced snapshot cycle (see the module docstring)."""
-    return Cycle(target, name, endpoint, description=description, mode=mode, faults=faults).run()
+    """Run one quiesced snapshot cycle (see the module docstring). ``mountpoints``: with a
+    qemu-ga endpoint, freeze only these (guest-fsfreeze-freeze-list), not every filesystem."""
+    cycle = Cycle(
+        target,
+        name,
+        endpoint,
+        description=description,
+        mode=mode,
+        faults=faults,
+        mountpoints=mountpoints,
+    )
+    return cycle.run()

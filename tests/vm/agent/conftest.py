@@ -1,103 +1,20 @@
 """One guest for every test of the agent on a real virtio-serial port (tests/vm/agent/).
 
-The guest boots once per package (TCG: tens of seconds). It gets a small raw data disk of its
-own (``/dev/vdb``), made ext4 and mounted at ``/mnt/data`` from here; the agent is given a
-configuration naming only that mount, so nothing else in the guest is ever frozen (never its
-root), and restarted. qemu-ga freezes only that mount too (guest-fsfreeze-freeze-list).
+The guest boots once per package (TCG: tens of seconds), with a data disk of its own that is
+all the agent and qemu-ga ever freeze (tests/helpers/guest.py).
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from host.lab.image import GuestImage
-from host.lab.vmboot import VM, boot
-
-DATA = "/mnt/data"
-SCRIPTS = "/etc/quiesce-agent/backupScripts.d"
-AGENT_YAML = f"""\
-listen:
-  unix: /run/quiesce-agent/agent.sock
-  virtio_serial: /dev/virtio-ports/org.quiesce.0
-freeze:
-  ceiling_seconds: 30
-  timeout_seconds: 20
-scripts:
-  dir: {SCRIPTS}
-  timeout_seconds: 10
-filesystems:
-  mounts: [{DATA}]
-"""
-BRIDGE_HOOK = "/etc/qemu/fsfreeze-hook.d/50-quiesce-agent-bridge"
-MASTER_HOOK = "/etc/qemu/quiesce-agent-fsfreeze-hook"
-
-
-class Guest:
-    """The booted VM with the helpers the tests share."""
-
-    def __init__(self, vm: VM, run_dir: Path) -> None:
-        self.vm = vm
-        self.run_dir = run_dir
-        self.qga_endpoint = f"qemu-ga:unix:{vm.qga_socket}"
-
-    def sh(self, script: str, timeout: float = 60.0) -> str:
-        """Run a shell script in the guest; its output. AssertionError if it fails."""
-        rc, out = self.vm.guest_run(["/bin/sh", "-c", script], timeout)
-        assert rc == 0, f"guest: {script!r} exited {rc}: {out}"
-        return out
-
-    def agent_pid(self) -> int:
-        return int(self.sh("systemctl show -p MainPID --value quiesce-agent").strip())
-
-    def restart_agent(self) -> None:
-        self.sh("systemctl restart quiesce-agent", timeout=120)
-        self.vm.wait_agent(120)
-
-    def qga_hook(self, hook: str | None) -> None:
-        """qemu-ga's fsfreeze hook (None: none), qemu-ga restarted with it."""
-        conf = f"[general]\\nfsfreeze-hook={hook}\\n" if hook else "[general]\\n"
-        self.sh(
-            f"printf '{conf}' > /etc/qemu/qemu-ga.conf && "
-            "systemctl --no-block restart qemu-guest-agent"
-        )
-        time.sleep(1.0)  # the old qemu-ga goes first
-        self.vm.wait_qga(60)
-
-    def writable(self) -> bool:
-        """Can the guest write to the data disk (a frozen one blocks the write)?"""
-        rc, _ = self.vm.guest_run(
-            ["/bin/sh", "-c", f"echo $$ > {DATA}/probe && sync {DATA}/probe"], timeout=20
-        )
-        return rc == 0
+from tests.helpers.guest import Guest, booted
 
 
 @pytest.fixture(scope="package")
 def guest(guest_image: GuestImage) -> Iterator[Guest]:
-    run_dir = Path(tempfile.mkdtemp(prefix="qvm-"))  # short: socket paths < 108 bytes
-    data = run_dir / "data.raw"
-    with open(data, "wb") as f:
-        f.truncate(64 << 20)
-    extra = ["-drive", f"file={data},format=raw,if=virtio"]
-    started = time.monotonic()
-    vm = boot(guest_image, run_dir, log=print, extra=extra)
-    try:
-        vm.wait_agent()
-        vm.wait_qga()
-        g = Guest(vm, run_dir)
-        g.sh(
-            f"mkfs.ext4 -q -F /dev/vdb && mkdir -p {DATA} && mount /dev/vdb {DATA} && "
-            f"mkdir -p {SCRIPTS} && cat > /etc/quiesce-agent/agent.yaml <<'EOF'\n"
-            f"{AGENT_YAML}EOF\n"
-        )
-        g.restart_agent()
-        print(f"guest ready in {time.monotonic() - started:.1f} s ({vm.accel})")
+    with booted(guest_image) as g:
         yield g
-    finally:
-        vm.close()
-        shutil.rmtree(run_dir, ignore_errors=True)

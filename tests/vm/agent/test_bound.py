@@ -17,8 +17,8 @@ from agent import protocol
 from host.engine.disk import Disk
 from host.snapshots.cycle import Faults, QuiesceFailed, take
 from host.snapshots.target import open_target
+from tests.helpers.guest import Guest
 from tests.helpers.waiting import wait_until
-from tests.vm.agent.conftest import Guest
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -46,7 +46,14 @@ def idle_within(guest: Guest, timeout: float) -> float | None:
 def driver(disk: Path, guest: Guest, name: str) -> subprocess.Popen[str]:
     """quiesce-host's cycle in a process of its own, stopped between the cut and the thaw."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.vm.agent.driver", str(disk), guest.vm.agent_endpoint, name],
+        [
+            sys.executable,
+            "-m",
+            "tests.helpers.held_cycle",
+            str(disk),
+            guest.vm.agent_endpoint,
+            name,
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -7,7 +7,7 @@ import socket
 import time
 
 from agent import protocol
-from tests.vm.agent.conftest import Guest
+from tests.helpers.guest import Guest
 
 CONNECTIONS = 200
 

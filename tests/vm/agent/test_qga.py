@@ -17,7 +17,7 @@ from host.engine.disk import Disk
 from host.snapshots.cycle import Outcome, QuiesceFailed, take
 from host.snapshots.qga import HINTS
 from host.snapshots.target import open_target
-from tests.vm.agent.conftest import BRIDGE_HOOK, DATA, MASTER_HOOK, SCRIPTS, Guest
+from tests.helpers.guest import BRIDGE_HOOK, DATA, MASTER_HOOK, SCRIPTS, Guest
 
 
 @pytest.fixture

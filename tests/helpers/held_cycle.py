@@ -1,6 +1,6 @@
 """A quiesce-host cycle in a process of its own, for the tests that SIGKILL or Ctrl-C it.
 
-``python -m tests.vm.agent.driver DISK ENDPOINT NAME``: one quiesced snapshot of the engine
+``python -m tests.helpers.held_cycle DISK ENDPOINT NAME``: one quiesced snapshot of the engine
 disk DISK through ENDPOINT, as ``quiesce-host snapshot create --quiesce`` runs it, except
 that between the switch and the thaw it prints ``frozen`` and sleeps, so that the test can
 kill it there (SIGKILL) or interrupt it (SIGINT, a Ctrl-C: the abort then goes on the

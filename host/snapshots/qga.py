@@ -138,6 +138,20 @@ class QgaClient:
             args = {"mountpoints": self.mountpoints}
             count = self._call("guest-fsfreeze-freeze-list", args, budget + margin)
         took = (time.monotonic() - t0) * 1000
+        if int(count) == 0:  # nothing frozen: qemu-ga ran the freeze hook but will not thaw it
+            try:
+                self._call("guest-fsfreeze-thaw", None, protocol.CONNECT_TIMEOUT)  # the hook's
+            except QuiesceError:
+                pass
+            where = f" of {', '.join(self.mountpoints)}" if self.mountpoints else ""
+            raise protocol.Refused(
+                "guest-fsfreeze-freeze",
+                protocol.WRITER_FAILED,
+                f"qemu-ga froze no filesystem{where} (qemu-ga ignores a mount point it does not "
+                "know; check --quiesce-mount against the guest's mount table)",
+                {},
+                "qemu-ga",
+            )
         self._report = _report(label, int(count), took)
         return self._report
 

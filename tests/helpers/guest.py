@@ -60,11 +60,12 @@ class Guest:
     def qga_hook(self, hook: str | None) -> None:
         """qemu-ga's fsfreeze hook (None: none), qemu-ga restarted with it."""
         conf = f"[general]\\nfsfreeze-hook={hook}\\n" if hook else "[general]\\n"
+        # restarted a second later: the qemu-ga running this command must still answer for it
         self.sh(
             f"printf '{conf}' > /etc/qemu/qemu-ga.conf && "
-            "systemctl --no-block restart qemu-guest-agent"
+            "(sleep 1; systemctl --no-block restart qemu-guest-agent) >/dev/null 2>&1 &"
         )
-        time.sleep(1.0)  # the old qemu-ga goes first
+        time.sleep(3.0)  # the old qemu-ga has gone by then
         self.vm.wait_qga(60)
 
     def writable(self) -> bool:

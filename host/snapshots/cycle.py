@@ -204,7 +204,13 @@ class Cycle:
     def _interrupted(self) -> None:
         """Ctrl-C mid-cycle: undo the freeze and, in required mode, the snapshot."""
         ev = self.tl.events
-        if "freeze_sent" in ev and "thawed" not in ev and "abort_sent" not in ev:
+        if "freeze_sent" in ev and "frozen" not in ev and isinstance(self.client, protocol.Client):
+            # the freeze has not answered, and the agent answers in order: an abort would
+            # wait behind it. The freeze is bound to this connection: closing it makes the
+            # agent roll back before its next lock
+            self.tl.mark("abort_sent")
+            self.client.close()
+        elif "freeze_sent" in ev and "thawed" not in ev and "abort_sent" not in ev:
             self._abort_quietly()
         if "switch_end" in ev and not self.out.confirmed and self.out.mode == "required":
             try:

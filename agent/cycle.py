@@ -77,6 +77,7 @@ class Cycle:
     ceiling_hit: bool = False  # the ceiling fired before the thaw came: not consistent
     released_late: bool = False  # the thaw came in time, its release ran past the ceiling
     disarmed: bool = False  # the dead-man guard was disarmed (nothing it can help with is held)
+    bound: bool = False  # held only while the host connection that asked for it lives
 
     def thaw_came(self) -> None:
         """Record the thaw's arrival: what holds now is what the snapshot holds still."""
@@ -119,6 +120,7 @@ class Cycle:
             },
             "writers": [e.as_dict(self.t0, self.first_lock is not None) for e in self.entries],
             "notes": self.notes,
+            "bound": self.bound,
         }
 
 

@@ -45,6 +45,7 @@ class Daemon:
             factory(config), self, config.freeze.ceiling_seconds, config.freeze.timeout_seconds
         )
         self.stop = asyncio.Event()
+        log.mirror, log.flushed = self.guard.log, self.guard.logged
 
     # Session hooks --------------------------------------------------------------------------
     def hold(self, path: str, held: bool) -> None:
@@ -113,7 +114,7 @@ class Daemon:
         policy = PeerPolicy(listen.group)
 
         async def on_client(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            await serve_stream(r, w, dispatch, policy)
+            await serve_stream(r, w, dispatch, policy, dispatch.hangup)
 
         servers, channels = [], []
         if listen.unix:
@@ -125,11 +126,23 @@ class Daemon:
             servers.append(await asyncio.start_server(on_client, sock=sock))
             logger.info("listening on vsock port %d", listen.vsock_port)
         if listen.virtio_serial:
-            channel = SerialChannel(listen.virtio_serial, dispatch)
+            channel = SerialChannel(listen.virtio_serial, dispatch, on_hangup=dispatch.hangup)
+            channel.opened = self._port_opened
             channel.start()
             channels.append(channel)
             logger.info("serving the virtio-serial port %s", listen.virtio_serial)
         return servers, channels
+
+    def _port_opened(self, fd: int) -> None:
+        """The guard holds the virtio-serial port too, to tell the host if the daemon dies
+        mid-freeze (agent/guard.py); it is restarted with it while nothing is held."""
+        if self.session.state.value != "idle":
+            logger.warning(
+                "virtio-serial port opened during a freeze: the guard does not hold it, and "
+                "cannot tell the host if this daemon dies"
+            )
+            return
+        self.guard.attach_port(fd)
 
     async def _watchdog(self) -> None:
         interval = systemd.watchdog_interval()

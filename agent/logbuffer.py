@@ -3,7 +3,9 @@
 Records go to stderr (journald under systemd, with ``<N>`` priority prefixes when
 JOURNAL_STREAM says stderr is the journal). While anything is frozen they are held in memory
 (bounded; the oldest are dropped and counted) and written out after the thaw, because stderr
-may be a file on a filesystem we froze, and a write there would block the daemon.
+may be a file on a filesystem we froze, and a write there would block the daemon. Each held
+record also goes to ``mirror`` (the dead-man guard, agent/guard.py), which writes them out if
+the daemon dies before it can; ``flushed`` is told once the daemon wrote them itself.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import TextIO
 
 MAX_HELD = 10000
@@ -35,6 +38,8 @@ class HoldingHandler(logging.Handler):
         self.held: deque[str] = deque(maxlen=MAX_HELD)
         self.dropped = 0
         self.holding = False
+        self.mirror: Callable[[str], None] | None = None
+        self.flushed: Callable[[], None] | None = None
         self._mu = threading.Lock()
         fmt = (
             "%(name)s: %(message)s"
@@ -56,12 +61,15 @@ class HoldingHandler(logging.Handler):
             self.handleError(record)
             return
         with self._mu:
-            if self.holding:
+            held = self.holding
+            if held:
                 if len(self.held) == self.held.maxlen:
                     self.dropped += 1
                 self.held.append(line)
-                return
-        self._write(line)
+        if not held:
+            self._write(line)
+        elif self.mirror is not None:
+            self.mirror(line)
 
     def _write(self, text: str) -> None:
         try:
@@ -82,6 +90,8 @@ class HoldingHandler(logging.Handler):
             lines.insert(0, f"({dropped} log lines dropped while frozen)\n")
         if lines:
             self._write("".join(lines))
+        if self.flushed is not None:
+            self.flushed()
 
 
 def setup(level: int = logging.INFO) -> HoldingHandler:

@@ -4,7 +4,9 @@ One request at a time per connection, many connections at once. Nothing a client
 kill the daemon or disturb a freeze in progress: bad lines get an error reply, a line longer
 than protocol.MAX_LINE gets an error and the connection is closed, and a command already
 started runs to its end even if its client goes away (the ceiling covers a host that never
-comes back).
+comes back), except a freeze bound to its connection (``"bound": true``): each connection,
+and each host a virtio-serial port sees come and go, is a ``Peer``, and when it goes the
+session undoes a freeze bound to it at once (``Dispatcher.hangup``).
 """
 
 from __future__ import annotations
@@ -18,16 +20,27 @@ import select
 import socket
 import stat
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from agent import protocol
-from agent.session import Session
+from agent.session import Peer, Session
 from common.errors import QuiesceError
 
 logger = logging.getLogger(__name__)
-Dispatch = Callable[[bytes], Awaitable[dict[str, Any]]]
+Dispatch = Callable[[bytes, Peer], Awaitable[dict[str, Any]]]
+Hangup = Callable[[Peer], Awaitable[None]]
+_background: set[asyncio.Task[None]] = set()  # hang-up handlers running (kept referenced)
+
+
+def _spawn(coro: Awaitable[None]) -> None:
+    """Run a hang-up handler on its own: it waits for a freeze in progress, and neither the
+    connection's end nor the serial channel's loop may wait with it or cancel it."""
+    task: asyncio.Task[None] = asyncio.ensure_future(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 class Dispatcher:
@@ -36,14 +49,14 @@ class Dispatcher:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    async def __call__(self, line: bytes) -> dict[str, Any]:
+    async def __call__(self, line: bytes, peer: Peer) -> dict[str, Any]:
         try:
             req = protocol.parse_request(line)
         except protocol.ProtocolError as err:
             return protocol.failure(err.error_class, err.desc, id=protocol.request_id(line))
         try:
             # shield: a client that disconnects must not cancel a freeze half-way
-            ret = await asyncio.shield(asyncio.ensure_future(self._run(req)))
+            ret = await asyncio.shield(asyncio.ensure_future(self._run(req, peer)))
             return protocol.success(ret, req.id)
         except QuiesceError as err:
             return protocol.failure(err.code, str(err), _jsonable(err.data), req.id)
@@ -51,12 +64,17 @@ class Dispatcher:
             logger.exception("internal error in %s", req.execute)
             return protocol.failure(protocol.INTERNAL, f"internal error: {err!r}", id=req.id)
 
-    async def _run(self, req: protocol.Request) -> Any:
+    async def hangup(self, peer: Peer) -> None:
+        """``peer`` went away: a freeze bound to it is undone (the session says so)."""
+        await self.session.host_gone(peer)
+
+    async def _run(self, req: protocol.Request, peer: Peer) -> Any:
         args, s = req.arguments, self.session
         if req.execute == "ping":
             return {"pong": True, "pid": os.getpid()}
         if req.execute == "freeze":
-            return await s.freeze(*_freeze_args(args))
+            label, writers, timeout, bound = _freeze_args(args)
+            return await s.freeze(label, writers, timeout, peer if bound else None)
         if req.execute == "thaw":
             return await s.thaw()
         if req.execute == "abort":
@@ -66,8 +84,8 @@ class Dispatcher:
         return s.writers()
 
 
-def _freeze_args(args: dict[str, Any]) -> tuple[str, list[str] | None, float | None]:
-    unknown = set(args) - {"label", "writers", "timeout"}
+def _freeze_args(args: dict[str, Any]) -> tuple[str, list[str] | None, float | None, bool]:
+    unknown = set(args) - {"label", "writers", "skip", "timeout", "bound"}
     if unknown:
         raise BadArguments(f"freeze: unknown argument(s) {', '.join(sorted(unknown))}")
     label = args.get("label", "snapshot")
@@ -79,11 +97,19 @@ def _freeze_args(args: dict[str, Any]) -> tuple[str, list[str] | None, float | N
         not isinstance(writers, list) or not all(isinstance(w, str) for w in writers)
     ):
         raise BadArguments("freeze: 'writers' must be a list of writer names")
+    skip = args.get("skip", [])
+    if not isinstance(skip, list) or not all(isinstance(w, str) and w for w in skip):
+        raise BadArguments("freeze: 'skip' must be a list of writer names (kind or kind:name)")
+    if skip:  # the writers' selection reads a leading '-' as "leave out" (agent/writers.py)
+        writers = [w for w in writers or [] if not w.startswith("-")] + [f"-{w}" for w in skip]
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
     ):
         raise BadArguments("freeze: 'timeout' must be a positive number of seconds")
-    return label, writers, timeout
+    bound = args.get("bound", False)
+    if not isinstance(bound, bool):
+        raise BadArguments("freeze: 'bound' must be true or false")
+    return label, writers, timeout, bound
 
 
 class BadArguments(QuiesceError):
@@ -95,38 +121,74 @@ def _jsonable(data: dict[str, object]) -> dict[str, Any]:
 
 
 # -- stream connections (unix, vsock) ------------------------------------------------------
+Item = bytes | dict[str, Any] | None  # a request line, a reply ready to send, the end
+
+
 async def serve_stream(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     dispatch: Dispatch,
     authorize: Callable[[socket.socket], str | None],
+    hangup: Hangup,
 ) -> None:
+    """One connection: its requests answered in order. It is read all along, also while a
+    request runs, so that its end is seen at once and a freeze bound to it undone."""
     sock = writer.get_extra_info("socket")
     refusal = authorize(sock) if sock is not None else None
+    peer = Peer(f"the client {_peer_name(sock)}")
+    queue: asyncio.Queue[Item] = asyncio.Queue()
+    reading = asyncio.ensure_future(_read_stream(reader, queue, peer, hangup))
     try:
         if refusal:
             logger.warning("refused a connection: %s", refusal)
             writer.write(protocol.encode(protocol.failure("Unauthorized", refusal)))
             await writer.drain()
             return
-        lines = protocol.LineBuffer(protocol.MAX_LINE)
-        while True:
-            try:
-                batch = await protocol.read_lines(reader, lines)
-            except protocol.ProtocolError as err:  # a line too long: say so and hang up
-                refused = protocol.failure(err.error_class, f"{err.desc}; closing the connection")
-                writer.write(protocol.encode(refused))
-                await writer.drain()
+        while (item := await queue.get()) is not None:
+            reply = item if isinstance(item, dict) else await dispatch(item, peer)
+            writer.write(protocol.encode(reply))
+            await writer.drain()
+            if not isinstance(item, bytes):  # a line too long was refused: hang up
                 return
-            if batch is None:
-                return
-            for line in batch:
-                writer.write(protocol.encode(await dispatch(line)))
-                await writer.drain()
     except (ConnectionError, OSError):
-        pass  # the client went away; whatever it started goes on
+        pass  # the client went away; whatever it started goes on, but a bound freeze
     finally:
+        reading.cancel()
         writer.close()
+        if not peer.gone:
+            peer.gone = True
+            _spawn(hangup(peer))
+
+
+async def _read_stream(
+    reader: asyncio.StreamReader, queue: asyncio.Queue[Item], peer: Peer, hangup: Hangup
+) -> None:
+    lines = protocol.LineBuffer(protocol.MAX_LINE)
+    try:
+        while (batch := await protocol.read_lines(reader, lines)) is not None:
+            for line in batch:
+                queue.put_nowait(line)
+    except protocol.ProtocolError as err:  # a line too long: say so and hang up
+        queue.put_nowait(protocol.failure(err.error_class, f"{err.desc}; closing the connection"))
+    except (ConnectionError, OSError):
+        pass
+    queue.put_nowait(None)
+    if not peer.gone:
+        peer.gone = True
+        _spawn(hangup(peer))
+
+
+def _peer_name(sock: socket.socket | None) -> str:
+    if sock is not None and sock.family == socket.AF_UNIX:
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            return f"pid {struct.unpack('3i', creds)[0]}"
+        except OSError:
+            return "on the unix socket"
+    try:
+        return str(sock.getpeername()) if sock is not None else "?"
+    except OSError:
+        return "?"
 
 
 class PeerPolicy:
@@ -201,7 +263,7 @@ def vsock_listener(port: int) -> socket.socket:
 # -- virtio-serial: a character device, one implicit connection ----------------------------
 PORTS = Path("/sys/class/virtio-ports")  # vportNpM/name holds the name QEMU gave the port
 WAKE_AT_LEAST = 1.0  # seconds: re-check the port even if no wake-up came (a missed edge)
-Hangup = Callable[[], Awaitable[None]]
+REPLY_GRACE = 1.0  # seconds a reply waits for the kernel to see its host connect
 
 
 def port_path(configured: str, ports: Path = PORTS) -> str:
@@ -217,6 +279,23 @@ def port_path(configured: str, ports: Path = PORTS) -> str:
     raise FileNotFoundError(errno.ENOENT, f"no virtio-serial port named {name!r}", configured)
 
 
+def port_problem(configured: str) -> str | None:
+    """Why ``listen.virtio_serial`` cannot be served now (``check``), or None: the port is
+    missing, or another process holds it (a virtio-serial port has one opener)."""
+    try:
+        fd = os.open(port_path(configured), os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as err:
+        why = {
+            errno.ENOENT: "no such port (does the VM have -device virtserialport,name=NAME, "
+            "and is virtio_console loaded?)",
+            errno.EBUSY: "busy: another process holds it (a running quiesce-agent, or qemu-ga "
+            "on the wrong port?)",
+        }.get(err.errno or 0, err.strerror or str(err))
+        return f"listen.virtio_serial: {configured}: {why}"
+    os.close(fd)
+    return None
+
+
 class SerialChannel:
     """Requests and replies over a virtio-serial port, held open for the daemon's life.
 
@@ -225,10 +304,15 @@ class SerialChannel:
     connected the kernel reports the port readable and hung up at once, again and again;
     so the port is watched edge-triggered (an epoll of its own, itself watched by the event
     loop) and a host connecting, leaving or writing wakes the channel exactly once. A read
-    of nothing means no host: a reply still unsent then is dropped (its host is gone, and
-    the next host would take it for its own), and ``on_hangup`` is told (a freeze bound to
-    its host is undone). Opening a missing or busy port is logged once at WARNING and
-    retried every second.
+    of nothing means no host, and ``on_hangup`` is told (a freeze bound to its host is
+    undone) -- except right after a request was read: a new host's bytes can reach the guest
+    before the kernel has seen the host connect (another virtqueue), and taking that for a
+    hang-up lost 5 of 72 requests on a real guest. A reply waits up to REPLY_GRACE for its
+    host; one whose host stays gone is dropped (the next host would take it for its own).
+    While a request runs the port is watched too (POLLHUP, without reading), so a host that
+    hangs up in the middle of a freeze is seen at once. Each host between a connect and a
+    hang-up is a ``Peer`` of its own. Opening a missing or busy port is logged once at
+    WARNING and retried every second.
     """
 
     def __init__(self, path: str, dispatch: Dispatch, on_hangup: Hangup | None = None) -> None:
@@ -236,6 +320,8 @@ class SerialChannel:
         self.dispatch = dispatch
         self.on_hangup = on_hangup
         self.host_connected = False
+        self.peer = Peer(f"the virtio-serial host of {path}")
+        self.opened: Callable[[int], None] | None = None  # given the port's fd once it is open
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -282,6 +368,8 @@ class SerialChannel:
                 continue
             if warned:
                 logger.info("virtio-serial %s: opened", self.path)
+            if self.opened is not None:
+                self.opened(fd)
             return fd
 
     async def _wait(self, watch: select.epoll) -> None:
@@ -295,56 +383,94 @@ class SerialChannel:
     async def _serve(self, fd: int, watch: select.epoll) -> None:
         lines = protocol.LineBuffer(protocol.MAX_LINE)
         while True:
-            for item in await self._read(fd, lines):
-                reply = item if isinstance(item, dict) else await self.dispatch(item)
-                if self.host_connected:
-                    await self._reply(fd, watch, reply)
-            await self._wait(watch)
+            batch = await self._read(fd, lines)
+            if not batch:
+                await self._wait(watch)
+            for item in batch:
+                if isinstance(item, dict):
+                    reply = item
+                else:
+                    reply = await self._dispatch_watching(fd, watch, lines, item)
+                await self._reply(fd, watch, reply)
+
+    async def _dispatch_watching(
+        self, fd: int, watch: select.epoll, lines: protocol.LineBuffer, line: bytes
+    ) -> dict[str, Any]:
+        """Run one request; meanwhile a host hang-up is acted on at once."""
+        task = asyncio.ensure_future(self.dispatch(line, self.peer))
+        while not task.done():
+            woken = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait({task, woken}, timeout=WAKE_AT_LEAST, return_when="FIRST_COMPLETED")
+            woken.cancel()
+            if task.done():
+                break
+            self._wake.clear()
+            watch.poll(0)
+            if self.host_connected and _hung_up(fd):
+                await self._host_left(lines)
+        return task.result()
 
     async def _read(self, fd: int, lines: protocol.LineBuffer) -> list[bytes | dict[str, Any]]:
         """Every request line the port has now (or the error reply for a line too long);
         notes a host that connected or left."""
         batch: list[bytes | dict[str, Any]] = []
+        got = False
         while True:
             try:
                 chunk = os.read(fd, 65536)
             except BlockingIOError:
-                self.host_connected = True  # connected, nothing more to read
+                self._connected()  # connected, nothing more to read
                 return batch
             except OSError as err:
                 if err.errno != errno.EIO:  # EIO: a pty stand-in whose master is gone
                     raise
                 chunk = b""
+            if not chunk and got:
+                # a new host's bytes can come before the kernel has seen it connect (they
+                # travel on another virtqueue than the port-open message): reading nothing
+                # right after its request is not its hang-up
+                return batch
             if not chunk:
                 await self._host_left(lines)
                 return batch
-            self.host_connected = True
+            got = True
+            self._connected()
             try:
                 batch += lines.feed(chunk)
             except protocol.ProtocolError as err:  # a line too long: refused, the port goes on
                 batch.append(protocol.failure(err.error_class, f"{err.desc}; discarded"))
 
+    def _connected(self) -> None:
+        if not self.host_connected:
+            self.host_connected = True
+            self.peer = Peer(f"the virtio-serial host of {self.path}")
+
     async def _host_left(self, lines: protocol.LineBuffer) -> None:
         lines.take_rest()  # half a request from a host that left is nobody's
         if self.host_connected:
             self.host_connected = False
+            self.peer.gone = True
             logger.info("virtio-serial %s: the host hung up", self.path)
             if self.on_hangup is not None:
-                await self.on_hangup()
+                _spawn(self.on_hangup(self.peer))
 
     async def _reply(self, fd: int, watch: select.epoll, reply: dict[str, Any]) -> None:
-        """Write the reply whole; if the host leaves first, drop it (see the class doc)."""
+        """Write the reply whole. The port blocks writes while no host is connected: a host
+        whose connect the kernel has not seen yet gets it once it has (REPLY_GRACE); a host
+        that stays gone that long had left, and the reply is dropped (see the class doc)."""
         data = protocol.encode(reply)
-        while data and self.host_connected:
+        give_up = time.monotonic() + REPLY_GRACE
+        while data:
             try:
                 data = data[os.write(fd, data) :]
+                continue
             except BlockingIOError:
-                await self._wait(watch)
-                if _hung_up(fd):
-                    await self._host_left(protocol.LineBuffer())
-                    logger.info(
-                        "virtio-serial %s: a reply to a host that left was dropped", self.path
-                    )
+                pass
+            await self._wait(watch)
+            if _hung_up(fd) and time.monotonic() >= give_up:
+                await self._host_left(protocol.LineBuffer())
+                logger.info("virtio-serial %s: a reply to a host that left was dropped", self.path)
+                return
 
 
 def _hung_up(fd: int) -> bool:

@@ -21,7 +21,14 @@ snapshot is consistent is decided when the thaw arrives: a release that then run
 ceiling is finished by the ceiling and reported (``released_late``), not held against the
 snapshot. Every reply carries a report: each writer, its state, step timings and messages.
 
-Raises: StateError (wrong state), WriterError/WriterTimeout (rolled back), NotConsistent.
+A freeze may be bound to the host connection that asked for it (DESIGN.md, freeze cycle step
+7): when that ``Peer`` goes (its connection closed, or the virtio-serial host hung up) before
+the thaw, ``host_gone`` undoes the freeze at once with freezeFail semantics; a freeze still
+in progress rolls back at its next step (before the next lock), so nothing is held for a
+host that can no longer thaw it.
+
+Raises: StateError (wrong state), WriterError/WriterTimeout (rolled back), NotConsistent,
+HostGone (a bound freeze whose host went away before it was done: rolled back).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from agent.cycle import Cycle, Entry, safe_artifacts
-from agent.errors import NotConsistent, StateError
+from agent.errors import HostGone, NotConsistent, StateError
 from agent.protocol import Report, Status
 from common.deadline import Deadline
 from common.errors import QuiesceError
@@ -76,6 +83,17 @@ class Hooks(Protocol):
     def frozen_logging(self, frozen: bool) -> None: ...
 
 
+class Peer:
+    """One host connection as the session sees it: a freeze can be bound to it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.gone = False  # set by the server when the connection closes or the host hangs up
+
+    def __repr__(self) -> str:
+        return f"Peer({self.name!r}, gone={self.gone})"
+
+
 WriterFactory = Callable[[list[str] | None], tuple[list[Writer], list[str]]]
 
 
@@ -96,6 +114,7 @@ class Session:
         self._timer: threading.Timer | None = None
         self._ceiling_at: float | None = None
         self._ceiling_running = False  # the ceiling thread is releasing (under _mu)
+        self._bound_to: Peer | None = None  # the host a bound freeze lives on, until its thaw
 
     # -- helpers ---------------------------------------------------------------------------
     def _set(self, state: State) -> None:
@@ -132,7 +151,11 @@ class Session:
 
     # -- commands --------------------------------------------------------------------------
     async def freeze(
-        self, label: str, names: list[str] | None = None, timeout: float | None = None
+        self,
+        label: str,
+        names: list[str] | None = None,
+        timeout: float | None = None,
+        bound_to: Peer | None = None,
     ) -> Report:
         async with self._op:
             if self.state is not State.IDLE:  # RELEASING too: the ceiling is not done yet
@@ -144,7 +167,8 @@ class Session:
             writers, notes = self.factory(names)
             writers.sort(key=lambda w: int(w.stage))  # stable: scripts keep byte-wise order
             cycle = Cycle(label, [Entry(w) for w in writers], self.ceiling, notes)
-            self.cycle = cycle
+            cycle.bound = bound_to is not None
+            self.cycle, self._bound_to = cycle, bound_to
             self.hooks.ensure_guard()
             deadline = Deadline(budget)
             op = self._operation(cycle, deadline)
@@ -153,7 +177,9 @@ class Session:
                 await self._prepare(cycle, op, deadline)
                 await self._freeze_all(cycle, op, deadline)
             except QuiesceError as err:
-                await self._rollback(cycle, op, "failed")
+                self._bound_to = None
+                gone = isinstance(err, HostGone)
+                await self._rollback(cycle, op, "aborted: the host went away" if gone else "failed")
                 err.data["report"] = cycle.as_dict()
                 raise
             return cycle.as_dict()
@@ -205,9 +231,11 @@ class Session:
     async def _freeze_all(self, cycle: Cycle, op: Operation, deadline: Deadline) -> None:
         self._set(State.FREEZING)
         self.hooks.frozen_logging(True)
+        self._check_host()
         cycle.first_lock = time.monotonic()
         self._start_ceiling(cycle.first_lock + self.ceiling)
         for entry in cycle.entries:
+            self._check_host()
             entry.state = "freezing"
             try:
                 await self._call(entry, "freeze", op, deadline.remaining())
@@ -235,6 +263,39 @@ class Session:
             len(cycle.entries),
             (cycle.all_frozen - cycle.first_lock) * 1000,
         )
+
+    def _check_host(self) -> None:
+        """Raises HostGone when the host a bound freeze lives on went away meanwhile."""
+        peer = self._bound_to
+        if peer is not None and peer.gone:
+            raise HostGone(
+                f"{peer.name} went away before the bound freeze was done; rolled back "
+                "(freezeFail) rather than held for a host that cannot thaw it"
+            )
+
+    async def host_gone(self, peer: Peer) -> None:
+        """``peer``'s connection closed, or its virtio-serial host hung up: a freeze bound to
+        it and not yet thawed is undone now (freezeFail). Never raises."""
+        peer.gone = True
+        if self._bound_to is not peer:
+            return
+        cycle = self.cycle
+        label = cycle.label if cycle else "?"
+        logger.warning(
+            "%s went away before thawing the bound freeze '%s': undoing it now (freezeFail)",
+            peer.name,
+            label,
+        )
+        async with self._op:  # a freeze in progress rolls back by itself (_check_host)
+            if self._bound_to is not peer or self.state is not State.FROZEN or cycle is None:
+                return
+            cycle.notes.append(
+                f"{peer.name} went away before the thaw: aborted at once (bound freeze)"
+            )
+            try:
+                await self._release("abort", "aborted", "aborted: the host went away")
+            except QuiesceError as err:
+                logger.error("undoing the bound freeze '%s': %s", label, err)
 
     async def _rollback(self, cycle: Cycle, op: Operation, outcome: str) -> None:
         """freezeFail: undo every writer that prepared or (partly) froze, in reverse."""
@@ -305,6 +366,7 @@ class Session:
                     f"nothing is frozen (state {self.state.value}); "
                     f"{step} needs a successful freeze first"
                 )
+            self._bound_to = None  # the thaw or abort came: the host's going changes nothing
             if step == "thaw":  # consistency is decided now, whatever the release then takes
                 cycle.thaw_came()
             self._set(State.THAWING if step == "thaw" else State.ABORTING)

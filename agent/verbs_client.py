@@ -25,7 +25,8 @@ from typing import Any
 from agent import config as config_mod
 from agent import errors as _errors  # noqa: F401 - their classes answer over the wire
 from agent import protocol
-from common.errors import ConfigError, exit_code_by_class
+from common.errors import ConfigError, QuiesceError, exit_code_by_class
+from common.files import atomic_write
 from common.tables import table
 from hooks import errors as _hook_errors  # noqa: F401 - WriterFailed & co answer too
 
@@ -57,6 +58,18 @@ def build(verb: argparse.ArgumentParser, name: str) -> None:
     if name == "freeze":
         verb.add_argument("--label", default="snapshot", help="the snapshot's name")
         verb.add_argument("--writers", help="comma-separated subset, e.g. postgres,scripts")
+        verb.add_argument(
+            "--skip",
+            help="comma-separated writers to leave out, e.g. filesystems (what a hypervisor "
+            "tool freezes itself: the bridge's case)",
+        )
+    if name in ("freeze", "thaw", "abort"):
+        verb.add_argument(
+            "--record",
+            metavar="FILE",
+            help="also write the reply (or the error) as JSON to FILE, replaced atomically "
+            "(the qemu-ga bridge's record, read by quiesce-host --quiesce qemu-ga:...)",
+        )
         verb.add_argument(
             "--timeout",
             type=float,
@@ -91,14 +104,24 @@ def run(args: argparse.Namespace) -> int:
         arguments["label"] = args.label
         if args.writers:
             arguments["writers"] = [w.strip() for w in args.writers.split(",") if w.strip()]
+        if args.skip:
+            arguments["skip"] = [w.strip() for w in args.skip.split(",") if w.strip()]
         if args.timeout:
             arguments["timeout"] = args.timeout
-    path = socket_path(args.config, args.socket)
-    with protocol.Client(protocol.Endpoint("unix", path=path)) as client:
-        try:
-            reply = protocol.success(client.call(args.command, arguments, timeout=args.wait))
-        except protocol.Refused as err:  # the daemon's answer: printed, and its exit code
-            reply = protocol.failure(err.error_class, err.desc, err.data)
+    record = getattr(args, "record", None)
+    try:
+        path = socket_path(args.config, args.socket)
+        with protocol.Client(protocol.Endpoint("unix", path=path)) as client:
+            try:
+                reply = protocol.success(client.call(args.command, arguments, timeout=args.wait))
+            except protocol.Refused as err:  # the daemon's answer: printed, and its exit code
+                reply = protocol.failure(err.error_class, err.desc, err.data)
+    except QuiesceError as err:  # no answer at all: recorded too, then raised as before
+        if record:
+            _record(record, args.command, protocol.failure(err.code, str(err)))
+        raise
+    if record:
+        _record(record, args.command, reply)
     if args.json:
         print(json.dumps(reply, indent=2))
     else:
@@ -106,6 +129,12 @@ def run(args: argparse.Namespace) -> int:
     if "error" in reply:
         return exit_code_by_class().get(reply["error"]["class"], 2)
     return 0
+
+
+def _record(path: str, command: str, reply: dict[str, Any]) -> None:
+    """The reply as JSON in ``path`` (its folder made if missing), with the verb it answers."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, json.dumps({"verb": command, **reply}, indent=1) + "\n", mode=0o644)
 
 
 def _print_human(command: str, reply: dict[str, Any]) -> None:

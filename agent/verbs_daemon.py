@@ -15,6 +15,7 @@ import logging
 from agent import config as config_mod
 from agent import daemon, logbuffer, marker
 from agent.logbuffer import HoldingHandler
+from agent.server import port_problem
 from agent.writers import build_all, problems
 from common.errors import ConfigError, QuiesceError
 from hooks.errors import WriterError
@@ -59,7 +60,10 @@ def check(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     print(f"{cfg.source}: configuration is valid")
     worst = 0
-    for problem in problems(cfg):
+    found = problems(cfg)
+    if cfg.listen.virtio_serial:
+        found += [p for p in [port_problem(cfg.listen.virtio_serial)] if p]
+    for problem in found:
         print(f"FAIL  {problem}")
         worst = max(worst, ConfigError.exit_code)
     notes: list[str] = []

@@ -56,17 +56,21 @@ def build_all(config: Config, notes: list[str]) -> list[Writer]:
 
 
 def select(writers: list[Writer], names: list[str] | None) -> list[Writer]:
-    """Keep the writers named by kind (``postgres``) or kind:name (``postgres:main``)."""
+    """Keep the writers named by kind (``postgres``) or kind:name (``postgres:main``); a name
+    with a leading ``-`` (the freeze's ``skip``) leaves that writer out instead, and leaving
+    out one that is not configured is no error."""
     if names is None:
         return writers
-    chosen = []
-    for name in names:
+    wanted = [n for n in names if not n.startswith("-")]
+    skipped = {n[1:] for n in names if n.startswith("-")}
+    chosen = [] if wanted else list(writers)
+    for name in wanted:
         hits = [w for w in writers if name in (w.kind, w.qualified_name)]
         if not hits:
             known = sorted({w.kind for w in writers} | {w.qualified_name for w in writers})
             raise UnknownWriter(f"no writer {name!r}; configured: {', '.join(known) or 'none'}")
         chosen += [w for w in hits if w not in chosen]
-    return [w for w in writers if w in chosen]
+    return [w for w in writers if w in chosen and not skipped & {w.kind, w.qualified_name}]
 
 
 def factory(config: Config) -> Callable[[list[str] | None], tuple[list[Writer], list[str]]]:

@@ -15,6 +15,7 @@ Everything a caller needs is re-exported here: ``from agent import protocol``.
 from agent.protocol.client import AGENT_HINTS, Client, Endpoint, ceiling_of, parse_endpoint
 from agent.protocol.errors import (
     BAD_REQUEST,
+    HOST_GONE,
     INTERNAL,
     LINE_TOO_LONG,
     NOT_CONSISTENT,
@@ -59,6 +60,7 @@ __all__ = [
     "AGENT_HINTS",
     "BAD_REQUEST",
     "COMMANDS",
+    "HOST_GONE",
     "CONNECT_TIMEOUT",
     "DEFAULT_SOCKET",
     "INTERNAL",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import secrets
 import socket
 import time
 from dataclasses import dataclass
@@ -197,6 +198,48 @@ class Client:
             raise Refused(command, e["class"], str(e.get("desc", "")), data, peer)
         return reply["return"]
 
+    def sync_delimited(self, timeout: float = CONNECT_TIMEOUT) -> None:
+        """Get in step with a qemu-ga (``guest-sync-delimited``), as its docs ask on every new
+        connection and after a timeout: a 0xFF byte first, so that qemu-ga drops what an
+        earlier client left half sent; a random id; qemu-ga puts a 0xFF before its reply,
+        so every line is read up to its last 0xFF, and lines without one, or a sync reply
+        with another id (an earlier client's), are skipped. Raises NoReply, Unreachable."""
+        sock = self._sock or self.connect()._sock
+        assert sock is not None
+        nonce = secrets.randbelow(2**31 - 2) + 1
+        until = time.monotonic() + timeout
+        self._pending.clear()
+        self._lines.take_rest()  # whatever was on its way is stale now
+        try:
+            sock.sendall(b"\xff" + request("guest-sync-delimited", {"id": nonce}))
+            while True:
+                try:
+                    line = recv_line(sock, self._lines, self._pending, until)
+                except ProtocolError:
+                    continue  # an earlier client's line too long: dropped, read on
+                if self._is_sync_reply(line, nonce):
+                    break
+        except TimeoutError as err:
+            raise NoReply(
+                f"{self.endpoint}: no reply to 'guest-sync-delimited' within {timeout:.1f} s; "
+                f"{self.hints.get('garbage', '')}"
+            ) from err
+        except OSError as err:
+            raise Unreachable(
+                f"{self.endpoint}: the connection was lost while getting in step "
+                f"({err.strerror or err}); {self.hints.get('lost', '')}"
+            ) from err
+
+    @staticmethod
+    def _is_sync_reply(line: bytes, nonce: int) -> bool:
+        _, mark, rest = line.rpartition(b"\xff")
+        if not mark:
+            return False  # no delimiter: not the reply to this sync
+        try:
+            return parse_reply(rest).get("return") == nonce
+        except ProtocolError:
+            return False
+
     def _reply(self, sock: socket.socket, command: str, rid: str, until: float) -> dict[str, Any]:
         """The reply with our id (or none: an error for a line that did not parse)."""
         while True:
@@ -220,9 +263,17 @@ class Client:
     def status(self) -> Status:
         return _mapping(self.call("status"), "status")  # type: ignore[return-value]
 
-    def freeze(self, label: str, budget: float, margin: float = 2.0) -> Report:
-        """Freeze with a budget of ``budget`` seconds; waits at most ``budget + margin``."""
-        args = {"label": label, "timeout": round(budget, 3)}
+    def freeze(
+        self, label: str, budget: float, margin: float = 2.0, *, bound: bool = True
+    ) -> Report:
+        """Freeze with a budget of ``budget`` seconds; waits at most ``budget + margin``.
+
+        ``bound`` (the default): the agent holds the freeze only while this connection
+        lives; closing it (or dying) before ``thaw`` undoes the freeze at once. Send the
+        thaw or abort with this same client (a QEMU chardev serves one host at a time)."""
+        args: dict[str, Any] = {"label": label, "timeout": round(budget, 3)}
+        if bound:
+            args["bound"] = True
         return _mapping(self.call("freeze", args, budget + margin), "freeze")  # type: ignore[return-value]
 
     def thaw(self, timeout: float) -> Report:

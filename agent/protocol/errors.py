@@ -24,6 +24,7 @@ UNKNOWN_COMMAND = "CommandNotFound"
 LINE_TOO_LONG = "LineTooLong"
 STATE_ERROR = "StateError"  # e.g. freeze while frozen, thaw while idle
 NOT_CONSISTENT = "NotConsistent"  # the ceiling thawed before the thaw came
+HOST_GONE = "HostGone"  # a bound freeze's host went away before it was done: rolled back
 WRITER_FAILED = "WriterFailed"
 INTERNAL = "InternalError"
 

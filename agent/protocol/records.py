@@ -63,6 +63,7 @@ class Report(TypedDict):
     timings: Timings
     writers: list[WriterEntry]
     notes: list[str]
+    bound: NotRequired[bool]  # held only while the host connection that asked for it lived
 
 
 class Status(TypedDict):

@@ -99,7 +99,15 @@ def _add_create(sub: Any) -> None:
         "--quiesce",
         metavar="ENDPOINT",
         help="ask the agent at unix:PATH or vsock:CID:PORT to freeze around "
-        "the snapshot (application-consistent)",
+        "the snapshot (application-consistent), or a guest's qemu-ga at "
+        "qemu-ga:unix:PATH (the host end of its org.qemu.guest_agent.0 port)",
+    )
+    p.add_argument(
+        "--quiesce-mount",
+        metavar="MOUNT",
+        action="append",
+        help="with a qemu-ga endpoint: freeze only this guest mount point (repeatable; "
+        "guest-fsfreeze-freeze-list) instead of every filesystem",
     )
     p.add_argument(
         "--quiesce-mode",
@@ -180,7 +188,12 @@ def _create_quiesced(args: argparse.Namespace) -> int:
         return err.exit_code
     try:
         outcome = take(
-            target, args.name, args.quiesce, description=args.description, mode=args.quiesce_mode
+            target,
+            args.name,
+            args.quiesce,
+            description=args.description,
+            mode=args.quiesce_mode,
+            mountpoints=args.quiesce_mount,
         )
     except QuiesceError as err:  # QuiesceFailed, the agent, the server, the engine
         error(str(err))

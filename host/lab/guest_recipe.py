@@ -5,7 +5,9 @@ The README's steps, as done here (host/lab/image.py runs them inside mmdebstrap)
 ``python3 -m venv /opt/quiesce-agent``; ``pip install`` of the project's wheel, offline
 (``--no-index --find-links``, the wheels built on the host for the guest's Python); the config
 in /etc/quiesce-agent/agent.yaml; systemd/quiesce-agent.service in /etc/systemd/system,
-enabled; the bridge in /etc/qemu/fsfreeze-hook.d/. Where the guest needs more than the README
+enabled; the bridge in /etc/qemu/fsfreeze-hook.d/ and, as qemu-ga's hook, in
+/etc/qemu/qemu-ga.conf (the master hook that runs the whole folder is installed beside it,
+unused until a test points qemu-ga.conf at it). Where the guest needs more than the README
 says, the constant below says why (qemu-ga's hook, PostgreSQL's peer authentication).
 
 Also: a serial console with root logged in (a throw-away lab image), udev (the
@@ -150,6 +152,7 @@ QUIET_UNITS = (  # packaged units that would start at boot; the lab starts the d
 def guest_files() -> dict[str, tuple[int, bytes]]:
     """What the image gets besides packages: path in the guest -> (mode, content)."""
     bridge = (REPO / "backupScripts.d" / "50-quiesce-agent-bridge").read_bytes()
+    master = (REPO / "packaging" / "qemu-ga" / "quiesce-agent-fsfreeze-hook").read_bytes()
     unit = (REPO / "systemd" / "quiesce-agent.service").read_bytes()
     return {
         "etc/quiesce-agent/agent.yaml": (0o644, AGENT_YAML.encode()),
@@ -157,6 +160,9 @@ def guest_files() -> dict[str, tuple[int, bytes]]:
         "etc/systemd/system/quiesce-agent.service": (0o644, unit),
         "etc/qemu/fsfreeze-hook.d/50-quiesce-agent-bridge": (0o755, bridge),
         "etc/qemu/qemu-ga.conf": (0o644, QGA_CONF.encode()),
+        # the other install the README gives: the stock hook folder through a master hook
+        # that fails when a script fails (QGA_CONF picks which one qemu-ga runs)
+        "etc/qemu/quiesce-agent-fsfreeze-hook": (0o755, master),
         "etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf": (
             0o644,
             AUTOLOGIN.encode(),

@@ -65,6 +65,7 @@ KEEP_ENTRIES = 2  # newest cache entries kept; older ones are removed after a bu
 STEP_TIMEOUT = {"wheels": 600.0, "bootstrap": 2400.0, "mkfs": 900.0, "fsck": 600.0}
 IMAGE_FILES = ("manifest.json", "root.img", "vmlinuz", "initrd.img", "data.img")
 LOCK_WAIT = 3600.0
+DATA_DOCS = ("docs/config.md", "docs/databases.md", "docs/agent.yaml.example")
 Log = Callable[[str], None]
 
 
@@ -193,7 +194,8 @@ def _copy_source(src: Path) -> None:
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
     for top in ("agent", "common", "hooks", "host"):
         shutil.copytree(REPO / top, src / top, ignore=skip)
-    for name in ("pyproject.toml", "README.md"):
+    (src / "docs").mkdir()
+    for name in ("pyproject.toml", "README.md", *DATA_DOCS):  # DATA_DOCS: pyproject's data-files
         shutil.copyfile(REPO / name, src / name)
     shutil.copytree(REPO / "docs", src / "docs", ignore=skip)  # the wheel's data-files
 

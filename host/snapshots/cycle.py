@@ -19,6 +19,13 @@ moment the cut is recorded (the target's create returned), with nothing in betwe
 status call, no record to write, no fsync that can wait; the record shows the gap
 (``cut_to_thaw_ms``).
 
+The agent holds the freeze bound to our connection (DESIGN.md, freeze cycle step 7): if this
+process dies, the agent undoes it at once. Thaw and abort go on that same connection, also
+on Ctrl-C, a freeze that timed out or a failed switch: a QEMU chardev serves one host
+connection at a time, so a second connection would wait until the first closed. An endpoint
+``qemu-ga:unix:PATH`` speaks to a guest's qemu-ga instead (host/snapshots/qga.py), with the
+same waits, modes and record.
+
 Errors (in the tree rooted in common/errors.py)::
 
     QuiesceError
@@ -45,6 +52,7 @@ from agent.protocol import (
     ceiling_of,
 )
 from common.errors import QuiesceError
+from host.snapshots.qga import QgaClient, is_qga
 from host.snapshots.target import Target
 
 logger = logging.getLogger(__name__)
@@ -159,13 +167,18 @@ class Cycle:
         description: str = "",
         mode: str = "required",
         faults: Faults | None = None,
+        mountpoints: list[str] | None = None,
     ) -> None:
         if mode not in MODES:
             raise QuiesceError(f"--quiesce-mode must be one of {', '.join(MODES)}")
         self.target = target
         self.name = name
         self.description = description
-        self.client = protocol.Client(endpoint)
+        self.client: protocol.Client | QgaClient = (
+            QgaClient(str(endpoint), mountpoints=mountpoints)
+            if is_qga(endpoint)
+            else protocol.Client(endpoint)
+        )
         self.faults = faults or Faults()
         self.tl = Timeline()
         self.out = Outcome(name, mode, moments=self.tl.events)
@@ -191,7 +204,13 @@ class Cycle:
     def _interrupted(self) -> None:
         """Ctrl-C mid-cycle: undo the freeze and, in required mode, the snapshot."""
         ev = self.tl.events
-        if "freeze_sent" in ev and "thawed" not in ev and "abort_sent" not in ev:
+        if "freeze_sent" in ev and "frozen" not in ev and isinstance(self.client, protocol.Client):
+            # the freeze has not answered, and the agent answers in order: an abort would
+            # wait behind it. The freeze is bound to this connection: closing it makes the
+            # agent roll back before its next lock
+            self.tl.mark("abort_sent")
+            self.client.close()
+        elif "freeze_sent" in ev and "thawed" not in ev and "abort_sent" not in ev:
             self._abort_quietly()
         if "switch_end" in ev and not self.out.confirmed and self.out.mode == "required":
             try:
@@ -208,14 +227,14 @@ class Cycle:
             self.client.ping()
             self.ceiling = ceiling_of(self.client.status())
         except QuiesceError as err:
-            self._failed(f"the agent at {self.client.endpoint} is unreachable: {err}")
+            self._failed(f"{self._peer()} at {self.client.endpoint} is unreachable: {err}")
             return None
         self.tl.mark("freeze_sent")
         try:
             frozen = self.client.freeze(self.name, freeze_budget(self.ceiling))
         except Refused as err:
             if err.error_class == protocol.STATE_ERROR:
-                self._failed(f"the agent is busy: {err.desc}")
+                self._failed(f"{self._peer()} is busy: {err.desc}")
                 return None
             self._failed(f"the freeze failed and was rolled back: {err.desc}", err.report)
             return None
@@ -280,6 +299,8 @@ class Cycle:
         except QuiesceError as err:
             self.unconfirmed = f"the thaw was not confirmed: {err}"
         self.tl.mark("thawed")
+        if isinstance(self.client, QgaClient):
+            self.out.warnings += self.client.warnings
 
     def _finish(self) -> Outcome:
         out = self.out
@@ -337,13 +358,17 @@ class Cycle:
         return self.out
 
     def _abort_quietly(self) -> None:
-        """freezeFail, best effort and bounded; the agent's ceiling covers the rest."""
+        """freezeFail on the connection that froze, best effort and bounded. A reply still
+        owed on it (a freeze that timed out) is skipped by its id; a connection that is lost
+        took the bound freeze with it; the agent's ceiling covers the rest."""
         self.tl.mark("abort_sent")
         try:
-            with protocol.Client(self.client.endpoint) as other:
-                other.abort(ABORT_TIMEOUT)
+            self.out.agent = self.client.abort(ABORT_TIMEOUT)
         except QuiesceError as err:
             logger.info("abort: %s (the agent's ceiling releases whatever is held)", err)
+
+    def _peer(self) -> str:
+        return "qemu-ga" if isinstance(self.client, QgaClient) else "the agent"
 
     # -- the record ------------------------------------------------------------------------
     def _host_section(self, pending: bool = False, fallback: str | None = None) -> dict[str, Any]:
@@ -381,6 +406,17 @@ def take(
     description: str = "",
     mode: str = "required",
     faults: Faults | None = None,
+    mountpoints: list[str] | None = None,
 ) -> Outcome:
-    """Run one quiesced snapshot cycle (see the module docstring)."""
-    return Cycle(target, name, endpoint, description=description, mode=mode, faults=faults).run()
+    """Run one quiesced snapshot cycle (see the module docstring). ``mountpoints``: with a
+    qemu-ga endpoint, freeze only these (guest-fsfreeze-freeze-list), not every filesystem."""
+    cycle = Cycle(
+        target,
+        name,
+        endpoint,
+        description=description,
+        mode=mode,
+        faults=faults,
+        mountpoints=mountpoints,
+    )
+    return cycle.run()

@@ -14,6 +14,7 @@ it alone (the tool freezes filesystems itself).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -33,6 +34,7 @@ from tests.helpers.waiting import Background
 
 pytestmark = [pytest.mark.pg, pytest.mark.mysql, pytest.mark.root]
 BRIDGE = REPO / "backupScripts.d" / "50-quiesce-agent-bridge"
+MASTER = REPO / "packaging" / "qemu-ga" / "quiesce-agent-fsfreeze-hook"
 CLI = REPO / ".venv" / "bin" / "quiesce-agent"
 IGNORED = (
     "~",
@@ -91,6 +93,7 @@ class Setup:
             "LANG": "C",
             "QUIESCE_AGENT": str(CLI),
             "QUIESCE_AGENT_SOCKET": self.agent.socket,
+            "QUIESCE_BRIDGE_RECORD": str(root / "qemu-ga-bridge.json"),
         }
 
     def install(self, folder: str) -> Path:
@@ -280,6 +283,29 @@ def test_qemu_ga_hook_freeze_and_thaw(setup: Any) -> None:
     assert insert.join() < 10
     assert s.pg_holders() == 0 and s.status()["state"] == "idle"
     assert "consistency application" in log.read_text()
+    record = json.loads((s.root / "qemu-ga-bridge.json").read_text())  # for quiesce-host
+    assert record["verb"] == "thaw" and record["return"]["consistency"] == "application"
+
+
+def test_qemu_ga_master_hook_runs_the_folder_and_fails_when_the_agent_is_down(
+    setup: Any,
+) -> None:
+    s = setup()
+    folder = s.install("qemu/fsfreeze-hook.d")
+    (folder / "10-other").write_text(RECORDER.format(log=s.root / "other.log"))
+    (folder / "10-other").chmod(0o755)
+    s.env["QUIESCE_FSFREEZE_HOOK_DIR"] = str(folder)
+    s.env["QUIESCE_FSFREEZE_HOOK_LOG"] = str(s.root / "hook.log")
+    assert s.run(MASTER, "freeze").returncode == 0
+    assert s.status()["state"] == "frozen"
+    assert s.run(MASTER, "thaw").returncode == 0
+    assert s.status()["state"] == "idle"
+    s.agent.stop()
+    failed = s.run(MASTER, "freeze")
+    # Debian's hook exits 0 here, and qemu-ga reports the freeze a success
+    assert failed.returncode != 0 and "freeze failed" in failed.stderr, failed.stderr
+    # the stock folder's other script froze first, and got its thaw back
+    assert (s.root / "other.log").read_text().split() == ["freeze", "thaw", "freeze", "thaw"]
 
 
 # -- the ceiling and a dying daemon ------------------------------------------------------------

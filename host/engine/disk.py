@@ -97,8 +97,9 @@ class Disk:
             try:
                 have = source.stat().st_size
             except OSError as err:
-                raise DiskError(f"{source}: cannot read the source image: {err.strerror}",
-                                folder) from err
+                raise DiskError(
+                    f"{source}: cannot read the source image: {err.strerror}", folder
+                ) from err
             if have > size:
                 raise DiskError(
                     f"{source}: the image is {have} bytes, larger than the disk ({size})", folder

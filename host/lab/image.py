@@ -197,7 +197,6 @@ def _copy_source(src: Path) -> None:
     (src / "docs").mkdir()
     for name in ("pyproject.toml", "README.md", *DATA_DOCS):  # DATA_DOCS: pyproject's data-files
         shutil.copyfile(REPO / name, src / name)
-    shutil.copytree(REPO / "docs", src / "docs", ignore=skip)  # the wheel's data-files
 
 
 def _check_packages(wheel: Path) -> None:

@@ -21,7 +21,7 @@ import pytest
 from hooks.kernel import freeze_path
 from tests.helpers.agentproc import AgentProcess
 from tests.helpers.dbservers import MariaServer, PgServer, copy_tree
-from tests.helpers.waiting import Background
+from tests.helpers.waiting import Background, wait_until
 
 pytestmark = [pytest.mark.pg, pytest.mark.mysql, pytest.mark.root, pytest.mark.slow]
 
@@ -160,6 +160,9 @@ def test_killed_database_sessions_fail_the_thaw_by_name(
     try:
         assert "return" in agent.call("freeze", {"label": "killed"})
         insert = Background(maria, "INSERT INTO killed.t VALUES (1)")
+        # the insert's own session sleeps until it sends: kill the agent's only once the
+        # insert waits on the lock, or the KILL below may take the insert's session instead
+        assert wait_until(lambda: blocked_inserts(maria) == 1), "the insert never queued"
         pg.sql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE application_name = 'quiesce-agent'"
@@ -181,3 +184,11 @@ def test_killed_database_sessions_fail_the_thaw_by_name(
         assert agent.call("status")["return"]["state"] == "idle"
     finally:
         agent.stop()
+
+
+def blocked_inserts(maria: MariaServer) -> int:
+    """How many sessions are running the test's INSERT (queued behind the agent's lock)."""
+    rows = maria.sql(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO killed%'"
+    )
+    return int(rows[0][0])

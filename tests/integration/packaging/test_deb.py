@@ -149,6 +149,7 @@ def test_install_upgrade_and_purge_in_a_debian_12_root(root: Root, debs: dict[st
     assert (p / "lib/systemd/system" / UNIT).is_file()
     assert "ExecStart=/usr/bin/quiesce-agent" in (p / "lib/systemd/system" / UNIT).read_text()
     assert (p / "usr/share/quiesce-agent/50-quiesce-agent-bridge").stat().st_mode & 0o111
+    assert (p / "usr/share/quiesce-agent/quiesce-agent-fsfreeze-hook").stat().st_mode & 0o111
     # enabled, not started (no systemd runs here; postinst must not need it)
     assert (p / "etc/systemd/system/multi-user.target.wants" / UNIT).is_symlink()
     # byte-compiled at install, so the daemon never writes bytecode (nor has to compile)

@@ -161,7 +161,38 @@ def _tail(path: Path, chars: int | None = None) -> str:
     return text[-chars:] if chars else text
 
 
-class LabPostgres:
+class PgStatements:
+    """``sql()`` over ``connect()``: what the load and the verdicts ask of a PostgreSQL, the
+    lab's own (LabPostgres) or one reached through a forwarded port (host/lab/forwarded.py)."""
+
+    def connect(self, **kw: Any) -> psycopg.Connection[Any]:
+        raise NotImplementedError
+
+    def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """One statement on a fresh autocommit connection; its rows if it returns any."""
+        with self.connect() as conn:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+
+class MariaStatements:
+    """``sql()`` over ``connect()``, for a MariaDB: the lab's own or a forwarded one."""
+
+    def connect(self, **kw: Any) -> pymysql.connections.Connection[Any]:
+        raise NotImplementedError
+
+    def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """One statement on a fresh autocommit connection; its rows."""
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(query, params)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+
+class LabPostgres(PgStatements):
     """A PostgreSQL cluster with its data in ``datadir`` and its socket and log in ``rundir``;
     WAL archived into ``archive_dir`` when one is given."""
 
@@ -254,12 +285,6 @@ class LabPostgres:
     def connect(self, **kw: Any) -> psycopg.Connection[Any]:
         return psycopg.connect(self.dsn, autocommit=True, connect_timeout=10, **kw)
 
-    def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        """One statement on a fresh autocommit connection; its rows if it returns any."""
-        with self.connect() as conn:
-            cur = conn.execute(query, params)
-            return cur.fetchall() if cur.description else []
-
     def log_text(self) -> str:
         return _tail(self.log)
 
@@ -267,7 +292,7 @@ class LabPostgres:
         return _tail(self.log, 3000)
 
 
-class LabMaria:
+class LabMaria(MariaStatements):
     """A MariaDB server with its data in ``datadir`` and socket, pid and log in ``rundir``; a
     binary log when ``binlog``."""
 
@@ -363,16 +388,6 @@ class LabMaria:
         return pymysql.connect(
             unix_socket=self.socket, user=self.user, password=self.password, autocommit=True, **kw
         )
-
-    def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        """One statement on a fresh autocommit connection; its rows."""
-        conn = self.connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(query, params)
-                return list(cur.fetchall())
-        finally:
-            conn.close()
 
     def log_text(self) -> str:
         return _tail(self.log)

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pymysql
 
-from host.lab.databases import LabError
+from host.lab.databases import LabError, MariaStatements, PgStatements
 from host.lab.guest_recipe import LAB_MYSQL_USER
 
 LOOPBACK = "127.0.0.1"
@@ -42,7 +42,7 @@ def check_free(port: int, what: str) -> None:
             ) from err
 
 
-class ForwardedPostgres:
+class ForwardedPostgres(PgStatements):
     """The guest's PostgreSQL through 127.0.0.1:``port``, as its superuser ``postgres``."""
 
     name = "PostgreSQL"
@@ -58,12 +58,6 @@ class ForwardedPostgres:
         kw.setdefault("connect_timeout", 10)
         return psycopg.connect(self.dsn, autocommit=True, **kw)
 
-    def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        """One statement on a fresh autocommit connection; its rows if it returns any."""
-        with self.connect() as conn:
-            cur = conn.execute(query, params)
-            return cur.fetchall() if cur.description else []
-
     def ready(self) -> str | None:
         """None once it answers a query; else why not (the last error)."""
         try:
@@ -73,7 +67,7 @@ class ForwardedPostgres:
         return None
 
 
-class ForwardedMaria:
+class ForwardedMaria(MariaStatements):
     """The guest's MariaDB through 127.0.0.1:``port``, as the lab's account."""
 
     name = "MariaDB"
@@ -86,16 +80,6 @@ class ForwardedMaria:
         return pymysql.connect(
             host=LOOPBACK, port=self.port, user=LAB_MYSQL_USER, autocommit=True, **kw
         )
-
-    def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        """One statement on a fresh autocommit connection; its rows."""
-        conn = self.connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(query, params)
-                return list(cur.fetchall())
-        finally:
-            conn.close()
 
     def ready(self) -> str | None:
         """None once it answers a query; else why not (the last error)."""

@@ -42,11 +42,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.snapshot_figures import Span, latencies, latency_lines, split_lines  # noqa: E402
 from host.lab.load import InsertLoad, create_tables  # noqa: E402
 from host.lab.local import Lab, console_script, missing_requirements  # noqa: E402
 from host.snapshots.target import load_snapshot  # noqa: E402
 
-Span = tuple[float, float]  # (start, end), monotonic seconds
 WALL_TO_MONO = time.time() - time.monotonic()  # one machine: both clocks from one offset
 
 
@@ -200,14 +200,6 @@ def snapshots(lab: Lab, cycles: int, interval: float, tag: str) -> tuple[list[di
     return rows, spans
 
 
-def latencies(txs: list[tuple[float, float]], spans: list[Span]) -> dict[str, float]:
-    """Worst and p99 (ms) of the transactions overlapping any span."""
-    lat = sorted((a - s) * 1000 for s, a in txs if any(s < e and a > b for b, e in spans))
-    if not lat:
-        return {"worst": 0.0, "p99": 0.0, "n": 0}
-    return {"worst": lat[-1], "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))], "n": len(lat)}
-
-
 def run_load(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     say = lambda s: print(s, file=sys.stderr)  # noqa: E731 - the lab's progress
     lab = Lab(say=say)
@@ -266,36 +258,21 @@ def run_load(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         subprocess.run(["rm", "-rf", str(logdir)], check=False)
 
 
-def p50_max(values: list[float]) -> str:
-    return f"{statistics.median(values):8.1f} {max(values):8.1f}"
-
-
 def report(kind: str, r: dict[str, Any], args: argparse.Namespace) -> list[str]:
     rows = r["cycles"]
-    lines = [f"{'ms':34} {'p50':>8} {'max':>8}"]
-    for key, label in (
-        ("blocked", "blocked_ms (agent)"),
-        ("window", "held window (freeze sent -> thaw reply)"),
-        ("command", "whole snapshot create --quiesce"),
-        ("prepare", "prepare (nothing blocked)"),
-        ("switch", "switch (flush + new delta)"),
-        ("cut_to_thaw", "cut recorded -> thaw sent"),
-    ):
-        values = [c[key] for c in rows if c.get(key) is not None]
-        if values:
-            lines.append(f"{label:34} {p50_max(values)}")
-    names = sorted({n for c in rows for n, v in c["shares"].items() if v is not None})
-    for name in names:
-        values = [c["shares"][name] for c in rows if c["shares"].get(name) is not None]
-        lines.append(f"{'  share of blocked: ' + name:34} {p50_max(values)}")
-    lines += ["", f"{'client latency, ms':22} {'no snapshot':>17} {'during snapshots':>17}"]
-    lines.append(f"{'':22} {'worst':>8} {'p99':>8} {'worst':>8} {'p99':>8}   n during  rate/s")
-    for name, lat in r["latency"].items():
-        b, d = lat["baseline"], lat["during"]
-        lines.append(
-            f"{name:22} {b['worst']:8.1f} {b['p99']:8.1f} {d['worst']:8.1f} {d['p99']:8.1f}"
-            f"   {d['n']:8}  {r['rates'].get(name, 0):6}"
-        )
+    lines = split_lines(
+        rows,
+        (
+            ("blocked", "blocked_ms (agent)"),
+            ("window", "held window (freeze sent -> thaw reply)"),
+            ("command", "whole snapshot create --quiesce"),
+            ("prepare", "prepare (nothing blocked)"),
+            ("switch", "switch (flush + new delta)"),
+            ("cut_to_thaw", "cut recorded -> thaw sent"),
+        ),
+        34,
+    )
+    lines += ["", *latency_lines(r["latency"], r["rates"])]
     if kind == "demo":
         blocked = [c["blocked"] for c in rows]
         worst = max(lat["during"]["worst"] for lat in r["latency"].values())

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,12 +33,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.snapshot_figures import Span, latencies, latency_lines, split_lines  # noqa: E402
 from host.lab.image import build_image, default_cache  # noqa: E402
 from host.lab.load import InsertLoad, create_tables, start_loads  # noqa: E402
 from host.lab.vmdemo import missing_requirements, quiesced_snapshot  # noqa: E402
 from host.lab.vmlab import BootTimes, VMLab  # noqa: E402
-
-Span = tuple[float, float]  # (start, end), monotonic seconds on the host
 
 
 def say(text: str) -> None:
@@ -73,12 +71,9 @@ def snapshots(lab: VMLab, cycles: int, interval: float) -> tuple[list[dict[str, 
     return rows, spans
 
 
-def latencies(rows: list[tuple[int, float, float]], spans: list[Span]) -> dict[str, float]:
-    """Worst and p99 (ms) of the inserts overlapping any span."""
-    lat = sorted((a - s) * 1000 for _, s, a in rows if any(s < e and a > b for b, e in spans))
-    if not lat:
-        return {"worst": 0.0, "p99": 0.0, "n": 0}
-    return {"worst": lat[-1], "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))], "n": len(lat)}
+def sent_acked(load: InsertLoad) -> list[tuple[float, float]]:
+    """(sent, acknowledged) of each of the load's inserts."""
+    return [(sent, acked) for _, sent, acked in load.rows]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -111,7 +106,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "accel": accel,
             "cycles": rows,
             "latency": {
-                ld.name: {"baseline": latencies(ld.rows, base), "during": latencies(ld.rows, spans)}
+                ld.name: {
+                    "baseline": latencies(sent_acked(ld), base),
+                    "during": latencies(sent_acked(ld), spans),
+                }
                 for ld in loads
             },
             "boots": [{"number": b.number, "accel": b.accel, **b.marks} for b in lab.boots],
@@ -123,36 +121,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lab.close()
 
 
-def p50_max(values: list[float]) -> str:
-    return f"{statistics.median(values):8.1f} {max(values):8.1f}"
-
-
 def report(r: dict[str, Any]) -> list[str]:
-    rows = r["cycles"]
-    lines = [f"{'ms':40} {'p50':>8} {'max':>8}"]
-    for key, label in (
-        ("blocked", "blocked_ms (agent)"),
-        ("window", "held window (freeze sent -> thaw reply)"),
-        ("prepare", "  prepare (nothing blocked)"),
-        ("lock", "  lock"),
-        ("switch", "  switch (flush + new delta)"),
-        ("release", "  release (thaw sent -> reply)"),
-    ):
-        values = [c[key] for c in rows if c.get(key) is not None]
-        if values:
-            lines.append(f"{label:40} {p50_max(values)}")
-    names = sorted({n for c in rows for n, v in c["shares"].items() if v is not None})
-    for name in names:
-        values = [c["shares"][name] for c in rows if c["shares"].get(name) is not None]
-        lines.append(f"{'  share of blocked: ' + name:40} {p50_max(values)}")
-    lines += ["", f"{'client latency, ms':22} {'no snapshot':>17} {'during snapshots':>17}"]
-    lines.append(f"{'':22} {'worst':>8} {'p99':>8} {'worst':>8} {'p99':>8}   n during")
-    for name, lat in r["latency"].items():
-        b, d = lat["baseline"], lat["during"]
-        lines.append(
-            f"{name:22} {b['worst']:8.1f} {b['p99']:8.1f} {d['worst']:8.1f} {d['p99']:8.1f}"
-            f"   {d['n']:8}"
-        )
+    lines = split_lines(
+        r["cycles"],
+        (
+            ("blocked", "blocked_ms (agent)"),
+            ("window", "held window (freeze sent -> thaw reply)"),
+            ("prepare", "  prepare (nothing blocked)"),
+            ("lock", "  lock"),
+            ("switch", "  switch (flush + new delta)"),
+            ("release", "  release (thaw sent -> reply)"),
+        ),
+        40,
+    )
+    lines += ["", *latency_lines(r["latency"])]
     boots: list[BootTimes] = r["_boots"]
     lines += ["", "boots (seconds since QEMU started; boot 2 after the VM revert):"]
     lines += ["  " + b.line() for b in boots]

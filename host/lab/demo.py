@@ -19,10 +19,10 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from common.errors import QuiesceError
 from host.lab.databases import LabError
@@ -31,6 +31,8 @@ from host.lab.local import Lab, missing_requirements
 from host.snapshots.cycle import Outcome, take
 from host.snapshots.report import full
 from host.snapshots.target import open_target
+
+L = TypeVar("L")  # a lab: the local one (Lab) or the VM one (host.lab.vmlab.VMLab)
 
 SNAPSHOT = "demo-before-change"
 
@@ -129,35 +131,61 @@ def run_demo(
 ) -> int:
     """The whole demo on a lab made under ``parent`` (default: the temp dir); its exit code.
     ``keep`` leaves the lab running for a look around."""
-    missing = missing_requirements()
+
+    def play(lab: Lab, clock: Clock) -> int:
+        verdicts, _ = scenario(lab, clock, seconds, rate)
+        return print_outcome(verdicts)
+
+    def clean_up(lab: Lab, clock: Clock) -> None:
+        if keep:
+            clock.say(f"--keep: the lab stays at {lab.root}")
+            return
+        clock.say("cleaning up the lab")
+        lab.close()
+        clock.say(f"removed {lab.root}")
+
+    return run_lab(
+        "quiesce-host demo",
+        missing_requirements(),
+        lambda clock: Lab(parent=parent, say=clock.say),
+        play,
+        clean_up,
+    )
+
+
+def run_lab(
+    command: str,
+    missing: list[str],
+    make: Callable[[Clock], L],
+    play: Callable[[L, Clock], int],
+    clean_up: Callable[[L, Clock], None],
+    failed: Callable[[L, QuiesceError], None] = lambda lab, err: None,
+) -> int:
+    """A demo's frame, the local one's and the VM one's: refuse with what is ``missing``
+    (exit 2); else ``make`` the lab and ``play`` it (its exit code), a QuiesceError printed
+    (its exit code, after ``failed``), Ctrl-C or SIGTERM 130; ``clean_up`` whatever was made,
+    in every case and with further interrupts held off."""
     if missing:
-        print(
-            "quiesce-host demo: cannot run here; missing:\n  " + "\n  ".join(missing),
-            file=sys.stderr,
-        )
+        print(f"{command}: cannot run here; missing:\n  " + "\n  ".join(missing), file=sys.stderr)
         return 2
     clock = Clock()
-    lab: Lab | None = None
+    lab: L | None = None
     with sigterm_as_interrupt():
         try:
-            lab = Lab(parent=parent, say=clock.say)
-            verdicts, _ = scenario(lab, clock, seconds, rate)
-            return print_outcome(verdicts)
+            lab = make(clock)
+            return play(lab, clock)
         except KeyboardInterrupt:
             clock.say("interrupted: cleaning up")
             return 130
-        except QuiesceError as err:  # a lab step, the quiesce, the server, the engine
-            print(f"quiesce-host demo: {err}", file=sys.stderr)
+        except QuiesceError as err:  # a lab step, a boot, the quiesce, a server, the engine
+            print(f"{command}: {err}", file=sys.stderr)
+            if lab is not None:
+                failed(lab, err)
             return err.exit_code
         finally:
             if lab is not None:
                 with no_interrupts():
-                    if keep:
-                        clock.say(f"--keep: the lab stays at {lab.root}")
-                    else:
-                        clock.say("cleaning up the lab")
-                        lab.close()
-                        clock.say(f"removed {lab.root}")
+                    clean_up(lab, clock)
 
 
 def scenario(lab: Lab, clock: Clock, seconds: float, rate: float) -> tuple[list[Verdict], Outcome]:

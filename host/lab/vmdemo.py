@@ -35,10 +35,9 @@ from host.lab.demo import (
     Clock,
     Verdict,
     latency_lines,
-    no_interrupts,
     print_outcome,
     recovery_notes,
-    sigterm_as_interrupt,
+    run_lab,
     verdicts_of,
 )
 from host.lab.image import build_image, default_cache
@@ -78,47 +77,33 @@ def run_vm_demo(
 ) -> int:
     """The whole VM demo on a lab made under ``parent`` (default: the temp dir); its exit
     code. ``keep`` leaves the lab's folder (disks, consoles) for a look; QEMU is stopped."""
-    missing = missing_requirements()
-    if missing:
-        print(
-            "quiesce-host demo --vm: cannot run here; missing:\n  " + "\n  ".join(missing),
-            file=sys.stderr,
-        )
-        return 2
-    clock = Clock()
-    lab: VMLab | None = None
-    with sigterm_as_interrupt():
-        try:
-            clock.say("the guest image (Debian 12 with the agent; built once, then cached)")
-            image = build_image(default_cache(), log=clock.say)
-            lab = VMLab(image, parent=parent, say=clock.say, boot_timeout=boot_timeout)
-            verdicts, _, _ = scenario(lab, clock, seconds, rate)
-            code = print_outcome(verdicts)
-            if code:
-                _show_console(lab)
-            return code
-        except KeyboardInterrupt:
-            clock.say("interrupted: cleaning up")
-            return 130
-        except QuiesceError as err:  # a lab step, a boot, the quiesce, a server, the engine
-            print(f"quiesce-host demo --vm: {err}", file=sys.stderr)
-            if lab is not None and "the console (" not in str(err):
-                _show_console(lab)
-            return err.exit_code
-        finally:
-            if lab is not None:
-                with no_interrupts():
-                    _clean_up(lab, clock, keep)
 
+    def make(clock: Clock) -> VMLab:
+        clock.say("the guest image (Debian 12 with the agent; built once, then cached)")
+        image = build_image(default_cache(), log=clock.say)
+        return VMLab(image, parent=parent, say=clock.say, boot_timeout=boot_timeout)
 
-def _clean_up(lab: VMLab, clock: Clock, keep: bool) -> None:
-    if keep:
-        lab.power_off(timeout=60.0)
-        clock.say(f"--keep: QEMU and the servers stopped; the lab's files stay at {lab.root}")
-        return
-    clock.say("cleaning up the lab (QEMU, the disk servers, the files)")
-    lab.close()
-    clock.say(f"removed {lab.root}")
+    def play(lab: VMLab, clock: Clock) -> int:
+        verdicts, _, _ = scenario(lab, clock, seconds, rate)
+        code = print_outcome(verdicts)
+        if code:
+            _show_console(lab)
+        return code
+
+    def failed(lab: VMLab, err: QuiesceError) -> None:
+        if "the console (" not in str(err):
+            _show_console(lab)
+
+    def clean_up(lab: VMLab, clock: Clock) -> None:
+        if keep:
+            lab.power_off(timeout=60.0)
+            clock.say(f"--keep: QEMU and the servers stopped; the lab's files stay at {lab.root}")
+            return
+        clock.say("cleaning up the lab (QEMU, the disk servers, the files)")
+        lab.close()
+        clock.say(f"removed {lab.root}")
+
+    return run_lab("quiesce-host demo --vm", missing_requirements(), make, play, clean_up, failed)
 
 
 def _show_console(lab: VMLab) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from common import files
-from host.engine.errors import DiskBusy, DiskError, space_error
+from host.engine.errors import CorruptFile, DiskBusy, DiskError, space_error
 
 
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
@@ -53,6 +53,17 @@ def atomic_write(path: str | Path, data: bytes) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path, what: str = "") -> Any:
+    """What ``write_json`` wrote to ``path``. Text that is not JSON is a CorruptFile
+    ("``what`` is not valid JSON"); a missing file raises FileNotFoundError, as does reading."""
+    raw = path.read_bytes()
+    try:
+        return json.loads(raw)
+    except ValueError as err:
+        subject = f"{what} is " if what else ""
+        raise CorruptFile(f"{path}: {subject}not valid JSON ({err})", path) from err
 
 
 def unlink_durably(*paths: Path) -> None:

@@ -24,14 +24,13 @@ the layers raise (DiskError, NoSpace).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from host.engine.chain import Chain, Progress, flatten, merge_up
-from host.engine.durable import unlink_durably, write_json
+from host.engine.durable import read_json, unlink_durably, write_json
 from host.engine.errors import CorruptFile, DiskError
 from host.engine.layers import Layers
 from host.engine.names import BASE_NAME, new_cid, safe_name
@@ -241,13 +240,9 @@ def read_intent(folder: Path) -> Intent | None:
     """The pending intent, or None. A damaged record is a CorruptFile."""
     path = folder / INTENT
     try:
-        raw = path.read_bytes()
+        obj = read_json(path, "the intent record")
     except FileNotFoundError:
         return None
-    try:
-        obj = json.loads(raw)
-    except ValueError as err:
-        raise CorruptFile(f"{path}: the intent record is not valid JSON ({err})", path) from err
     return parse_intent(obj, path)
 
 

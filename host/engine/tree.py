@@ -23,14 +23,13 @@ SnapshotNotFound, SnapshotExists, ChainTooDeep, DiskError (a bad name or consist
 from __future__ import annotations
 
 import copy
-import json
 import re
 import time
 from pathlib import Path
 from typing import Any
 
 from agent.protocol import Consistency
-from host.engine.durable import write_json
+from host.engine.durable import read_json, write_json
 from host.engine.errors import (
     ChainBroken,
     ChainTooDeep,
@@ -78,17 +77,13 @@ class Tree:
     def load(cls, folder: Path) -> Tree:
         path = folder / TREE
         try:
-            raw = path.read_bytes()
+            data = read_json(path)
         except FileNotFoundError as err:
             raise CorruptFile(
                 f"{path}: missing: {folder} is not a disk made by quiesce-host "
                 "(create one with 'quiesce-host disk create')",
                 path,
             ) from err
-        try:
-            data = json.loads(raw)
-        except ValueError as err:
-            raise CorruptFile(f"{path}: not valid JSON ({err})", path) from err
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CorruptFile(f"{path}: not a {FORMAT} tree", path)
         for key, kind in (

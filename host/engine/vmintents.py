@@ -27,7 +27,6 @@ Each record is checked when read: a damaged one is a CorruptFile naming intent.j
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from common import files
-from host.engine.durable import unlink_durably, write_json
+from host.engine.durable import read_json, unlink_durably, write_json
 from host.engine.errors import CorruptFile
 from host.engine.names import safe_name
 from host.engine.vmtree import DISK_NAME, VmTree
@@ -210,13 +209,9 @@ def read_vm_intent(folder: Path) -> VmIntent | None:
     """The pending VM intent, or None. A damaged record is a CorruptFile."""
     path = folder / VM_INTENT
     try:
-        raw = path.read_bytes()
+        record = read_json(path, "the intent record")
     except FileNotFoundError:
         return None
-    try:
-        record = json.loads(raw)
-    except ValueError as err:
-        raise CorruptFile(f"{path}: the intent record is not valid JSON ({err})", path) from err
     if not isinstance(record, dict):
         raise CorruptFile(f"{path}: the intent record is not an object", path)
     return _parse(record, path)

@@ -25,7 +25,6 @@ snapshot or disk name, a bad consistency level).
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.protocol import Consistency
-from host.engine.durable import write_json
+from host.engine.durable import read_json, write_json
 from host.engine.errors import CorruptFile, DiskError, SnapshotExists, SnapshotNotFound
 from host.engine.sparse import MAX_CAPACITY
 from host.engine.tree import SNAPSHOT_NAME
@@ -78,15 +77,13 @@ class VmTree:
     def load(cls, folder: Path) -> VmTree:
         path = folder / VM_TREE
         try:
-            data = json.loads(path.read_bytes())
+            data = read_json(path)
         except FileNotFoundError as err:
             raise CorruptFile(
                 f"{path}: missing: {folder} is not a VM made by quiesce-host "
                 "(create one with 'quiesce-host vm create')",
                 path,
             ) from err
-        except ValueError as err:
-            raise CorruptFile(f"{path}: not valid JSON ({err})", path) from err
         if not isinstance(data, dict) or data.get("format") != VM_FORMAT:
             raise CorruptFile(f"{path}: not a {VM_FORMAT} tree", path)
         for key, kind in (("id", str), ("disks", list), ("snapshots", list)):
@@ -233,11 +230,9 @@ def read_member(disk_folder: Path) -> dict[str, Any] | None:
     CorruptFile."""
     path = disk_folder / MEMBER
     try:
-        data = json.loads(path.read_bytes())
+        data = read_json(path)
     except FileNotFoundError:
         return None
-    except ValueError as err:
-        raise CorruptFile(f"{path}: not valid JSON ({err})", path) from err
     if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("vm", "name")):
         raise CorruptFile(f"{path}: not a VM membership record ('vm' and 'name')", path)
     return data

@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT))
 from agent import protocol  # noqa: E402
 from host.engine.disk import Disk  # noqa: E402
 from host.lab.image import build_image, default_cache  # noqa: E402
-from host.snapshots.cycle import Faults, QuiesceFailed, take  # noqa: E402
+from host.snapshots.cycle import QuiesceFailed, take  # noqa: E402
 from host.snapshots.target import open_target  # noqa: E402
-from tests.helpers.guest import Guest, booted  # noqa: E402
+from tests.helpers.guest import Guest, KillAgentWhenFrozen, booted  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -114,21 +114,17 @@ def host_kills(g: Guest, n: int) -> list[float]:
 def agent_death(g: Guest) -> float:
     disk = g.run_dir / "bench-disk-agent"
     Disk.create(disk, 16 << 20).close()
-    at: dict[str, float] = {}
-
-    class KillAgent(Faults):
-        def after_freeze(self) -> None:
-            g.sh(f"kill -9 {g.agent_pid()}")
-            at["killed"] = time.perf_counter()
-
+    kill = KillAgentWhenFrozen(g, g.agent_pid())
     target = open_target(disk)
     try:
-        take(target, "agent-died", g.vm.agent_endpoint, faults=KillAgent())
+        take(target, "agent-died", g.vm.agent_endpoint, faults=kill)
     except QuiesceFailed:
         pass
     finally:
         target.close()
-    took = (time.perf_counter() - at["killed"]) * 1000
+    if kill.killed_at is None:
+        raise SystemExit("the freeze never answered: the agent was not killed")
+    took = (time.monotonic() - kill.killed_at) * 1000
     g.vm.wait_agent(120)
     return took
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from host.lab.image import GuestImage
 from host.lab.vmboot import VM, boot
+from host.snapshots.cycle import Faults
 
 DATA = "/mnt/data"
 SCRIPTS = "/etc/quiesce-agent/backupScripts.d"
@@ -34,6 +35,19 @@ filesystems:
 """
 BRIDGE_HOOK = "/etc/qemu/fsfreeze-hook.d/50-quiesce-agent-bridge"
 MASTER_HOOK = "/etc/qemu/quiesce-agent-fsfreeze-hook"
+
+
+class KillAgentWhenFrozen(Faults):
+    """A cycle's fault: SIGKILL the guest's agent (``pid``) right after its freeze answered;
+    ``killed_at`` is when (time.monotonic)."""
+
+    def __init__(self, guest: Guest, pid: int) -> None:
+        self.guest, self.pid = guest, pid
+        self.killed_at: float | None = None
+
+    def after_freeze(self) -> None:
+        self.guest.sh(f"kill -9 {self.pid}")
+        self.killed_at = time.monotonic()
 
 
 class Guest:

@@ -15,9 +15,9 @@ import pytest
 
 from agent import protocol
 from host.engine.disk import Disk
-from host.snapshots.cycle import Faults, QuiesceFailed, take
+from host.snapshots.cycle import QuiesceFailed, take
 from host.snapshots.target import open_target
-from tests.helpers.guest import Guest
+from tests.helpers.guest import Guest, KillAgentWhenFrozen
 from tests.helpers.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[3]
@@ -105,18 +105,13 @@ def test_agent_killed_while_frozen_is_reported_at_once_and_leaves_nothing(
     guest: Guest, disk: Path
 ) -> None:
     old = guest.agent_pid()
-    killed: dict[str, float] = {}
-
-    class KillAgent(Faults):
-        def after_freeze(self) -> None:
-            guest.sh(f"kill -9 {old}")
-            killed["at"] = time.monotonic()
-
+    kill = KillAgentWhenFrozen(guest, old)
     target = open_target(disk)
     try:
         with pytest.raises(QuiesceFailed) as failed:
-            take(target, "agent-died", guest.vm.agent_endpoint, faults=KillAgent())
-        reported = time.monotonic() - killed["at"]
+            take(target, "agent-died", guest.vm.agent_endpoint, faults=kill)
+        assert kill.killed_at is not None, "the freeze never answered"
+        reported = time.monotonic() - kill.killed_at
     finally:
         target.close()
     text = str(failed.value)

@@ -56,7 +56,21 @@ from host.engine.planning import delete_cost, tidy_step, without
 from host.engine.sparse import GRAIN, MAX_CAPACITY, SparseExtent
 from host.engine.tree import MAX_CHAIN, Tree
 
-__all__ = ["Disk"]
+__all__ = ["Disk", "check_source"]
+
+
+def check_source(folder: Path, source: Path, size: int) -> int:
+    """The size of ``source``, a raw image to start disk ``folder`` of ``size`` bytes from;
+    DiskError naming the image when it cannot be read or is larger than the disk."""
+    try:
+        have = source.stat().st_size
+    except OSError as err:
+        raise DiskError(f"{source}: cannot read the source image: {err.strerror}", folder) from err
+    if have > size:
+        raise DiskError(
+            f"{source}: the image is {have} bytes, larger than the disk ({size})", folder
+        )
+    return have
 
 
 class Disk:
@@ -94,16 +108,7 @@ class Disk:
         folder = Path(folder)
         if source is not None:
             source = Path(source)
-            try:
-                have = source.stat().st_size
-            except OSError as err:
-                raise DiskError(
-                    f"{source}: cannot read the source image: {err.strerror}", folder
-                ) from err
-            if have > size:
-                raise DiskError(
-                    f"{source}: the image is {have} bytes, larger than the disk ({size})", folder
-                )
+            check_source(folder, source, size)
         if size <= 0:
             raise DiskError(f"{folder}: size must be positive (got {size})", folder)
         size = -(-size // GRAIN) * GRAIN

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -34,7 +34,7 @@ from types import TracebackType
 from typing import Any
 
 from host.engine.chain import Progress
-from host.engine.disk import Disk
+from host.engine.disk import Disk, check_source
 from host.engine.durable import FolderLock, unlink_durably
 from host.engine.errors import ChainTooDeep, DiskError, ReadOnly
 from host.engine.tree import MAX_CHAIN, Tree
@@ -83,15 +83,28 @@ class VM:
 
     @classmethod
     def create(
-        cls, folder: str | Path, disks: Iterable[tuple[str, int]], *, preallocate: bool = True
+        cls,
+        folder: str | Path,
+        disks: Iterable[tuple[str, int]],
+        *,
+        preallocate: bool = True,
+        sources: Mapping[str, str | Path] | None = None,
     ) -> VM:
-        """Make a VM with the disks ``(name, size)`` given (at least one), all checked first."""
+        """Make a VM with the disks ``(name, size)`` given (at least one), all checked first.
+        ``sources`` maps a disk's name to the raw image its base starts as a copy of (see
+        ``Disk.create``); the other disks start empty."""
         folder = Path(folder)
         wanted = list(disks)
+        images = {name: Path(image) for name, image in (sources or {}).items()}
         if not wanted:
             raise DiskError(f"{folder}: a VM needs at least one disk", folder)
         for i, (name, size) in enumerate(wanted):
             check_new_disk(folder, name, size, [n for n, _ in wanted[:i]])
+            if name in images:
+                check_source(folder / name, images[name], size)
+        unknown = sorted(set(images) - {name for name, _ in wanted})
+        if unknown:
+            raise DiskError(f"{folder}: an image for no disk of the VM: {unknown[0]!r}", folder)
         folder.mkdir(parents=True, exist_ok=True)
         if any(not p.name.startswith(".") for p in folder.iterdir()):
             raise DiskError(f"{folder}: not empty; a new VM needs an empty folder", folder)
@@ -103,7 +116,7 @@ class VM:
         vm = cls.open(folder)
         try:
             for name, size in wanted:
-                vm.add_disk(name, size, preallocate=preallocate)
+                vm.add_disk(name, size, preallocate=preallocate, source=images.get(name))
         except BaseException:
             vm.close()
             raise
@@ -205,16 +218,26 @@ class VM:
 
     # -- disks ----------------------------------------------------------------------------
 
-    def add_disk(self, name: str, size: int, *, preallocate: bool = True) -> Disk:
-        """A new empty disk ``name`` of ``size`` bytes. It did not exist at the VM's earlier
-        snapshots: they do not name it, and reverting to one of them is refused."""
+    def add_disk(
+        self,
+        name: str,
+        size: int,
+        *,
+        preallocate: bool = True,
+        source: str | Path | None = None,
+    ) -> Disk:
+        """A new disk ``name`` of ``size`` bytes, empty or (``source``) a copy of a raw image.
+        It did not exist at the VM's earlier snapshots: they do not name it, and reverting
+        to one of them is refused."""
         with self._lock:
             self._writable()
             self._finish_pending()
             check_new_disk(self.folder, name, size, self.tree.disk_names())
+            if source is not None:
+                check_source(self.folder / name, Path(source), size)
             write_vm_intent(self.folder, VmAddDisk(name))
             try:
-                disk = Disk.create(self.folder / name, size, preallocate=preallocate)
+                disk = Disk.create(self.folder / name, size, preallocate=preallocate, source=source)
                 try:
                     write_member(disk.folder, self.tree.id, name)
                 except BaseException:

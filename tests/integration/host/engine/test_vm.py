@@ -304,3 +304,35 @@ def test_bad_disk_names_and_sizes_are_refused_before_anything_is_made(tmp_path: 
         with pytest.raises(DiskError, match=words):
             VM.create(tmp_path / "vm", disks)
         assert not (tmp_path / "vm").exists()
+
+
+def test_a_disk_can_start_as_a_copy_of_an_image(tmp_path: Path) -> None:
+    image = tmp_path / "root.img"
+    image.write_bytes(b"boot" + bytes(GRAIN - 8) + b"sect" + b"\x5a" * GRAIN)
+    before = image.read_bytes()
+    sources = {"os": image}
+    with VM.create(tmp_path / "vm", [("os", SIZE), ("data", SIZE)], sources=sources) as vm:
+        assert exported(vm, "os", None, tmp_path) == before + bytes(SIZE - len(before))
+        assert exported(vm, "data", None, tmp_path) == bytes(SIZE)
+        vm.disks["os"].write(0, b"BOOT")
+        vm.add_disk("copy", SIZE, source=image)
+        assert exported(vm, "copy", None, tmp_path)[: len(before)] == before
+    assert image.read_bytes() == before  # the image itself is never written
+
+
+def test_a_bad_image_is_refused_naming_it_before_anything_is_made(tmp_path: Path) -> None:
+    big = tmp_path / "big.img"
+    big.write_bytes(bytes(SIZE + GRAIN))
+    for sources, words in (
+        ({"a": tmp_path / "missing.img"}, "missing.img: cannot read"),
+        ({"a": big}, "big.img: the image is .* larger than the disk"),
+        ({"b": big}, "an image for no disk of the VM: 'b'"),
+    ):
+        with pytest.raises(DiskError, match=words):
+            VM.create(tmp_path / "vm", [("a", SIZE)], sources=sources)
+        assert not (tmp_path / "vm").exists()
+    with VM.create(tmp_path / "vm", [("a", SIZE)]) as vm:
+        before = fingerprint(vm.folder)
+        with pytest.raises(DiskError, match="big.img: the image is"):
+            vm.add_disk("b", SIZE, source=big)
+        assert fingerprint(vm.folder) == before and list(vm.disks) == ["a"]

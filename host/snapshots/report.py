@@ -231,10 +231,17 @@ def artifacts_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _where(record: dict[str, Any]) -> str:
+    """Where the snapshot lives: a disk's layer, or a VM's layer of each disk."""
+    layers = record.get("layers")
+    if isinstance(layers, dict):
+        return "layers " + ", ".join(f"{disk} {layer}" for disk, layer in layers.items())
+    return f"layer {record.get('layer', '')}"
+
+
 def full(record: dict[str, Any]) -> list[str]:
     out = [
-        f"snapshot {record.get('name')!r}  created {record.get('created', '')}  "
-        f"layer {record.get('layer', '')}"
+        f"snapshot {record.get('name')!r}  created {record.get('created', '')}  {_where(record)}"
     ]
     if record.get("description"):
         out.append(f"description: {record['description']}")

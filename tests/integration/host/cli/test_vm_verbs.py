@@ -44,6 +44,10 @@ def test_a_vm_session_from_create_to_delete_all(
     assert set(listing[0]["layers"]) == {"root", "wal"}  # data did not exist then
     code, out, _ = cli(capsys, "snapshot", "show", v, "after", "--json")
     assert json.loads(out)["consistency"] == "application" and json.loads(out)["parent"] == "before"
+    code, out, _ = cli(capsys, "snapshot", "show", v, "after")
+    head = out.splitlines()[0]
+    assert code == 0  # the layer of every disk the snapshot froze (data: its base, added later)
+    assert head.endswith("layers data disk.vmdk, root disk-000001.vmdk, wal disk-000001.vmdk")
     assert cli(capsys, "vm", "check", v)[:2] == (0, f"{v}: no problems found\n")
     assert cli(capsys, "disk", "check", v / "wal")[0] == 0
 

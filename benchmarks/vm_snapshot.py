@@ -3,18 +3,19 @@
     sudo .venv/bin/python benchmarks/vm_snapshot.py                 # ~4 min under TCG
     sudo .venv/bin/python benchmarks/vm_snapshot.py --cycles 5 --json out.json
 
-Boots the VM lab (host/lab/vmlab.py: the guest image on two engine disks served over NBD,
-PostgreSQL and MariaDB in the guest with their data on the data disk, the agent on the
-virtio-serial port), runs the demo's load from the host (RATE single-row inserts/s into each
-database, through QEMU's forwarded ports), measures it alone for BASELINE seconds, then while
-CYCLES quiesced snapshots of the data disk are taken, one every INTERVAL seconds, through the
-chardev (host/lab/vmdemo.py's quiesced_snapshot: the cycle a user's ``snapshot create
---quiesce`` runs, in-process). Then a VM revert: power off, both disks back to the first
-snapshot, boot again; the boots' moments are the last table.
+Boots the VM lab (host/lab/vmlab.py: the guest image on one engine VM of two disks, served by
+one process over NBD, PostgreSQL and MariaDB in the guest with their data on the data disk, the
+agent on the virtio-serial port), runs the demo's load from the host (RATE single-row inserts/s
+into each database, through QEMU's forwarded ports), measures it alone for BASELINE seconds,
+then while CYCLES quiesced snapshots of the VM (both disks at one cut) are taken, one every
+INTERVAL seconds, through the chardev (host/lab/vmdemo.py's quiesced_snapshot: the cycle a
+user's ``snapshot create --quiesce`` runs, in-process). Then a VM revert: power off, the VM
+back to the first snapshot, boot again; the boots' moments are the last table.
 
 Per snapshot, from its record: ``blocked_ms`` (the agent's: first lock that can block a client
-to the release of the last one), each writer's share of it, the host's held window (freeze
-sent -> thaw reply) and its split (prepare, lock, switch, release). Client latency is per
+to the release of the last one), each writer's share of it, the host's held window (freeze sent
+-> thaw reply) and its split (prepare, lock, switch, release), and how long the cut paused the
+server's client I/O (QEMU's NBD requests) on both disks and on each. Client latency is per
 insert (sent -> acknowledged, on the host's clock); "during" takes those that overlap a held
 window, "no snapshot" the baseline. Says whether the guest ran under KVM or TCG. No targets:
 under TCG the guest's CPU is emulated and the figures say what that costs.
@@ -37,7 +38,7 @@ from benchmarks.snapshot_figures import Span, latencies, latency_lines, split_li
 from host.lab.image import build_image, default_cache  # noqa: E402
 from host.lab.load import InsertLoad, create_tables, start_loads  # noqa: E402
 from host.lab.vmdemo import missing_requirements, quiesced_snapshot  # noqa: E402
-from host.lab.vmlab import BootTimes, VMLab  # noqa: E402
+from host.lab.vmlab import DISKS, BootTimes, VMLab  # noqa: E402
 
 
 def say(text: str) -> None:
@@ -52,8 +53,6 @@ def snapshots(lab: VMLab, cycles: int, interval: float) -> tuple[list[dict[str, 
         name = f"bench{i:02d}"
         outcome = quiesced_snapshot(lab, name, "benchmarks/vm_snapshot.py")
         assert outcome.consistency == "application", outcome.warnings
-        if i == 0:  # the VM revert at the end goes back here: the root's snapshot too
-            lab.snapshot_root(name, "benchmarks/vm_snapshot.py")
         agent, host = outcome.agent, outcome.host
         assert agent is not None
         shares = {w["name"]: w.get("blocked_share_ms") for w in agent["writers"]}
@@ -62,6 +61,8 @@ def snapshots(lab: VMLab, cycles: int, interval: float) -> tuple[list[dict[str, 
                 "blocked": agent["timings"]["blocked_ms"],
                 "window": host["window_ms"],
                 **{k.removesuffix("_ms"): v for k, v in host["split"].items()},
+                "paused": host["switch"]["paused_ms"],
+                **{f"paused_{d}": v["paused_ms"] for d, v in host["switch"]["disks"].items()},
                 "shares": shares,
             }
         )
@@ -131,6 +132,8 @@ def report(r: dict[str, Any]) -> list[str]:
             ("lock", "  lock"),
             ("switch", "  switch (flush + new delta)"),
             ("release", "  release (thaw sent -> reply)"),
+            ("paused", "client I/O paused by the cut (all disks)"),
+            *((f"paused_{d}", f"  on the {d} disk") for d in DISKS),
         ),
         40,
     )
@@ -160,7 +163,7 @@ def main() -> int:
     load_after = os.getloadavg()
     print(
         f"\nquiesced snapshots of a running VM ({result['accel'].upper()}): PostgreSQL + "
-        f"MariaDB in a QEMU guest, their ext4 data disk an engine disk served over NBD; "
+        f"MariaDB in a QEMU guest on an engine VM of two disks served over NBD; "
         f"{args.rate:g} inserts/s into each from the host; {args.cycles} snapshots, one every "
         f"{args.interval:g} s; {os.cpu_count()} host CPUs, load average "
         f"{load_before[0]:.2f} before, {load_after[0]:.2f} after\n"

@@ -4,15 +4,16 @@ The same timeline, figures and verdict as the local demo (host.lab.demo), with a
 (host.lab.vmlab) in place of this machine:
 
 1. the guest image, from the cache or built (host.lab.image: minutes, once);
-2. the VM lab: the root and data disks as engine disks, each served over NBD, QEMU booted on
-   them (KVM where it boots, else TCG); PostgreSQL and MariaDB in the guest, their data on
-   the data disk; each boot's moments printed;
+2. the VM lab: one engine VM of two disks (root and data), served by one process over NBD
+   (an export per disk), QEMU booted on them (KVM where it boots, else TCG); PostgreSQL and
+   MariaDB in the guest, their data on the data disk; each boot's moments printed;
 3. an insert load from the host into both databases, through QEMU's forwarded ports;
-4. ``snapshot create --quiesce`` of the data disk through the virtio-serial chardev (the agent
-   freezes both databases and the data disk, nothing else), then a plain snapshot of the
-   root disk; the snapshot's record as ``snapshot show`` prints it;
-5. keep writing, then power the guest off and stop the disk servers;
-6. revert both disks to the snapshot (the engine, nothing holding them), serve, boot again;
+4. ``snapshot create --quiesce`` of the VM through the virtio-serial chardev (the agent
+   freezes both databases and the data disk, nothing else; the root is cut at the same
+   instant, crash-consistent as a journaled root may be); the record as ``snapshot show``
+   prints it, with the pause of client I/O on each disk;
+5. keep writing, then power the guest off and stop the server;
+6. revert the VM (both disks as one) to the snapshot, serve, boot again;
 7. the verdict: every row acknowledged before the freeze reply is there, none sent after the
    thaw reply is; rows in flight at the cut may go either way and are counted.
 
@@ -97,9 +98,9 @@ def run_vm_demo(
     def clean_up(lab: VMLab, clock: Clock) -> None:
         if keep:
             lab.power_off(timeout=60.0)
-            clock.say(f"--keep: QEMU and the servers stopped; the lab's files stay at {lab.root}")
+            clock.say(f"--keep: QEMU and the server stopped; the lab's files stay at {lab.root}")
             return
-        clock.say("cleaning up the lab (QEMU, the disk servers, the files)")
+        clock.say("cleaning up the lab (QEMU, the VM's server, the files)")
         lab.close()
         clock.say(f"removed {lab.root}")
 
@@ -140,9 +141,9 @@ def scenario(
     m = outcome.moments
     print(latency_lines(loads, m["freeze_sent"], m["thawed"]), flush=True)
     clock.say("powering the guest off")
-    clock.say(f"guest {lab.power_off()}; the disk servers stopped")
+    clock.say(f"guest {lab.power_off()}; the VM's server stopped")
     lab.revert(SNAPSHOT)
-    clock.say(f"reverted both disks to {SNAPSHOT!r}: everything after it is discarded")
+    clock.say(f"reverted the VM (both disks) to {SNAPSHOT!r}: everything after it is discarded")
     _boot(lab, clock)
     notes = recovery_notes(lab.guest_log(PG_LOG), lab.guest_log(MARIA_LOG))
     for line in notes:
@@ -156,32 +157,32 @@ def scenario(
 
 
 def _boot(lab: VMLab, clock: Clock) -> None:
-    clock.say(f"boot {len(lab.boots) + 1}: serving both disks over NBD, starting QEMU")
+    clock.say(f"boot {len(lab.boots) + 1}: serving the VM's disks over NBD, starting QEMU")
     times = lab.start()
-    served = ", ".join(f"{name} {s.uri}" for name, s in lab.servers.items())
-    clock.say(f"served: {served}")
+    assert lab.server is not None
+    served = ", ".join(f"{name} {uri}" for name, uri in lab.server.uris.items())
+    clock.say(f"served by one process: {served}")
     clock.say(times.line())
 
 
 def _snapshot(lab: VMLab, clock: Clock) -> Outcome:
-    """The quiesced snapshot of the data disk through the chardev, then the root's."""
+    """The quiesced snapshot of the VM, both disks cut at one instant, through the chardev."""
     assert lab.vm is not None
     endpoint = lab.vm.agent_endpoint
-    clock.say(f"quiesced snapshot {SNAPSHOT!r} of the data disk (agent {endpoint}, virtio-serial)")
+    clock.say(
+        f"quiesced snapshot {SNAPSHOT!r} of the VM, both disks at one cut (agent {endpoint}, "
+        "virtio-serial; it freezes the data disk, the root is crash-consistent)"
+    )
     outcome = quiesced_snapshot(lab, SNAPSHOT, "quiesce-host demo --vm")
     print("\n".join("    " + line for line in full(outcome.shown())), flush=True)
-    lab.snapshot_root(SNAPSHOT, "quiesce-host demo --vm (the root: not frozen)")
-    clock.say(
-        f"plain snapshot {SNAPSHOT!r} of the root disk (the agent freezes only the data disk)"
-    )
     return outcome
 
 
 def quiesced_snapshot(lab: VMLab, name: str, description: str) -> Outcome:
-    """``snapshot create --quiesce`` of the data disk through the agent's chardev, on a
-    connection synced first (``SyncedClient``)."""
+    """``snapshot create --quiesce`` of the VM (every disk at one cut) through the agent's
+    chardev, on a connection synced first (``SyncedClient``)."""
     assert lab.vm is not None
-    target = ServedTarget(lab.disks["data"])
+    target = ServedTarget(lab.vm_folder)
     cycle = Cycle(target, name, lab.vm.agent_endpoint, description=description)
     cycle.client = SyncedClient(lab.vm.agent_endpoint)
     return cycle.run()

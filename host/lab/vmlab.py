@@ -1,26 +1,30 @@
-"""The VM lab: the guest image (host/lab/image.py) booted under QEMU, every disk of the guest
-one of our engine's disks served by ``quiesce-host serve DISK --nbd`` (one server per disk,
-QEMU the NBD client), the agent on the virtio-serial port ``org.quiesce.0``, the guest's
-PostgreSQL and MariaDB reached from the host through ports QEMU forwards on 127.0.0.1.
+"""The VM lab: the guest image (host/lab/image.py) booted under QEMU on one engine VM
+(host/engine/vm.py) whose disks are the guest's, all served by one ``quiesce-host serve VM
+--nbd`` (one NBD export per disk, by name; QEMU the NBD client), the agent on the
+virtio-serial port ``org.quiesce.0``, the guest's PostgreSQL and MariaDB reached from the
+host through ports QEMU forwards on 127.0.0.1.
 
 Layout under one temp dir (``root``)::
 
-    disks/root/   engine disk; its base starts as a copy of the image's root.img
-    disks/data/   engine disk from the image's data.img: both databases' data (and MariaDB's
-                  binary log), mounted at DATA_MOUNT in the guest; all the agent freezes
-    run/          serve-root.log, serve-data.log; boot-N/ for the N-th boot: console.log,
-                  qemu.log and the chardev sockets (qa.sock: the agent, qga.sock: qemu-ga)
+    vm/           the engine VM: its tree (one snapshot = a layer of every disk) and
+      root/       its root disk; the base starts as a copy of the image's root.img
+      data/       its data disk, from the image's data.img: both databases' data (and
+                  MariaDB's binary log), mounted at DATA_MOUNT in the guest; all the agent
+                  freezes
+    run/          serve.log; boot-N/ for the N-th boot: console.log, qemu.log and the
+                  chardev sockets (qa.sock: the agent, qga.sock: qemu-ga)
 
-A boot (``start``): a server per disk on 127.0.0.1 (a port of its choosing), QEMU (KVM where
-a bounded boot shows it works, else TCG: host/lab/vmboot.py), then within ``boot_timeout``
+A boot (``start``): the VM served on 127.0.0.1 (a port of its choosing), QEMU (KVM where a
+bounded boot shows it works, else TCG: host/lab/vmboot.py), then within ``boot_timeout``
 seconds of QEMU's start: qemu-ga answers, the data disk is mounted and both databases are
 started (through qemu-ga's guest-exec; the image leaves their units disabled), the agent
 answers its ping, both databases answer through their forwarded ports. Each of these moments
-is kept (``BootTimes``). A VM revert (``power_off``, ``revert``, ``start``): the guest shut
-down, the servers stopped, every disk reverted by the engine, served and booted again.
+is kept (``BootTimes``). A snapshot through the server's control socket cuts both disks at
+one instant. A VM revert (``power_off``, ``revert``, ``start``): the guest shut down, the
+server stopped, the VM (every disk as one) reverted by the engine, served and booted again.
 
 ``close()`` takes everything down, in this order, at any point (a Ctrl-C included): QEMU,
-the servers (which flush their disks), the folder. Nothing is mounted on the host.
+the server (which flushes every disk), the folder. Nothing is mounted on the host.
 
 Raises LabError naming the step (``boot 2: ...``) with the tail of the guest's console.
 """
@@ -39,7 +43,7 @@ from pathlib import Path
 
 from agent import protocol
 from common.errors import QuiesceError
-from host.engine.disk import Disk
+from host.engine.vm import VM as EngineVM
 from host.lab import vmboot
 from host.lab.databases import LabError
 from host.lab.forwarded import ForwardedMaria, ForwardedPostgres, check_free, free_port
@@ -48,7 +52,6 @@ from host.lab.image import GuestImage
 from host.lab.local import console_script, spawn, stop
 from host.lab.procs import tail
 from host.lab.vmboot import USERSPACE, VM
-from host.snapshots.target import ServedTarget
 
 DISKS = ("root", "data")  # in QEMU's order: /dev/vda, /dev/vdb
 BOOT_TIMEOUT = 300.0  # QEMU's start to every part answering (TCG on 2 busy cores)
@@ -63,7 +66,7 @@ START_DATABASES = (  # in the guest, as root: the data disk first, then the serv
 DB_STATUS = (  # why a database did not come up, for the error
     "systemctl --no-pager --lines=15 status 'postgresql@*' mariadb.service 2>&1 | tail -n 40"
 )
-URI = re.compile(r"over NBD at (nbd://\S+)")
+URI = re.compile(r"over NBD at (nbd://\S+/([^/\s]+))")  # a VM's: one per disk, by name
 Say = Callable[[str], None]
 
 
@@ -105,29 +108,32 @@ class SyncedClient(protocol.Client):
 
 
 class Served:
-    """One ``quiesce-host serve DISK --nbd 127.0.0.1:0`` in its own session."""
+    """One ``quiesce-host serve VM --nbd 127.0.0.1:0`` in its own session: every disk of
+    the VM an export by its name (``uris``)."""
 
-    def __init__(self, name: str, folder: Path, log: Path) -> None:
-        self.name, self.folder, self.log = name, folder, log
+    def __init__(self, folder: Path, names: tuple[str, ...], log: Path) -> None:
+        self.folder, self.log = folder, log
         cmd = [console_script("quiesce-host"), "serve", str(folder), "--nbd", "127.0.0.1:0"]
         start = log.stat().st_size if log.is_file() else 0  # the log of every boot's server
         self.proc: subprocess.Popen[bytes] | None = spawn(cmd, log)
-        self.uri = self._wait_uri(start)
+        self.uris = self._wait_uris(start, names)
 
-    def _wait_uri(self, start: int) -> str:
+    def _wait_uris(self, start: int, names: tuple[str, ...]) -> dict[str, str]:
         until = time.monotonic() + SERVE_TIMEOUT
+        uris: dict[str, str] = {}
         while time.monotonic() < until:
             with open(self.log, "rb") as f:
                 f.seek(start)
-                found = URI.findall(f.read().decode("utf-8", "replace"))
-            if found:
-                return str(found[-1]).rstrip("/")
+                uris = {n: u for u, n in URI.findall(f.read().decode("utf-8", "replace"))}
+            if all(name in uris for name in names):
+                return uris
             if self.proc is None or self.proc.poll() is not None:
                 break
             time.sleep(0.1)
+        missing = ", ".join(n for n in names if n not in uris)
         raise LabError(
-            f"serving the {self.name} disk: quiesce-host serve {self.folder} --nbd did not come "
-            f"up within {SERVE_TIMEOUT:g} s; its log ({self.log}):\n{tail(self.log, 20)}"
+            f"serving the VM: quiesce-host serve {self.folder} --nbd did not serve {missing} "
+            f"within {SERVE_TIMEOUT:g} s; its log ({self.log}):\n{tail(self.log, 20)}"
         )
 
     def stop(self) -> None:
@@ -152,7 +158,8 @@ class VMLab:
     ) -> None:
         self.image = image
         self.root = Path(tempfile.mkdtemp(prefix="qvmlab-", dir=parent))
-        self.disks = {name: self.root / "disks" / name for name in DISKS}
+        self.vm_folder = self.root / "vm"
+        self.disks = {name: self.vm_folder / name for name in DISKS}
         self.run = self.root / "run"
         self.run.mkdir()
         self.say = say
@@ -160,7 +167,7 @@ class VMLab:
         self.kernel_args = kernel_args
         self.pg = ForwardedPostgres(pg_port or free_port())
         self.maria = ForwardedMaria(mysql_port or free_port())
-        self.servers: dict[str, Served] = {}
+        self.server: Served | None = None
         self.vm: VM | None = None
         self.boots: list[BootTimes] = []
         if len(str(self.run / "boot-99" / "qga.sock")) > MAX_SOCKET_PATH:
@@ -169,25 +176,27 @@ class VMLab:
 
     # -- the disks ------------------------------------------------------------------------
     def build(self) -> None:
-        """The engine disks: root from the image's root.img, data from its data.img."""
-        for name, source in (("root", self.image.root), ("data", self.image.data)):
-            t0 = time.monotonic()
-            size = source.stat().st_size
-            Disk.create(self.disks[name], size, preallocate=False, source=source).close()
+        """The engine VM: its root disk from the image's root.img, data from its data.img."""
+        sources = {"root": self.image.root, "data": self.image.data}
+        sizes = [(name, sources[name].stat().st_size) for name in DISKS]
+        t0 = time.monotonic()
+        EngineVM.create(self.vm_folder, sizes, preallocate=False, sources=sources).close()
+        for name, size in sizes:
             self.say(
                 f"{name} disk {self.disks[name]}: {size >> 20} MiB, its base a copy of "
-                f"{source.name} ({time.monotonic() - t0:.1f} s)"
+                f"{sources[name].name}"
             )
+        self.say(f"VM {self.vm_folder}: {len(sizes)} disks ({time.monotonic() - t0:.1f} s)")
 
     def serve(self) -> None:
-        """One server per disk, each on a port of its own on 127.0.0.1."""
-        for name in DISKS:
-            if name not in self.servers:
-                self.servers[name] = Served(name, self.disks[name], self.run / f"serve-{name}.log")
+        """The VM served by one process, every disk an export by name on 127.0.0.1."""
+        if self.server is None:
+            self.server = Served(self.vm_folder, DISKS, self.run / "serve.log")
 
     def stop_serving(self) -> None:
-        for name in list(self.servers):
-            self.servers.pop(name).stop()
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop()
 
     # -- a boot ---------------------------------------------------------------------------
     def start(self) -> BootTimes:
@@ -224,10 +233,12 @@ class VMLab:
         return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"]
 
     def _drives(self) -> list[str]:
-        """Each disk from its server; writeback: the guest's flushes become NBD FLUSHes."""
+        """Each disk its export of the server; writeback: the guest's flushes become NBD
+        FLUSHes."""
+        assert self.server is not None
         out: list[str] = []
         for name in DISKS:
-            uri = self.servers[name].uri
+            uri = self.server.uris[name]
             out += ["-drive", f"file={uri},format=raw,if=none,id={name},cache=writeback"]
             out += ["-device", f"virtio-blk-pci,drive={name},serial={name}"]
         return out
@@ -303,13 +314,8 @@ class VMLab:
         return "" if self.vm is None else self._guest_output(self.vm, command)
 
     # -- snapshots and the revert -----------------------------------------------------------
-    def snapshot_root(self, name: str, description: str) -> None:
-        """A plain snapshot of the root disk through its server (the agent freezes only the
-        data disk: the root is crash-consistent, as a journaled root may be)."""
-        ServedTarget(self.disks["root"]).create(name, description, "crash", {}, {}, 30.0)
-
     def power_off(self, timeout: float = 120.0) -> str:
-        """Shut the guest down (qemu-ga), then stop the servers; what happened to QEMU."""
+        """Shut the guest down (qemu-ga), then stop the server; what happened to QEMU."""
         how = "not running"
         if self.vm is not None:
             how = self.vm.poweroff(timeout)
@@ -318,13 +324,10 @@ class VMLab:
         return how
 
     def revert(self, name: str) -> None:
-        """Every disk back to snapshot ``name`` by the engine (nothing may hold them)."""
-        for folder in self.disks.values():
-            disk = Disk.open(folder)
-            try:
-                disk.snapshot_revert(name)
-            finally:
-                disk.close()
+        """The VM, every disk as one, back to snapshot ``name`` by the engine (nothing may
+        hold it: power_off first)."""
+        with EngineVM.open(self.vm_folder) as vm:
+            vm.snapshot_revert(name)
 
     @property
     def console(self) -> Path | None:
@@ -340,11 +343,11 @@ class VMLab:
         self.close()
 
     def close(self) -> None:
-        """QEMU killed, the servers stopped, the folder removed; says what it could not do."""
+        """QEMU killed, the server stopped, the folder removed; says what it could not do."""
         vm, self.vm = self.vm, None
         steps: list[tuple[str, Callable[[], object]]] = [
             ("stop QEMU", vm.close if vm is not None else lambda: None),
-            ("stop the disk servers", self.stop_serving),
+            ("stop the VM's server", self.stop_serving),
         ]
         for what, action in steps:
             try:

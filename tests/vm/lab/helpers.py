@@ -9,7 +9,7 @@ import psutil
 
 
 def processes_of(root: Path) -> list[str]:
-    """Processes whose command line names a path under ``root`` (QEMU, the disk servers)."""
+    """Processes whose command line names a path under ``root`` (QEMU, the VM's server)."""
     mine = str(root)
     found = []
     for p in psutil.process_iter(["pid", "cmdline"]):

@@ -69,7 +69,7 @@ def test_a_forwarded_port_in_use_is_named_before_anything_starts(
                 f"boot 1: port 127.0.0.1:{port} (the forward to the guest's PostgreSQL) "
                 "cannot be used: Address already in use"
             )
-            assert lab.vm is None and not lab.servers and processes_of(lab.root) == []
+            assert lab.vm is None and lab.server is None and processes_of(lab.root) == []
         finally:
             lab.close()
     assert_gone(lab.root)
@@ -88,7 +88,7 @@ def test_ctrl_c_of_the_vm_demo_mid_boot_leaves_nothing(
         assert proc.stdout is not None
         for line in proc.stdout:  # until QEMU runs the guest's kernel
             lines.append(line)
-            if "boot 1: serving both disks" in line:
+            if "boot 1: serving the VM's disks" in line:
                 break
         labs = list(tmp_path.glob("qvmlab-*"))
         assert len(labs) == 1, "".join(lines)

@@ -219,16 +219,35 @@ def _check_packages(wheel: Path) -> None:
 
 def _content_hash(wheel: Path) -> str:
     """sha256 of a wheel's member names and bytes: equal for equal content, whatever the zip
-    timestamps of a fresh build. The host's own modules (``host/``, in our wheel) are left
-    out: the guest never imports them, and a change to the host side must not cost a
-    rebuild of the image (the guest's copy of host/ may be older than the repository's); nor
-    is RECORD, which lists their hashes."""
+    timestamps of a fresh build. Left out is what the guest never reads, so that changing it
+    does not cost a rebuild of the image (the guest's copy may then be older than the
+    repository's): the host's own modules (``host/``, in our wheel), the README (its copy in
+    the data files, and the long description in METADATA, which is the README again), and
+    RECORD, which lists their hashes."""
     h = hashlib.sha256()
     with zipfile.ZipFile(wheel) as z:
-        names = [n for n in z.namelist() if not n.startswith("host/")]
-        for name in sorted(n for n in names if not n.endswith(".dist-info/RECORD")):
-            h.update(name.encode() + b"\0" + hashlib.sha256(z.read(name)).digest())
+        for name in sorted(n for n in z.namelist() if not _unread_by_guest(n)):
+            data = z.read(name)
+            if name.endswith(".dist-info/METADATA"):
+                data = _metadata_headers(data)
+            h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
     return h.hexdigest()
+
+
+def _unread_by_guest(name: str) -> bool:
+    """A member of our wheel that the guest never reads (see ``_content_hash``)."""
+    return (
+        name.startswith("host/")
+        or name.endswith(".dist-info/RECORD")
+        or name.endswith(".data/data/share/doc/quiesce-agent/README.md")
+    )
+
+
+def _metadata_headers(metadata: bytes) -> bytes:
+    """METADATA without its body: the headers end at the first empty line, and what follows
+    is the long description (the README)."""
+    head, _, _ = metadata.partition(b"\n\n")
+    return head
 
 
 # -- the steps -------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ messages name the file and what is wrong.
 
 from __future__ import annotations
 
+import stat
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -36,7 +37,7 @@ from host.engine.check import examine, relink_layers, verify_links
 from host.engine.durable import FolderLock, sweep_pending_logs, sweep_temp_files
 from host.engine.errors import DiskError, ReadOnly, space_error
 from host.engine.export import write_raw
-from host.engine.flat import FlatBase
+from host.engine.flat import HEADER_PROBE, FlatBase, image_format
 from host.engine.intents import (
     INTENT,
     CreateIntent,
@@ -59,18 +60,35 @@ from host.engine.tree import MAX_CHAIN, Tree
 __all__ = ["Disk", "check_source"]
 
 
-def check_source(folder: Path, source: Path, size: int) -> int:
-    """The size of ``source``, a raw image to start disk ``folder`` of ``size`` bytes from;
-    DiskError naming the image when it cannot be read or is larger than the disk."""
+def check_source(folder: Path, source: Path, size: int | None) -> int:
+    """The size of ``source``, a raw image to start disk ``folder`` of ``size`` bytes (None:
+    the image's own size) from; DiskError naming the image when it cannot be read, is not a
+    regular file, is an image of another format (its bytes are not the disk's), or is larger
+    than the disk."""
     try:
-        have = source.stat().st_size
+        st = source.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise DiskError(
+                f"{source}: not a regular file; a disk starts from a raw image file "
+                "(copy a device or volume to one first, e.g. with dd)",
+                folder,
+            )
+        with open(source, "rb") as f:
+            head = f.read(HEADER_PROBE)
     except OSError as err:
         raise DiskError(f"{source}: cannot read the source image: {err.strerror}", folder) from err
-    if have > size:
+    kind = image_format(head)
+    if kind is not None:
         raise DiskError(
-            f"{source}: the image is {have} bytes, larger than the disk ({size})", folder
+            f"{source}: a {kind} image, not a raw one; convert it first: "
+            f"qemu-img convert -O raw {source} {source.with_suffix('.raw')}",
+            folder,
         )
-    return have
+    if size is not None and st.st_size > size:
+        raise DiskError(
+            f"{source}: the image is {st.st_size} bytes, larger than the disk ({size})", folder
+        )
+    return st.st_size
 
 
 class Disk:
@@ -91,10 +109,11 @@ class Disk:
     def create(
         cls,
         folder: str | Path,
-        size: int,
+        size: int | None,
         *,
         preallocate: bool = True,
         source: str | Path | None = None,
+        progress: Progress | None = None,
     ) -> Disk:
         """Make a new disk of ``size`` bytes, rounded up to a whole 64 KiB grain.
 
@@ -103,12 +122,18 @@ class Disk:
         lets ``snapshot_delete_all`` never run out of space. With ``source`` (a raw image,
         at most ``size`` bytes) the base starts as a copy of it: the flat extent is raw, so
         the image's bytes are the disk's (cloned where the filesystem can, else copied
-        sparsely); ``source`` itself is never written.
+        sparsely; ``progress(done, total)`` follows the copy); ``source`` itself is never
+        written, and ``size`` None takes the image's size.
         """
         folder = Path(folder)
         if source is not None:
             source = Path(source)
-            check_source(folder, source, size)
+            have = check_source(folder, source, size)
+            size = have if size is None else size
+        if size is None:
+            raise DiskError(
+                f"{folder}: a new disk needs a size, or an image to take it from", folder
+            )
         if size <= 0:
             raise DiskError(f"{folder}: size must be positive (got {size})", folder)
         size = -(-size // GRAIN) * GRAIN
@@ -123,7 +148,7 @@ class Disk:
             raise DiskError(f"{folder}: not empty; a new disk needs an empty folder", folder)
         lock = FolderLock(folder, shared=False)
         try:
-            FlatBase.create(folder, size, preallocate, source)
+            FlatBase.create(folder, size, preallocate, source, progress)
             Tree.new(folder, size).save()
         except DiskError:
             for name in (BASE_NAME, FLAT_NAME):

@@ -14,7 +14,9 @@ import ctypes
 import errno
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from host.engine.descriptor import Descriptor, parse_descriptor
 from host.engine.durable import atomic_write, pwrite_all
@@ -76,7 +78,12 @@ class FlatBase:
 
     @classmethod
     def create(
-        cls, folder: Path, size: int, preallocate: bool = True, source: Path | None = None
+        cls,
+        folder: Path,
+        size: int,
+        preallocate: bool = True,
+        source: Path | None = None,
+        progress: Callable[[int, int], Any] | None = None,
     ) -> None:
         """A new base of ``size`` bytes: zeros, or the raw bytes of ``source`` (a raw image
         no larger than ``size``; its holes stay holes, the rest reads as zeros)."""
@@ -85,7 +92,7 @@ class FlatBase:
             fd = os.open(flat, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 if source is not None:
-                    copy_raw(source, fd)
+                    copy_raw(source, fd, progress)
                 os.ftruncate(fd, size)
                 try:  # a preallocated flat extent: merges into it never hit ENOSPC
                     if preallocate:
@@ -165,18 +172,43 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _FALLOC_PUNCH = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 
 
-def copy_raw(source: Path, fd: int) -> None:
+HEADER_PROBE = 512  # bytes of an image read to tell its format
+_FORMATS = (  # (offset, magic, name): the headers qemu-img probes for, none of them raw
+    (0, b"QFI\xfb", "qcow2"),
+    (0, b"QED\x00", "qed"),
+    (0, b"KDMV", "VMDK (sparse extent)"),
+    (0, b"COWD", "VMDK (ESX sparse extent)"),
+    (0, b"# Disk DescriptorFile", "VMDK (descriptor)"),
+    (0, b"vhdxfile", "VHDX"),
+    (0, b"conectix", "VHD"),
+    (0x40, b"\x7f\x10\xda\xbe", "VDI"),
+)
+
+
+def image_format(head: bytes) -> str | None:
+    """The format an image's first ``HEADER_PROBE`` bytes name, None for raw (anything else:
+    a raw disk holds any bytes, a partition table, LUKS, a filesystem)."""
+    for offset, magic, name in _FORMATS:
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    return None
+
+
+def copy_raw(source: Path, fd: int, progress: Callable[[int, int], Any] | None = None) -> None:
     """Copy the raw image ``source`` into the empty file ``fd``: a clone (FICLONE: shared
     extents, instant) where the filesystem has them, else only its data ranges
-    (SEEK_DATA/SEEK_HOLE) with copy_file_range, so a sparse image stays sparse."""
+    (SEEK_DATA/SEEK_HOLE) with copy_file_range, so a sparse image stays sparse.
+    ``progress(done, total)`` is told the offset reached, in bytes of the image."""
     with open(source, "rb") as src:
+        end = os.fstat(src.fileno()).st_size
         try:
             fcntl.ioctl(fd, FICLONE, src.fileno())
+            if progress:
+                progress(end, end)
             return
         except OSError as err:
             if err.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
                 raise
-        end = os.fstat(src.fileno()).st_size
         pos = 0
         while pos < end:
             try:
@@ -191,7 +223,11 @@ def copy_raw(source: Path, fd: int) -> None:
                 if done == 0:
                     raise OSError(errno.EIO, f"{source}: shorter than it said ({pos} bytes)")
                 pos += done
+                if progress:
+                    progress(pos, end)
         os.ftruncate(fd, end)
+        if progress:
+            progress(end, end)
 
 
 def punch_hole(fd: int, offset: int, length: int) -> bool:

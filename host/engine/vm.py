@@ -85,23 +85,27 @@ class VM:
     def create(
         cls,
         folder: str | Path,
-        disks: Iterable[tuple[str, int]],
+        disks: Iterable[tuple[str, int | None]],
         *,
         preallocate: bool = True,
         sources: Mapping[str, str | Path] | None = None,
+        progress: Callable[[str], Progress | None] | None = None,
     ) -> VM:
         """Make a VM with the disks ``(name, size)`` given (at least one), all checked first.
         ``sources`` maps a disk's name to the raw image its base starts as a copy of (see
-        ``Disk.create``); the other disks start empty."""
+        ``Disk.create``; a size of None takes the image's), and ``progress(name)`` gives the
+        callback that follows that copy; the other disks start empty."""
         folder = Path(folder)
-        wanted = list(disks)
         images = {name: Path(image) for name, image in (sources or {}).items()}
+        wanted = [(name, _size_of(folder / name, size, images.get(name))) for name, size in disks]
         if not wanted:
             raise DiskError(f"{folder}: a VM needs at least one disk", folder)
         for i, (name, size) in enumerate(wanted):
+            if size is None:
+                raise DiskError(
+                    f"{folder}: disk {name!r} needs a size, or an image to take it from", folder
+                )
             check_new_disk(folder, name, size, [n for n, _ in wanted[:i]])
-            if name in images:
-                check_source(folder / name, images[name], size)
         unknown = sorted(set(images) - {name for name, _ in wanted})
         if unknown:
             raise DiskError(f"{folder}: an image for no disk of the VM: {unknown[0]!r}", folder)
@@ -116,7 +120,13 @@ class VM:
         vm = cls.open(folder)
         try:
             for name, size in wanted:
-                vm.add_disk(name, size, preallocate=preallocate, source=images.get(name))
+                vm.add_disk(
+                    name,
+                    size,
+                    preallocate=preallocate,
+                    source=images.get(name),
+                    progress=progress(name) if progress and name in images else None,
+                )
         except BaseException:
             vm.close()
             raise
@@ -221,23 +231,35 @@ class VM:
     def add_disk(
         self,
         name: str,
-        size: int,
+        size: int | None,
         *,
         preallocate: bool = True,
         source: str | Path | None = None,
+        progress: Progress | None = None,
     ) -> Disk:
-        """A new disk ``name`` of ``size`` bytes, empty or (``source``) a copy of a raw image.
-        It did not exist at the VM's earlier snapshots: they do not name it, and reverting
-        to one of them is refused."""
+        """A new disk ``name`` of ``size`` bytes, empty or (``source``) a copy of a raw image
+        (a size of None takes the image's; ``progress`` follows the copy). It did not exist
+        at the VM's earlier snapshots: they do not name it, and reverting to one of them is
+        refused."""
         with self._lock:
             self._writable()
             self._finish_pending()
+            size = _size_of(self.folder / name, size, None if source is None else Path(source))
+            if size is None:
+                raise DiskError(
+                    f"{self.folder}: disk {name!r} needs a size, or an image to take it from",
+                    self.folder,
+                )
             check_new_disk(self.folder, name, size, self.tree.disk_names())
-            if source is not None:
-                check_source(self.folder / name, Path(source), size)
             write_vm_intent(self.folder, VmAddDisk(name))
             try:
-                disk = Disk.create(self.folder / name, size, preallocate=preallocate, source=source)
+                disk = Disk.create(
+                    self.folder / name,
+                    size,
+                    preallocate=preallocate,
+                    source=source,
+                    progress=progress,
+                )
                 try:
                     write_member(disk.folder, self.tree.id, name)
                 except BaseException:
@@ -566,3 +588,11 @@ def open_any(folder: str | Path, readonly: bool = False) -> Disk | VM:
             folder,
         )
     return Disk.open(folder, readonly)
+
+
+def _size_of(folder: Path, size: int | None, image: Path | None) -> int | None:
+    """A new disk's size: the one given, else its image's; the image checked either way."""
+    if image is None:
+        return size
+    have = check_source(folder, image, size)
+    return have if size is None else size

@@ -24,7 +24,7 @@ from host.engine.errors import (
 from host.engine.tree import MAX_CHAIN
 from host.engine.vm import VM, open_any
 from host.engine.vmcheck import check_vm_folder
-from tests.helpers.disks import GRAIN, MiB, need_qemu
+from tests.helpers.disks import GRAIN, MiB, need_qemu, run
 from tests.helpers.vms import DISKS, qemu_judges_every_disk
 
 SIZE = 2 * MiB
@@ -320,13 +320,37 @@ def test_a_disk_can_start_as_a_copy_of_an_image(tmp_path: Path) -> None:
     assert image.read_bytes() == before  # the image itself is never written
 
 
+def test_a_disk_from_an_image_takes_its_size_when_none_is_given(tmp_path: Path) -> None:
+    image = tmp_path / "root.img"
+    image.write_bytes(b"\x5a" * (SIZE + 100))  # not a whole grain: the disk rounds up
+    seen: list[tuple[int, int]] = []
+    with VM.create(
+        tmp_path / "vm",
+        [("os", None), ("data", SIZE)],
+        sources={"os": image},
+        progress=lambda name: lambda done, total: seen.append((done, total)),
+    ) as vm:
+        assert vm.disks["os"].size == SIZE + GRAIN and vm.disks["data"].size == SIZE
+        assert exported(vm, "os", None, tmp_path)[: SIZE + 100] == image.read_bytes()
+        with pytest.raises(DiskError, match="disk 'more' needs a size, or an image"):
+            vm.add_disk("more", None)
+    assert seen[-1] == (SIZE + 100, SIZE + 100)
+
+
 def test_a_bad_image_is_refused_naming_it_before_anything_is_made(tmp_path: Path) -> None:
+    need_qemu()
     big = tmp_path / "big.img"
     big.write_bytes(bytes(SIZE + GRAIN))
+    qcow2, vmdk = tmp_path / "os.qcow2", tmp_path / "os.vmdk"
+    for image, fmt in ((qcow2, "qcow2"), (vmdk, "vmdk")):
+        run("qemu-img", "create", "-q", "-f", fmt, image, "1M")
     for sources, words in (
         ({"a": tmp_path / "missing.img"}, "missing.img: cannot read"),
         ({"a": big}, "big.img: the image is .* larger than the disk"),
         ({"b": big}, "an image for no disk of the VM: 'b'"),
+        ({"a": qcow2}, "os.qcow2: a qcow2 image, not a raw one; .* qemu-img convert -O raw"),
+        ({"a": vmdk}, "os.vmdk: a VMDK .*image, not a raw one"),
+        ({"a": tmp_path}, "not a regular file"),
     ):
         with pytest.raises(DiskError, match=words):
             VM.create(tmp_path / "vm", [("a", SIZE)], sources=sources)

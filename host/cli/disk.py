@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from common.tables import table
-from host.cli._common import DISK_HELP, Server, open_or_ask, parse_size, report_check
+from host.cli._common import DISK_HELP, Server, error, open_or_ask, parse_size, report_check
 from host.cli.progress import Progress, human_bytes
 from host.engine.check import check_folder
 from host.engine.disk import Disk
@@ -26,13 +26,26 @@ def build(disk: argparse.ArgumentParser) -> None:
     """The sub-verbs of ``disk`` (main made its parser)."""
     sub = disk.add_subparsers(dest="disk_verb", metavar="VERB", required=True)
 
-    p = sub.add_parser("create", help="make a new disk folder with an empty flat base")
+    p = sub.add_parser(
+        "create",
+        help="make a new disk folder, empty or from a raw image",
+        description="Make DISK (an empty or new folder) with a flat base: zeros, or a copy of "
+        "a raw image (--from; cloned where the filesystem can, else copied with its holes "
+        "left holes; the image itself is never written).",
+    )
     p.add_argument("disk", metavar="DISK", help="folder to create (must be empty)")
     p.add_argument(
         "--size",
         type=parse_size,
-        required=True,
-        help="virtual size, e.g. 64M or 20G (rounded up to 64 KiB)",
+        help="virtual size, e.g. 64M or 20G (rounded up to 64 KiB); with --from, the "
+        "image's size unless given (it may be larger, to grow the disk)",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="IMAGE",
+        help="start the disk as a copy of this raw image (a qcow2 or VMDK is refused: "
+        "qemu-img convert -O raw it first)",
     )
     p.set_defaults(func=run_create)
 
@@ -73,8 +86,16 @@ def build(disk: argparse.ArgumentParser) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
-    with Disk.create(args.disk, args.size) as disk:
-        print(f"created {disk.folder} ({human_bytes(disk.size)}, {disk.size} bytes)")
+    if args.size is None and args.source is None:
+        error("disk create needs --size, or --from IMAGE to take the image's size")
+        return 2
+    t0 = time.monotonic()
+    progress = Progress("copy") if args.source else None
+    with Disk.create(args.disk, args.size, source=args.source, progress=progress) as disk:
+        made = f"created {disk.folder} ({human_bytes(disk.size)}, {disk.size} bytes)"
+        if args.source:
+            made += f" from {args.source} in {time.monotonic() - t0:.1f} s"
+        print(made)
     return 0
 
 

@@ -11,22 +11,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from common.tables import table
-from host.cli._common import VM_HELP, Server, parse_size, report_check
-from host.cli.progress import human_bytes
+from host.cli._common import VM_HELP, Server, error, parse_size, report_check
+from host.cli.progress import Progress, human_bytes
 from host.engine.errors import DiskBusy
 from host.engine.vm import VM
 from host.engine.vmcheck import check_vm_folder
 
 
-def _disk_spec(text: str) -> tuple[str, int]:
-    """``NAME:SIZE`` (``wal:8G``) → (name, bytes)."""
+def _disk_spec(text: str) -> tuple[str, int | None]:
+    """``NAME:SIZE`` (``wal:8G``) → (name, bytes); ``NAME`` alone → (name, None), the size
+    of its ``--from`` image."""
     name, sep, size = text.partition(":")
-    if not sep or not name:
+    if not name or (sep and not size):
         raise argparse.ArgumentTypeError(f"not NAME:SIZE: {text!r} (e.g. wal:8G)")
-    return name, parse_size(size)
+    return name, parse_size(size) if sep else None
+
+
+def _image_spec(text: str) -> tuple[str, str]:
+    """``NAME=IMAGE`` (``root=debian.raw``) → (name, path)."""
+    name, sep, image = text.partition("=")
+    if not sep or not name or not image:
+        raise argparse.ArgumentTypeError(f"not NAME=IMAGE: {text!r} (e.g. root=debian.raw)")
+    return name, image
 
 
 def build(vm: argparse.ArgumentParser) -> None:
@@ -45,25 +55,46 @@ def build(vm: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--disk",
         dest="disks",
-        metavar="NAME:SIZE",
+        metavar="NAME[:SIZE]",
         type=_disk_spec,
         action="append",
         required=True,
         help="a disk: its name (letters, digits, '_', '-'; it names the folder) and virtual "
-        "size, e.g. --disk root:20G --disk wal:8G (repeat; at least one)",
+        "size, e.g. --disk root:20G --disk wal:8G (repeat; at least one); a disk with "
+        "--from may leave the size out to take its image's",
+    )
+    p.add_argument(
+        "--from",
+        dest="sources",
+        metavar="NAME=IMAGE",
+        type=_image_spec,
+        action="append",
+        default=[],
+        help="start disk NAME as a copy of this raw image (repeat; a qcow2 or VMDK is "
+        "refused: qemu-img convert -O raw it first); the other disks start empty",
     )
     p.set_defaults(func=run_create)
 
     p = sub.add_parser(
         "add-disk",
         help="add an empty disk to a VM",
-        description="Add an empty disk NAME to VM. It did not exist at the VM's earlier "
-        "snapshots: they do not name it, deleting them leaves it alone, and a revert to one "
-        "of them is refused. Not while the VM is served.",
+        description="Add a disk NAME to VM, empty or a copy of a raw image (--from). It did "
+        "not exist at the VM's earlier snapshots: they do not name it, deleting them leaves "
+        "it alone, and a revert to one of them is refused. Not while the VM is served.",
     )
     p.add_argument("vm", metavar="VM", help=VM_HELP)
     p.add_argument("name", metavar="NAME", help="the new disk's name (names its folder)")
-    p.add_argument("--size", type=parse_size, required=True, help="virtual size, e.g. 8G")
+    p.add_argument(
+        "--size",
+        type=parse_size,
+        help="virtual size, e.g. 8G; with --from, the image's size unless given",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="IMAGE",
+        help="start the disk as a copy of this raw image (never written)",
+    )
     p.set_defaults(func=run_add_disk)
 
     p = sub.add_parser("info", help="the VM's disks, their current files, its position")
@@ -86,17 +117,31 @@ def build(vm: argparse.ArgumentParser) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
-    with VM.create(args.vm, args.disks) as vm:
+    sources = dict(args.sources)
+    if len(sources) < len(args.sources):
+        error("vm create: --from names a disk twice")
+        return 2
+    t0 = time.monotonic()
+    with VM.create(
+        args.vm, args.disks, sources=sources, progress=lambda name: Progress(f"copy {name}")
+    ) as vm:
         for d in vm.info()["disks"]:
-            print(f"created disk {d['name']} in {d['folder']} ({human_bytes(d['size'])})")
-        print(f"created VM {vm.folder} ({len(vm.disks)} disks)")
+            image = f" from {sources[d['name']]}" if d["name"] in sources else ""
+            print(f"created disk {d['name']} in {d['folder']} ({human_bytes(d['size'])}){image}")
+        print(f"created VM {vm.folder} ({len(vm.disks)} disks) in {time.monotonic() - t0:.1f} s")
     return 0
 
 
 def run_add_disk(args: argparse.Namespace) -> int:
+    if args.size is None and args.source is None:
+        error("vm add-disk needs --size, or --from IMAGE to take the image's size")
+        return 2
+    t0 = time.monotonic()
+    progress = Progress(f"copy {args.name}") if args.source else None
     with VM.open(args.vm) as vm:
-        disk = vm.add_disk(args.name, args.size)
-        print(f"added disk {args.name} in {disk.folder} ({human_bytes(disk.size)})")
+        disk = vm.add_disk(args.name, args.size, source=args.source, progress=progress)
+        image = f" from {args.source} in {time.monotonic() - t0:.1f} s" if args.source else ""
+        print(f"added disk {args.name} in {disk.folder} ({human_bytes(disk.size)}){image}")
     return 0
 
 

@@ -47,3 +47,15 @@ def qemu_judge(image: Path, expected: bytes | bytearray, tmp: Path) -> None:
     out = run(QEMU_IMG or "qemu-img", "compare", "-f", "vmdk", "-F", "raw", image, ref, check=False)
     assert out.returncode == 0, f"qemu-img compare: {out.stdout}{out.stderr}"
     ref.unlink()
+
+
+def ext4_image(path: Path, size: int) -> Path:
+    """A raw image of ``size`` bytes holding an ext4 filesystem with a file in it (made with
+    ``mkfs.ext4 -d``, nothing mounted)."""
+    content = path.with_name(path.name + ".d")
+    content.mkdir()
+    (content / "hello.txt").write_text("a file that must come through\n")
+    with open(path, "wb") as f:
+        f.truncate(size)
+    run("mkfs.ext4", "-q", "-F", "-d", content, path)
+    return path

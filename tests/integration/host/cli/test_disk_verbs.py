@@ -11,6 +11,7 @@ import pytest
 from host.cli.main import main
 from host.engine.disk import Disk
 from host.lab.local import console_script
+from tests.helpers.disks import MiB, ext4_image, need_qemu, run
 from tests.helpers.env import REPO
 from tests.helpers.hostcli import cli
 
@@ -84,6 +85,39 @@ def test_sizes_accept_units(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert disk.size == 2 * GRAIN  # rounded up to whole grains
     with pytest.raises(SystemExit):
         main(["disk", "create", str(tmp_path / "b"), "--size", "lots"])
+
+
+def test_a_disk_starts_from_a_filesystem_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    need_qemu()
+    image = ext4_image(tmp_path / "root.raw", 4 * MiB)
+    before = image.read_bytes()
+    d = tmp_path / "root"
+    code, out, err = cli(capsys, "disk", "create", d, "--from", image)
+    assert code == 0 and f"created {d} (4.0 MiB, {4 * MiB} bytes) from {image}" in out
+    assert "copy: 4.0 MiB/4.0 MiB 100%" in err
+    run("qemu-img", "check", d / "disk.vmdk")
+    run("qemu-img", "compare", "-f", "vmdk", "-F", "raw", d / "disk.vmdk", image)
+    assert image.read_bytes() == before  # never written
+
+
+def test_a_disk_is_not_made_from_what_is_not_a_raw_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    need_qemu()
+    vmdk = tmp_path / "other.vmdk"
+    run("qemu-img", "create", "-q", "-f", "vmdk", vmdk, "4M")
+    small = ext4_image(tmp_path / "small.raw", 4 * MiB)
+    for args, words in (
+        (["--from", vmdk], f"{vmdk}: a VMDK (sparse extent) image, not a raw one"),
+        (["--from", tmp_path], f"{tmp_path}: not a regular file"),
+        (["--from", small, "--size", "1M"], f"{small}: the image is {4 * MiB} bytes, larger"),
+        ([], "needs --size, or --from IMAGE"),
+    ):
+        code, _, err = cli(capsys, "disk", "create", tmp_path / "d", *args)
+        assert code == 2 and words in err
+        assert not any((tmp_path / "d").glob("*"))
 
 
 def test_the_console_script_runs(tmp_path: Path) -> None:

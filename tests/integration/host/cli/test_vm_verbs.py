@@ -10,6 +10,7 @@ import pytest
 
 from host.cli.main import main
 from host.engine.vm import VM
+from tests.helpers.disks import MiB, ext4_image, need_qemu, run
 from tests.helpers.hostcli import cli
 
 GRAIN = 64 * 1024
@@ -89,17 +90,69 @@ def test_bad_disk_specs_are_usage_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit):
-        main(["vm", "create", str(tmp_path / "v"), "--disk", "nosize"])
+        main(["vm", "create", str(tmp_path / "v"), "--disk", "nosize:"])
     assert "NAME:SIZE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["vm", "create", str(tmp_path / "v"), "--disk", "a", "--from", "a"])
+    assert "NAME=IMAGE" in capsys.readouterr().err
+    code, _, err = cli(capsys, "vm", "create", tmp_path / "v", "--disk", "nosize")
+    assert code == 2 and "disk 'nosize' needs a size, or an image" in err
+    assert not (tmp_path / "v").exists()
     code, _, err = cli(capsys, "vm", "create", tmp_path / "v", "--disk", "a/b:1M")
     assert code == 2 and "disk name 'a/b'" in err and not (tmp_path / "v").exists()
+
+
+def test_a_vm_starts_from_a_filesystem_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    need_qemu()
+    image = ext4_image(tmp_path / "root.raw", 4 * MiB)
+    v = tmp_path / "vm"
+    code, out, err = cli(
+        capsys, "vm", "create", v, "--disk", "root", "--disk", "wal:1M", "--from", f"root={image}"
+    )
+    assert code == 0 and f"created disk root in {v / 'root'} (4.0 MiB) from {image}" in out
+    assert "copy root: 4.0 MiB/4.0 MiB 100%" in err
+    code, out, _ = cli(capsys, "vm", "add-disk", v, "spare", "--from", image, "--size", "8M")
+    assert code == 0 and "(8.0 MiB) from" in out
+    for disk in ("root", "spare"):
+        run("qemu-img", "compare", "-f", "vmdk", "-F", "raw", v / disk / "disk.vmdk", image)
+        export = tmp_path / f"{disk}.raw"
+        assert cli(capsys, "disk", "export", v / disk, export)[0] == 0
+        run("e2fsck", "-fn", export)  # the filesystem came through whole
+
+
+def test_a_qcow2_image_is_refused_with_the_command_that_converts_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    need_qemu()
+    qcow2 = tmp_path / "root.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", qcow2, "4M")
+    code, _, err = cli(
+        capsys, "vm", "create", tmp_path / "v", "--disk", "root", "--from", f"root={qcow2}"
+    )
+    assert code == 2 and f"qemu-img convert -O raw {qcow2} {tmp_path / 'root.raw'}" in err
+    assert not (tmp_path / "v").exists()
+    code, _, err = cli(
+        capsys,
+        "vm",
+        "create",
+        tmp_path / "v",
+        "--disk",
+        "a:1M",
+        "--from",
+        f"a={qcow2}",
+        "--from",
+        f"a={qcow2}",
+    )
+    assert code == 2 and "--from names a disk twice" in err
 
 
 def test_help_explains_the_vm_verbs(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["vm", "create", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "--disk NAME:SIZE" in out and "same instant" in out
+    assert "--disk NAME[:SIZE]" in out and "--from NAME=IMAGE" in out and "same instant" in out
     with pytest.raises(SystemExit):
         main(["snapshot", "create", "--help"])
     out = " ".join(capsys.readouterr().out.split())

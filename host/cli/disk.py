@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from common.tables import table
@@ -20,6 +21,7 @@ from host.cli.progress import Progress, human_bytes
 from host.engine.check import check_folder
 from host.engine.disk import Disk
 from host.engine.vmcheck import member_problems
+from host.engine.vmtree import is_vm, read_member, vm_of
 
 
 def build(disk: argparse.ArgumentParser) -> None:
@@ -159,8 +161,12 @@ def run_export(args: argparse.Namespace) -> int:
                 "a served disk's current state changes while it is read: "
                 "take a snapshot and export it with --snapshot NAME"
             )
-        _export_through_server(args, server)
-        return " by the server holding the disk"
+        owner, name = _vm_and_name(args.disk)
+        if owner is None:
+            _export_through_server(args, server, {})
+            return " by the server holding the disk"
+        _export_through_server(args, Server(owner, server.busy), {"disk": name})
+        return f" by the server of the VM {owner}"
 
     how = open_or_ask(args.disk, here, there, readonly=True)
     print(
@@ -173,15 +179,26 @@ def run_export(args: argparse.Namespace) -> int:
 EXPORT_TIMEOUT = 24 * 3600.0  # seconds; the server reports progress in the meantime
 
 
-def _export_through_server(args: argparse.Namespace, server: Server) -> None:
-    """The server holding the disk writes the file; its ``status`` gives the progress."""
+def _vm_and_name(folder: str) -> tuple[str | None, str]:
+    """The VM folder a disk belongs to (None for a disk of its own) and its name in it: a
+    served VM's disks answer on the VM's control socket, not on their own."""
+    owner = vm_of(folder)
+    member = read_member(Path(folder)) if owner is not None and is_vm(owner) else None
+    if owner is None or member is None:
+        return None, Path(folder).name
+    return str(owner), str(member["name"])
+
+
+def _export_through_server(args: argparse.Namespace, server: Server, which: dict[str, str]) -> None:
+    """The server holding the disk writes the file; its ``status`` gives the progress.
+    ``which`` is ``{"disk": NAME}`` for a disk of a served VM."""
     result: dict[str, Any] = {}
 
     def work() -> None:
         try:
             result["reply"] = server.ask(
                 "export",
-                {"snapshot": args.snapshot, "out": os.path.abspath(args.out)},
+                {"snapshot": args.snapshot, "out": os.path.abspath(args.out), **which},
                 timeout=EXPORT_TIMEOUT,
             )
         except BaseException as err:  # noqa: BLE001 - re-raised in the main thread

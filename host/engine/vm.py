@@ -524,10 +524,39 @@ class VM:
         """A VM is no one image: refused, naming what to export instead."""
         raise DiskError(
             f"{self.folder}: a VM has one image per disk; export a disk of it "
-            f"('quiesce-host disk export {self.folder}/DISK OUT.raw --snapshot NAME', with "
-            "the VM not served)",
+            f"('quiesce-host disk export {self.folder}/DISK OUT.raw --snapshot NAME', served "
+            "or not)",
             self.folder,
         )
+
+    def export_disk_raw(
+        self,
+        disk: str,
+        out: str | Path,
+        snapshot: str | None = None,
+        progress: Progress | None = None,
+        *,
+        sync: bool = True,
+    ) -> None:
+        """Disk ``disk``'s image at the VM's ``snapshot`` (or now), as ``Disk.export_raw``:
+        the VM is not locked meanwhile, so a server's cuts go on during the export (its
+        deletes wait for it). DiskError naming the disk when the VM has no such disk or the
+        disk did not exist at ``snapshot``."""
+        with self._lock:
+            if disk not in self.disks:
+                raise DiskError(
+                    f"{self.folder}: no disk named {disk!r} (the VM's disks: "
+                    f"{', '.join(self.tree.disk_names())})",
+                    self.folder,
+                )
+            if snapshot is not None and disk not in self.tree.snapshot(snapshot)["layers"]:
+                raise DiskError(
+                    f"{self.folder / disk}: disk {disk!r} did not exist at snapshot "
+                    f"{snapshot!r} (added after it), so it has no image of it",
+                    self.folder / disk,
+                )
+            member = self.disks[disk]
+        member.export_raw(out, snapshot, progress, sync=sync)
 
     def check(self) -> list[str]:
         """Every problem of each disk, and every way the disks disagree with vm.json."""

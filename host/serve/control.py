@@ -12,10 +12,11 @@ Commands: ``ping``, ``status``, ``info`` (the engine's ``Disk.info``), ``flush``
 ``snapshot-create`` (name, description, consistency, report, artifacts), ``snapshot-update``
 (the same record fields, after a quiesce's thaw),
 ``snapshot-list``, ``export`` (a snapshot to a raw file, progress in ``status``; deletes wait
-for it), ``snapshot-delete`` (when the merges it sets off copy at most
-``LIVE_MERGE_LIMIT``, client I/O held meanwhile: the snapshot just taken, say, which is how a
-failed quiesce takes it back), ``snapshot-revert`` (always refused while serving: the
-clients would see the disk change under them). The client is ``host.serve.control_client``.
+for it; a VM's server exports the disk named by ``disk``), ``snapshot-delete`` (when the
+merges it sets off copy at most ``LIVE_MERGE_LIMIT``, client I/O held meanwhile: the snapshot
+just taken, say, which is how a failed quiesce takes it back), ``snapshot-revert`` (always
+refused while serving: the clients would see the disk change under them). The client is
+``host.serve.control_client``.
 
 Every client I/O passes through an ``IOGate``: a snapshot waits until the requests in flight
 are done, holds new ones back, flushes and switches the engine to the new delta, then lets
@@ -29,6 +30,7 @@ every request gets a reply, an error reply naming the class (the engine's ``Snap
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -43,7 +45,7 @@ from typing import Any
 from agent import protocol
 from common.errors import QuiesceError
 from host.serve.control_client import MAX_LINE, request, short_path, socket_path
-from host.serve.device import BlockDevice, CutsUnderPause, Gate, SnapshotSide
+from host.serve.device import BlockDevice, CutsUnderPause, ExportsDisks, Gate, SnapshotSide
 from host.serve.device import IOGate as IOGate  # the gate behind the socket, for its users
 
 logger = logging.getLogger(__name__)
@@ -363,7 +365,7 @@ class ControlServer:
             )
         if not isinstance(out, str) or not os.path.isabs(out):
             raise _CommandError(protocol.BAD_REQUEST, "export needs 'out', an absolute path")
-        export = self._engine("export").export_raw
+        export = self._exporter(args.get("disk"))
         with self._lock:  # a delete may not start once this is set (see cmd_snapshot_delete)
             if self.export is not None:
                 raise _CommandError(
@@ -372,6 +374,8 @@ class ControlServer:
                     f"{self.export['out']} is running already",
                 )
             self.export = {"snapshot": snapshot, "out": out, "done": 0, "total": self.disk.size}
+            if args.get("disk") is not None:
+                self.export["disk"] = args["disk"]
         t0 = time.monotonic()
         try:
             export(out, snapshot, progress=self._export_progress)
@@ -381,6 +385,20 @@ class ControlServer:
         seconds = round(time.monotonic() - t0, 3)
         logger.info("control: exported snapshot %r to %s in %.1f s", snapshot, out, seconds)
         return {"exported": snapshot, "out": out, "seconds": seconds}
+
+    def _exporter(self, disk: object) -> Callable[..., None]:
+        """What ``export`` calls: the served disk's ``export_raw``, or for ``disk`` (a name)
+        that disk's of the served VM."""
+        side = self._engine("export")
+        if disk is None:
+            return side.export_raw
+        if not isinstance(disk, str) or not disk:
+            raise _CommandError(protocol.BAD_REQUEST, "'disk' must be the name of a disk")
+        if not isinstance(side, ExportsDisks):
+            raise _CommandError(
+                protocol.BAD_REQUEST, f"'disk': {self.disk_path} is one disk, not a VM"
+            )
+        return functools.partial(side.export_disk_raw, disk)
 
     def _export_progress(self, done: int, total: int) -> None:
         export = self.export

@@ -113,6 +113,21 @@ class SnapshotSide(Protocol):
 
 
 @runtime_checkable
+class ExportsDisks(Protocol):
+    """A snapshot side of several disks (a ``VM``) that exports one of them by name."""
+
+    def export_disk_raw(
+        self,
+        disk: str,
+        out: str | Path,
+        snapshot: str | None = None,
+        progress: Progress | None = None,
+        *,
+        sync: bool = True,
+    ) -> None: ...
+
+
+@runtime_checkable
 class CutsUnderPause(Protocol):
     """A snapshot side that pauses its clients itself, around just its switch (a ``VM``:
     its intent and records are written outside the pause)."""

@@ -254,4 +254,7 @@ def test_a_snapshot_exports_while_clients_write_and_deletes_wait_for_it(live, di
     with pytest.raises(Refused) as err:
         request(disk.folder, "export", {"out": str(out)})  # the live state is not a point
     assert err.value.error_class == "BadRequest"
+    with pytest.raises(Refused) as err:  # 'disk' names a disk of a VM: this is one disk
+        request(disk.folder, "export", {"snapshot": "x", "out": str(out), "disk": "wal"})
+    assert err.value.error_class == "BadRequest" and "is one disk, not a VM" in err.value.desc
     client.disconnect()

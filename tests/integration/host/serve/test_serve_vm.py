@@ -139,6 +139,38 @@ def test_the_snapshot_verbs_reach_a_served_vm_through_its_server(served, vm_dir)
     assert s.stop(signal.SIGTERM) == 0
 
 
+def test_one_disk_of_a_served_vm_is_exported_while_its_clients_write(served, vm_dir) -> None:  # type: ignore[no-untyped-def]
+    s = served(str(vm_dir), "--nbd", "127.0.0.1:0")
+    s.wait_for("control socket")
+    uris = dict(
+        (u.rsplit("/", 1)[1], u)
+        for u in (ln.rsplit(" ", 1)[1] for ln in s.wait_all(" over NBD at ", 3))
+    )
+    wal = Client(port_of(uris["wal"]))
+    wal.greeting()
+    assert wal.go(b"wal")[-1][0] == nbd_wire.REP_ACK
+    assert wal.write(0, b"W" * 65536) == 0
+    request(vm_dir, "snapshot-create", {"name": "cut"})
+    assert wal.write(0, b"X" * 65536) == 0  # after the cut: not in the export
+
+    def export(*args: str | Path) -> subprocess.CompletedProcess[str]:
+        cmd = [console_script("quiesce-host"), "disk", "export", *map(str, args)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    out = vm_dir.parent / "wal-cut.raw"
+    done = export(vm_dir / "wal", out, "--snapshot", "cut")
+    assert done.returncode == 0, done.stderr
+    assert f"by the server of the VM {vm_dir}" in done.stdout
+    assert out.read_bytes()[:65536] == b"W" * 65536 and out.stat().st_size == 4 * MiB
+    assert wal.write(65536, b"Y" * 512) == 0  # the clients went on, and go on
+    live = export(vm_dir / "wal", out, "--snapshot", "missing")
+    assert live.returncode != 0 and "no snapshot named 'missing'" in live.stderr
+    whole = export(vm_dir, out, "--snapshot", "cut")
+    assert whole.returncode != 0 and "a VM has one image per disk" in whole.stderr
+    wal.close()
+    assert s.stop(signal.SIGTERM) == 0
+
+
 @pytest.mark.root
 def test_fuse_shows_one_file_per_disk(served, vm_dir, short_tmp) -> None:  # type: ignore[no-untyped-def]
     need_root()

@@ -86,14 +86,22 @@ class Server:
         """
         # the control client is imported here, not at the top: only a busy disk needs it,
         # and it would be a third of what every 'disk' verb imports at start
+        from agent.protocol.errors import Refused
         from host.serve.control_client import request, socket_path
 
         if not socket_path(self.disk).exists():
             raise self.busy
         try:
             return request(self.disk, command, arguments or {}, timeout=timeout)
-        except QuiesceError as err:  # unreachable, no reply, or an error reply
-            raise DiskError(f"{self.disk}: the server refused {command}: {err}", self.disk) from err
+        except Refused as err:  # an error reply: its class and reason, said once
+            raise DiskError(
+                f"{self.disk}: the server refused {command}: {err.error_class}: {err.desc}",
+                self.disk,
+            ) from err
+        except QuiesceError as err:  # unreachable, or no reply
+            raise DiskError(
+                f"{self.disk}: the server did not answer {command}: {err}", self.disk
+            ) from err
 
     def status(self) -> dict[str, Any] | None:
         """The server's ``status`` (the progress of its export, say), or None if it does not

@@ -102,9 +102,12 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    info = open_or_ask(
-        args.disk, lambda disk: disk.info(), lambda server: server.ask("info"), readonly=True
-    )
+    def there(server: Server) -> dict[str, Any]:
+        owner, which = _owner(args.disk, server)
+        reply: dict[str, Any] = owner.ask("info", which)
+        return reply
+
+    info = open_or_ask(args.disk, lambda disk: disk.info(), there, readonly=True)
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         print()
@@ -161,12 +164,11 @@ def run_export(args: argparse.Namespace) -> int:
                 "a served disk's current state changes while it is read: "
                 "take a snapshot and export it with --snapshot NAME"
             )
-        owner, name = _vm_and_name(args.disk)
-        if owner is None:
-            _export_through_server(args, server, {})
-            return " by the server holding the disk"
-        _export_through_server(args, Server(owner, server.busy), {"disk": name})
-        return f" by the server of the VM {owner}"
+        owner, which = _owner(args.disk, server)
+        _export_through_server(args, owner, which)
+        return (
+            f" by the server of the VM {owner.disk}" if which else " by the server holding the disk"
+        )
 
     how = open_or_ask(args.disk, here, there, readonly=True)
     print(
@@ -179,14 +181,15 @@ def run_export(args: argparse.Namespace) -> int:
 EXPORT_TIMEOUT = 24 * 3600.0  # seconds; the server reports progress in the meantime
 
 
-def _vm_and_name(folder: str) -> tuple[str | None, str]:
-    """The VM folder a disk belongs to (None for a disk of its own) and its name in it: a
-    served VM's disks answer on the VM's control socket, not on their own."""
+def _owner(folder: str, server: Server) -> tuple[Server, dict[str, str]]:
+    """Who answers for a busy disk, and the arguments that name it: the disk's own server,
+    or for a disk of a VM the VM's server with ``{"disk": NAME}`` (a served VM's disks have
+    no control socket of their own)."""
     owner = vm_of(folder)
     member = read_member(Path(folder)) if owner is not None and is_vm(owner) else None
     if owner is None or member is None:
-        return None, Path(folder).name
-    return str(owner), str(member["name"])
+        return server, {}
+    return Server(str(owner), server.busy), {"disk": str(member["name"])}
 
 
 def _export_through_server(args: argparse.Namespace, server: Server, which: dict[str, str]) -> None:

@@ -543,20 +543,28 @@ class VM:
         deletes wait for it). DiskError naming the disk when the VM has no such disk or the
         disk did not exist at ``snapshot``."""
         with self._lock:
-            if disk not in self.disks:
-                raise DiskError(
-                    f"{self.folder}: no disk named {disk!r} (the VM's disks: "
-                    f"{', '.join(self.tree.disk_names())})",
-                    self.folder,
-                )
+            member = self._disk_named(disk)
             if snapshot is not None and disk not in self.tree.snapshot(snapshot)["layers"]:
                 raise DiskError(
                     f"{self.folder / disk}: disk {disk!r} did not exist at snapshot "
                     f"{snapshot!r} (added after it), so it has no image of it",
                     self.folder / disk,
                 )
-            member = self.disks[disk]
         member.export_raw(out, snapshot, progress, sync=sync)
+
+    def disk_info(self, disk: str) -> dict[str, Any]:
+        """Disk ``disk``'s ``Disk.info`` (its chain and layers), for ``disk info VM/NAME``."""
+        with self._lock:
+            return self._disk_named(disk).info()
+
+    def _disk_named(self, disk: str) -> Disk:
+        if disk not in self.disks:
+            raise DiskError(
+                f"{self.folder}: no disk named {disk!r} (the VM's disks: "
+                f"{', '.join(self.tree.disk_names())})",
+                self.folder,
+            )
+        return self.disks[disk]
 
     def check(self) -> list[str]:
         """Every problem of each disk, and every way the disks disagree with vm.json."""

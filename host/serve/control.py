@@ -8,7 +8,8 @@ the agent's wire format (``agent/protocol.py``): one JSON object per line,
     {"execute": "snapshot-create", "arguments": {"name": "before-upgrade"}, "id": 1}
     {"return": {...}, "id": 1}   or   {"error": {"class": "...", "desc": "..."}, "id": 1}
 
-Commands: ``ping``, ``status``, ``info`` (the engine's ``Disk.info``), ``flush``,
+Commands: ``ping``, ``status``, ``info`` (the engine's ``info``; on a VM's server, of the
+disk named by ``disk`` if given), ``flush``,
 ``snapshot-create`` (name, description, consistency, report, artifacts), ``snapshot-update``
 (the same record fields, after a quiesce's thaw),
 ``snapshot-list``, ``export`` (a snapshot to a raw file, progress in ``status``; deletes wait
@@ -45,7 +46,7 @@ from typing import Any
 from agent import protocol
 from common.errors import QuiesceError
 from host.serve.control_client import MAX_LINE, request, short_path, socket_path
-from host.serve.device import BlockDevice, CutsUnderPause, ExportsDisks, Gate, SnapshotSide
+from host.serve.device import BlockDevice, CutsUnderPause, Gate, OfDisks, SnapshotSide
 from host.serve.device import IOGate as IOGate  # the gate behind the socket, for its users
 
 logger = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ class ControlServer:
         return {
             "ping": lambda a: {},
             "status": self.cmd_status,
-            "info": lambda a: self._engine("info").info(),
+            "info": self.cmd_info,
             "flush": self.cmd_flush,
             "snapshot-create": self.cmd_snapshot_create,
             "snapshot-update": self.cmd_snapshot_update,
@@ -386,19 +387,30 @@ class ControlServer:
         logger.info("control: exported snapshot %r to %s in %.1f s", snapshot, out, seconds)
         return {"exported": snapshot, "out": out, "seconds": seconds}
 
+    def cmd_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The engine's ``info`` of what is served, or of the VM's disk named by ``disk``."""
+        if args.get("disk") is None:
+            return self._engine("info").info()
+        return self._of_disks("info", args["disk"]).disk_info(args["disk"])
+
     def _exporter(self, disk: object) -> Callable[..., None]:
         """What ``export`` calls: the served disk's ``export_raw``, or for ``disk`` (a name)
         that disk's of the served VM."""
-        side = self._engine("export")
         if disk is None:
-            return side.export_raw
+            return self._engine("export").export_raw
+        side = self._of_disks("export", disk)
+        return functools.partial(side.export_disk_raw, str(disk))
+
+    def _of_disks(self, what: str, disk: object) -> OfDisks:
+        """The served VM, for a request naming one of its disks; BadRequest on a disk."""
+        side = self._engine(what)
         if not isinstance(disk, str) or not disk:
             raise _CommandError(protocol.BAD_REQUEST, "'disk' must be the name of a disk")
-        if not isinstance(side, ExportsDisks):
+        if not isinstance(side, OfDisks):
             raise _CommandError(
                 protocol.BAD_REQUEST, f"'disk': {self.disk_path} is one disk, not a VM"
             )
-        return functools.partial(side.export_disk_raw, disk)
+        return side
 
     def _export_progress(self, done: int, total: int) -> None:
         export = self.export

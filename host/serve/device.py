@@ -113,8 +113,10 @@ class SnapshotSide(Protocol):
 
 
 @runtime_checkable
-class ExportsDisks(Protocol):
-    """A snapshot side of several disks (a ``VM``) that exports one of them by name."""
+class OfDisks(Protocol):
+    """A snapshot side of several disks (a ``VM``) that reads and exports one by name."""
+
+    def disk_info(self, disk: str) -> dict[str, Any]: ...
 
     def export_disk_raw(
         self,

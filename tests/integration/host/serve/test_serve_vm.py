@@ -4,6 +4,7 @@ at the same instant."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -139,7 +140,9 @@ def test_the_snapshot_verbs_reach_a_served_vm_through_its_server(served, vm_dir)
     assert s.stop(signal.SIGTERM) == 0
 
 
-def test_one_disk_of_a_served_vm_is_exported_while_its_clients_write(served, vm_dir) -> None:  # type: ignore[no-untyped-def]
+def test_one_disk_of_a_served_vm_is_shown_and_exported_while_its_clients_write(
+    served, vm_dir
+) -> None:  # type: ignore[no-untyped-def]
     s = served(str(vm_dir), "--nbd", "127.0.0.1:0")
     s.wait_for("control socket")
     uris = dict(
@@ -157,6 +160,14 @@ def test_one_disk_of_a_served_vm_is_exported_while_its_clients_write(served, vm_
         cmd = [console_script("quiesce-host"), "disk", "export", *map(str, args)]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
+    shown = subprocess.run(
+        [console_script("quiesce-host"), "disk", "info", str(vm_dir / "wal"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["current"] == str(vm_dir / "wal" / "disk-000001.vmdk")
     out = vm_dir.parent / "wal-cut.raw"
     done = export(vm_dir / "wal", out, "--snapshot", "cut")
     assert done.returncode == 0, done.stderr
@@ -164,7 +175,8 @@ def test_one_disk_of_a_served_vm_is_exported_while_its_clients_write(served, vm_
     assert out.read_bytes()[:65536] == b"W" * 65536 and out.stat().st_size == 4 * MiB
     assert wal.write(65536, b"Y" * 512) == 0  # the clients went on, and go on
     live = export(vm_dir / "wal", out, "--snapshot", "missing")
-    assert live.returncode != 0 and "no snapshot named 'missing'" in live.stderr
+    assert live.returncode == 2 and "the server refused export: SnapshotNotFound: " in live.stderr
+    assert "no snapshot named 'missing'" in live.stderr and live.stderr.count("refused") == 1
     whole = export(vm_dir, out, "--snapshot", "cut")
     assert whole.returncode != 0 and "a VM has one image per disk" in whole.stderr
     wal.close()

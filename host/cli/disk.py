@@ -46,8 +46,8 @@ def build(disk: argparse.ArgumentParser) -> None:
         "--from",
         dest="source",
         metavar="IMAGE",
-        help="start the disk as a copy of this raw image (a qcow2 or VMDK is refused: "
-        "qemu-img convert -O raw it first)",
+        help="start the disk as a copy of this raw image file or block device (an LVM "
+        "volume, say; a qcow2 or VMDK is refused: qemu-img convert -O raw it first)",
     )
     p.set_defaults(func=run_create)
 

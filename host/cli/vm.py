@@ -70,8 +70,9 @@ def build(vm: argparse.ArgumentParser) -> None:
         type=_image_spec,
         action="append",
         default=[],
-        help="start disk NAME as a copy of this raw image (repeat; a qcow2 or VMDK is "
-        "refused: qemu-img convert -O raw it first); the other disks start empty",
+        help="start disk NAME as a copy of this raw image file or block device (repeat; a "
+        "qcow2 or VMDK is refused: qemu-img convert -O raw it first); the other disks start "
+        "empty",
     )
     p.set_defaults(func=run_create)
 
@@ -93,7 +94,7 @@ def build(vm: argparse.ArgumentParser) -> None:
         "--from",
         dest="source",
         metavar="IMAGE",
-        help="start the disk as a copy of this raw image (never written)",
+        help="start the disk as a copy of this raw image file or block device (never written)",
     )
     p.set_defaults(func=run_add_disk)
 

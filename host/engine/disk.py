@@ -37,7 +37,7 @@ from host.engine.check import examine, relink_layers, verify_links
 from host.engine.durable import FolderLock, sweep_pending_logs, sweep_temp_files
 from host.engine.errors import DiskError, ReadOnly, space_error
 from host.engine.export import write_raw
-from host.engine.flat import HEADER_PROBE, FlatBase, image_format
+from host.engine.flat import HEADER_PROBE, FlatBase, image_format, source_size
 from host.engine.intents import (
     INTENT,
     CreateIntent,
@@ -61,20 +61,20 @@ __all__ = ["Disk", "check_source"]
 
 
 def check_source(folder: Path, source: Path, size: int | None) -> int:
-    """The size of ``source``, a raw image to start disk ``folder`` of ``size`` bytes (None:
-    the image's own size) from; DiskError naming the image when it cannot be read, is not a
-    regular file, is an image of another format (its bytes are not the disk's), or is larger
-    than the disk."""
+    """The size of ``source``, a raw image (a file or a block device) to start disk
+    ``folder`` of ``size`` bytes (None: the image's own size) from; DiskError naming the
+    image when it cannot be read, is neither a file nor a block device, is an image of
+    another format (its bytes are not the disk's), or is larger than the disk."""
     try:
         st = source.stat()
-        if not stat.S_ISREG(st.st_mode):
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
             raise DiskError(
-                f"{source}: not a regular file; a disk starts from a raw image file "
-                "(copy a device or volume to one first, e.g. with dd)",
+                f"{source}: neither a raw image file nor a block device; a disk starts from one",
                 folder,
             )
         with open(source, "rb") as f:
             head = f.read(HEADER_PROBE)
+            have = source_size(f.fileno())
     except OSError as err:
         raise DiskError(f"{source}: cannot read the source image: {err.strerror}", folder) from err
     kind = image_format(head)
@@ -84,11 +84,11 @@ def check_source(folder: Path, source: Path, size: int | None) -> int:
             f"qemu-img convert -O raw {source} {source.with_suffix('.raw')}",
             folder,
         )
-    if size is not None and st.st_size > size:
+    if size is not None and have > size:
         raise DiskError(
-            f"{source}: the image is {st.st_size} bytes, larger than the disk ({size})", folder
+            f"{source}: the image is {have} bytes, larger than the disk ({size})", folder
         )
-    return st.st_size
+    return have
 
 
 class Disk:

@@ -14,6 +14,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -197,9 +198,13 @@ def image_format(head: bytes) -> str | None:
 def copy_raw(source: Path, fd: int, progress: Callable[[int, int], Any] | None = None) -> None:
     """Copy the raw image ``source`` into the empty file ``fd``: a clone (FICLONE: shared
     extents, instant) where the filesystem has them, else only its data ranges
-    (SEEK_DATA/SEEK_HOLE) with copy_file_range, so a sparse image stays sparse.
+    (SEEK_DATA/SEEK_HOLE) with copy_file_range, so a sparse image stays sparse. A block
+    device (an LVM volume, say) is read whole, its zero chunks left as holes.
     ``progress(done, total)`` is told the offset reached, in bytes of the image."""
     with open(source, "rb") as src:
+        if stat.S_ISBLK(os.fstat(src.fileno()).st_mode):
+            _copy_device(source, src.fileno(), fd, progress)
+            return
         end = os.fstat(src.fileno()).st_size
         try:
             fcntl.ioctl(fd, FICLONE, src.fileno())
@@ -228,6 +233,33 @@ def copy_raw(source: Path, fd: int, progress: Callable[[int, int], Any] | None =
         os.ftruncate(fd, end)
         if progress:
             progress(end, end)
+
+
+DEVICE_CHUNK = 4 * 1024 * 1024  # bytes read from a device at a time
+
+
+def source_size(src: int) -> int:
+    """The bytes of an open image: a file's size, or a block device's (stat says 0)."""
+    return os.lseek(src, 0, os.SEEK_END)
+
+
+def _copy_device(
+    source: Path, src: int, fd: int, progress: Callable[[int, int], Any] | None
+) -> None:
+    """A block device into ``fd`` chunk by chunk (copy_file_range takes no devices); a chunk
+    of zeros is not written, so what the device never used stays a hole."""
+    end, pos = source_size(src), 0
+    zero = bytes(DEVICE_CHUNK)
+    while pos < end:
+        chunk = os.pread(src, min(DEVICE_CHUNK, end - pos), pos)
+        if not chunk:
+            raise OSError(errno.EIO, f"{source}: shorter than it said ({pos} bytes)")
+        if chunk != zero[: len(chunk)]:
+            pwrite_all(fd, chunk, pos)
+        pos += len(chunk)
+        if progress:
+            progress(pos, end)
+    os.ftruncate(fd, end)
 
 
 def punch_hole(fd: int, offset: int, length: int) -> bool:

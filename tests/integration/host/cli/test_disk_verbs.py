@@ -12,7 +12,7 @@ from host.cli.main import main
 from host.engine.disk import Disk
 from host.lab.local import console_script
 from tests.helpers.disks import MiB, ext4_image, need_qemu, run
-from tests.helpers.env import REPO
+from tests.helpers.env import REPO, need_root
 from tests.helpers.hostcli import cli
 
 GRAIN = 64 * 1024
@@ -102,6 +102,27 @@ def test_a_disk_starts_from_a_filesystem_image(
     assert image.read_bytes() == before  # never written
 
 
+def test_a_disk_starts_from_a_block_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As from an LVM volume: the device is read whole, and its unused space stays holes."""
+    need_root()
+    need_qemu()
+    image = ext4_image(tmp_path / "volume.raw", 16 * MiB)
+    device = run("losetup", "--find", "--show", "--read-only", image).stdout.strip()
+    try:
+        d = tmp_path / "root"
+        code, out, err = cli(capsys, "disk", "create", d, "--from", device)
+        assert code == 0 and f"{16 * MiB} bytes) from {device}" in out, err
+        assert "copy: 16.0 MiB/16.0 MiB 100%" in err
+    finally:
+        run("losetup", "--detach", device)
+    run("qemu-img", "compare", "-f", "vmdk", "-F", "raw", d / "disk.vmdk", image)
+    export = tmp_path / "root-export.raw"
+    assert cli(capsys, "disk", "export", d, export)[0] == 0
+    run("e2fsck", "-fn", export)
+
+
 def test_a_disk_is_not_made_from_what_is_not_a_raw_image(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -111,7 +132,7 @@ def test_a_disk_is_not_made_from_what_is_not_a_raw_image(
     small = ext4_image(tmp_path / "small.raw", 4 * MiB)
     for args, words in (
         (["--from", vmdk], f"{vmdk}: a VMDK (sparse extent) image, not a raw one"),
-        (["--from", tmp_path], f"{tmp_path}: not a regular file"),
+        (["--from", tmp_path], f"{tmp_path}: neither a raw image file nor a block device"),
         (["--from", small, "--size", "1M"], f"{small}: the image is {4 * MiB} bytes, larger"),
         ([], "needs --size, or --from IMAGE"),
     ):

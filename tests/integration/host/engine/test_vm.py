@@ -350,7 +350,7 @@ def test_a_bad_image_is_refused_naming_it_before_anything_is_made(tmp_path: Path
         ({"b": big}, "an image for no disk of the VM: 'b'"),
         ({"a": qcow2}, "os.qcow2: a qcow2 image, not a raw one; .* qemu-img convert -O raw"),
         ({"a": vmdk}, "os.vmdk: a VMDK .*image, not a raw one"),
-        ({"a": tmp_path}, "not a regular file"),
+        ({"a": tmp_path}, "neither a raw image file nor a block device"),
     ):
         with pytest.raises(DiskError, match=words):
             VM.create(tmp_path / "vm", [("a", SIZE)], sources=sources)

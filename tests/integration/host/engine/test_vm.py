@@ -162,7 +162,13 @@ def test_a_disk_added_later_did_not_exist_at_the_earlier_snapshots(vm: VM, tmp_p
     before = fingerprint(vm.folder)
     with pytest.raises(DiskError, match="disk 'late' did not exist at snapshot 'early'"):
         vm.snapshot_revert("early")
-    assert fingerprint(vm.folder) == before
+    with pytest.raises(DiskError, match="disk 'late' did not exist at snapshot 'early'"):
+        vm.export_disk_raw("late", tmp_path / "late.raw", "early")
+    with pytest.raises(DiskError, match=r"no disk named 'lat' \(the VM's disks: .*late\)"):
+        vm.export_disk_raw("lat", tmp_path / "late.raw", "after")
+    assert fingerprint(vm.folder) == before and not (tmp_path / "late.raw").exists()
+    vm.export_disk_raw("late", tmp_path / "late.raw", "after", sync=False)
+    assert (tmp_path / "late.raw").read_bytes()[:4] == b"late"
     vm.snapshot_delete("early")  # the late disk has nothing to merge for it
     vm.snapshot_revert("after")
     assert vm.disks["late"].read(0, 4) == b"late"

@@ -57,7 +57,7 @@ from host.engine.planning import delete_cost, tidy_step, without
 from host.engine.sparse import GRAIN, MAX_CAPACITY, SparseExtent
 from host.engine.tree import MAX_CHAIN, Tree
 
-__all__ = ["Disk", "check_source"]
+__all__ = ["Disk", "check_source", "new_disk_size"]
 
 
 def check_source(folder: Path, source: Path, size: int | None) -> int:
@@ -87,6 +87,19 @@ def check_source(folder: Path, source: Path, size: int | None) -> int:
     if size is not None and have > size:
         raise DiskError(
             f"{source}: the image is {have} bytes, larger than the disk ({size})", folder
+        )
+    return have
+
+
+def new_disk_size(folder: Path, size: int | None, source: Path | None) -> int:
+    """The size of new disk ``folder``: ``size``, else the size of its image ``source``;
+    the image checked either way (``check_source``). DiskError when there is neither."""
+    have = None if source is None else check_source(folder, source, size)
+    if size is not None:
+        return size
+    if have is None:
+        raise DiskError(
+            f"{folder}: disk {folder.name!r} needs a size, or an image to take it from", folder
         )
     return have
 
@@ -126,14 +139,8 @@ class Disk:
         written, and ``size`` None takes the image's size.
         """
         folder = Path(folder)
-        if source is not None:
-            source = Path(source)
-            have = check_source(folder, source, size)
-            size = have if size is None else size
-        if size is None:
-            raise DiskError(
-                f"{folder}: a new disk needs a size, or an image to take it from", folder
-            )
+        source = None if source is None else Path(source)
+        size = new_disk_size(folder, size, source)
         if size <= 0:
             raise DiskError(f"{folder}: size must be positive (got {size})", folder)
         size = -(-size // GRAIN) * GRAIN

@@ -202,10 +202,11 @@ def copy_raw(source: Path, fd: int, progress: Callable[[int, int], Any] | None =
     device (an LVM volume, say) is read whole, its zero chunks left as holes.
     ``progress(done, total)`` is told the offset reached, in bytes of the image."""
     with open(source, "rb") as src:
-        if stat.S_ISBLK(os.fstat(src.fileno()).st_mode):
+        st = os.fstat(src.fileno())
+        if stat.S_ISBLK(st.st_mode):
             _copy_device(source, src.fileno(), fd, progress)
             return
-        end = os.fstat(src.fileno()).st_size
+        end = st.st_size
         try:
             fcntl.ioctl(fd, FICLONE, src.fileno())
             if progress:

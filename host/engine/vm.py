@@ -34,7 +34,7 @@ from types import TracebackType
 from typing import Any
 
 from host.engine.chain import Progress
-from host.engine.disk import Disk, check_source
+from host.engine.disk import Disk, new_disk_size
 from host.engine.durable import FolderLock, unlink_durably
 from host.engine.errors import ChainTooDeep, DiskError, ReadOnly
 from host.engine.tree import MAX_CHAIN, Tree
@@ -97,14 +97,12 @@ class VM:
         callback that follows that copy; the other disks start empty."""
         folder = Path(folder)
         images = {name: Path(image) for name, image in (sources or {}).items()}
-        wanted = [(name, _size_of(folder / name, size, images.get(name))) for name, size in disks]
+        wanted = [
+            (name, new_disk_size(folder / name, size, images.get(name))) for name, size in disks
+        ]
         if not wanted:
             raise DiskError(f"{folder}: a VM needs at least one disk", folder)
         for i, (name, size) in enumerate(wanted):
-            if size is None:
-                raise DiskError(
-                    f"{folder}: disk {name!r} needs a size, or an image to take it from", folder
-                )
             check_new_disk(folder, name, size, [n for n, _ in wanted[:i]])
         unknown = sorted(set(images) - {name for name, _ in wanted})
         if unknown:
@@ -244,12 +242,7 @@ class VM:
         with self._lock:
             self._writable()
             self._finish_pending()
-            size = _size_of(self.folder / name, size, None if source is None else Path(source))
-            if size is None:
-                raise DiskError(
-                    f"{self.folder}: disk {name!r} needs a size, or an image to take it from",
-                    self.folder,
-                )
+            size = new_disk_size(self.folder / name, size, None if source is None else Path(source))
             check_new_disk(self.folder, name, size, self.tree.disk_names())
             write_vm_intent(self.folder, VmAddDisk(name))
             try:
@@ -625,11 +618,3 @@ def open_any(folder: str | Path, readonly: bool = False) -> Disk | VM:
             folder,
         )
     return Disk.open(folder, readonly)
-
-
-def _size_of(folder: Path, size: int | None, image: Path | None) -> int | None:
-    """A new disk's size: the one given, else its image's; the image checked either way."""
-    if image is None:
-        return size
-    have = check_source(folder, image, size)
-    return have if size is None else size

@@ -81,7 +81,7 @@ def check_source(folder: Path, source: Path, size: int | None) -> int:
     if kind is not None:
         raise DiskError(
             f"{source}: a {kind} image, not a raw one; convert it first: "
-            f"qemu-img convert -O raw {source} {source.with_suffix('.raw')}",
+            f"qemu-img convert -O raw {source} {_raw_name(source)}",
             folder,
         )
     if size is not None and have > size:
@@ -89,6 +89,13 @@ def check_source(folder: Path, source: Path, size: int | None) -> int:
             f"{source}: the image is {have} bytes, larger than the disk ({size})", folder
         )
     return have
+
+
+def _raw_name(image: Path) -> Path:
+    """Where a converted copy of ``image`` goes: beside it, never onto it (a qcow2 named
+    disk.raw would otherwise be told to convert onto itself)."""
+    raw = image.with_suffix(".raw")
+    return raw if raw != image else image.with_name(f"{image.stem}-converted.raw")
 
 
 def new_disk_size(folder: Path, size: int | None, source: Path | None) -> int:

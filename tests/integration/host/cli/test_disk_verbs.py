@@ -130,8 +130,11 @@ def test_a_disk_is_not_made_from_what_is_not_a_raw_image(
     vmdk = tmp_path / "other.vmdk"
     run("qemu-img", "create", "-q", "-f", "vmdk", vmdk, "4M")
     small = ext4_image(tmp_path / "small.raw", 4 * MiB)
+    misnamed = tmp_path / "disk.raw"  # a qcow2 whatever its name says
+    run("qemu-img", "create", "-q", "-f", "qcow2", misnamed, "4M")
     for args, words in (
         (["--from", vmdk], f"{vmdk}: a VMDK (sparse extent) image, not a raw one"),
+        (["--from", misnamed], f"-O raw {misnamed} {tmp_path / 'disk-converted.raw'}"),
         (["--from", tmp_path], f"{tmp_path}: neither a raw image file nor a block device"),
         (["--from", small, "--size", "1M"], f"{small}: the image is {4 * MiB} bytes, larger"),
         ([], "needs --size, or --from IMAGE"),

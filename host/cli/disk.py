@@ -21,7 +21,7 @@ from host.cli.progress import Progress, human_bytes
 from host.engine.check import check_folder
 from host.engine.disk import Disk
 from host.engine.vmcheck import member_problems
-from host.engine.vmtree import is_vm, read_member, vm_of
+from host.engine.vmtree import is_vm, vm_of
 
 
 def build(disk: argparse.ArgumentParser) -> None:
@@ -184,12 +184,11 @@ EXPORT_TIMEOUT = 24 * 3600.0  # seconds; the server reports progress in the mean
 def _owner(folder: str, server: Server) -> tuple[Server, dict[str, str]]:
     """Who answers for a busy disk, and the arguments that name it: the disk's own server,
     or for a disk of a VM the VM's server with ``{"disk": NAME}`` (a served VM's disks have
-    no control socket of their own)."""
+    no control socket of their own; a disk's name in its VM is its folder's)."""
     owner = vm_of(folder)
-    member = read_member(Path(folder)) if owner is not None and is_vm(owner) else None
-    if owner is None or member is None:
+    if owner is None or not is_vm(owner):
         return server, {}
-    return Server(str(owner), server.busy), {"disk": str(member["name"])}
+    return Server(str(owner), server.busy), {"disk": Path(folder).name}
 
 
 def _export_through_server(args: argparse.Namespace, server: Server, which: dict[str, str]) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from host.cli import main as cli_main
 from host.engine.disk import Disk
+from tests.helpers.disks import run
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
@@ -49,3 +50,12 @@ def make_scripts(
 def snapshots(folder: Path) -> list[dict[str, Any]]:
     with Disk.open(folder, readonly=True) as disk:
         return disk.snapshot_list()
+
+
+def holds_the_image(capsys: pytest.CaptureFixture[str], disk: Path, image: Path, out: Path) -> None:
+    """What a user checks of a disk made from a filesystem image: qemu-img reads the disk as
+    the image, byte for byte (a larger disk reads zeros past it), and ``disk export`` to
+    ``out`` gives a filesystem e2fsck passes."""
+    run("qemu-img", "compare", "-f", "vmdk", "-F", "raw", disk / "disk.vmdk", image)
+    assert cli(capsys, "disk", "export", disk, out)[0] == 0
+    run("e2fsck", "-fn", out)
